@@ -1,0 +1,109 @@
+"""The `gradients` command line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gradients.mesh import SERVICES, Mesh, MeshOptions, check_health, read_state
+
+app = typer.Typer(help="Gradients Mesh: the validator of a decentralised fine-tuning marketplace.", no_args_is_help=True)
+console = Console()
+
+DATA_DIR_OPTION = typer.Option(
+    Path(os.environ.get("GRADIENTS_DATA_DIR", ".data")), "--data-dir", help="state, logs and embedded servers' data"
+)
+
+
+def _traces_destination(otlp_endpoint: str | None) -> str:
+    return f"OTLP/gRPC → {otlp_endpoint}" if otlp_endpoint else "not exported (set OTEL_EXPORTER_OTLP_ENDPOINT)"
+
+
+def health_table(title: str, addresses: dict[str, str], status: dict[str, str], otlp: str | None) -> Table:
+    table = Table(title=title)
+    table.add_column("service")
+    table.add_column("address")
+    table.add_column("health")
+    table.add_column("traces")
+    for name in addresses:
+        s = status.get(name, "UNKNOWN")
+        colour = "green" if s == "SERVING" else "red"
+        table.add_row(name, addresses[name], f"[{colour}]{s}[/{colour}]", _traces_destination(otlp))
+    return table
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum, frame):
+    raise _Stop()
+
+
+@app.command()
+def up(
+    data_dir: Path = DATA_DIR_OPTION,
+    nats_url: str = typer.Option(os.environ.get("GRADIENTS_NATS_URL", ""), help="external NATS; empty = embedded"),
+    redis_url: str = typer.Option(os.environ.get("GRADIENTS_REDIS_URL", ""), help="external Redis; empty = embedded"),
+    ready_timeout: float = typer.Option(60.0, help="seconds to wait for every service to be SERVING"),
+) -> None:
+    """Start embedded NATS and Redis (unless URLs are given) and the six services."""
+    otlp = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None
+    mesh = Mesh(MeshOptions(data_dir=data_dir, nats_url=nats_url or None, redis_url=redis_url or None, otlp_endpoint=otlp,
+                            ready_timeout_s=ready_timeout))
+    # Both explicitly: a shell starting us in the background leaves SIGINT ignored.
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGINT, _raise_stop)
+    exit_code = 0
+    try:
+        with console.status("starting NATS, Redis and the six services…"):
+            mesh.start()
+            status = mesh.wait_ready()
+        console.print(health_table("Gradients mesh is up", mesh.addresses, status, otlp))
+        console.print(f"NATS {mesh.nats_url}   Redis {mesh.redis_url}   logs {mesh.data_dir / 'logs'}")
+        console.print("Press Ctrl-C to stop.")
+        while True:
+            dead = mesh.dead_children()
+            if dead:
+                for child in dead:
+                    console.print(f"[bold red]✗ {child.name} exited with code {child.process.returncode}[/bold red]")
+                    console.print(child.log_tail(2000), markup=False)
+                console.print("[bold red]shutting the mesh down: a service died (no automatic restart)[/bold red]")
+                exit_code = 1
+                break
+            time.sleep(0.5)
+    except (KeyboardInterrupt, _Stop):  # Ctrl-C / SIGTERM
+        console.print("stopping…")
+    except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
+        console.print(f"[bold red]start-up failed:[/bold red] {exc}", markup=True)
+        exit_code = 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        mesh.stop()
+        console.print("mesh stopped")
+    raise typer.Exit(exit_code)
+
+
+@app.command()
+def status(data_dir: Path = DATA_DIR_OPTION) -> None:
+    """Health of a running mesh; exit code 0 only when all six services are SERVING."""
+    state = read_state(data_dir)
+    if state is None:
+        console.print(f"no mesh running from {data_dir} (no mesh.json)")
+        raise typer.Exit(1)
+    addresses = {name: info["address"] for name, info in state["services"].items()}
+    health = {name: check_health(address) for name, address in addresses.items()}
+    console.print(health_table("Gradients mesh status", addresses, health, state.get("otlp_endpoint")))
+    ok = set(SERVICES) <= set(health) and all(health[name] == "SERVING" for name in SERVICES)
+    raise typer.Exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    app()

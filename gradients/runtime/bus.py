@@ -1,0 +1,325 @@
+"""The event bus: a thin layer over nats-py JetStream.
+
+- one stream for domain events (`gradients.>`), one work-queue stream for jobs
+  (`jobs.>`), one for dead letters (`dlq.>`);
+- protobuf payloads, typed by subject (events.py), with a `Nats-Msg-Id` so a
+  re-published event is de-duplicated by the server;
+- a durable pull consumer per service and purpose; a message is acked only after its
+  handler returned (the handler stores its effect first), a failure is nak'ed with a
+  delay, and after `max_deliver` deliveries the message goes to `dlq.<durable>`;
+- W3C trace context in headers, with PRODUCER and CONSUMER spans carrying `messaging.*`
+  attributes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import nats
+from google.protobuf.message import DecodeError, Message
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import NotFoundError
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from gradients.runtime import events, telemetry
+
+log = logging.getLogger(__name__)
+
+MSG_ID = "Nats-Msg-Id"
+EVENT_TYPE = "Gm-Event-Type"
+DLQ_REASON = "Gm-Dead-Letter-Reason"
+DLQ_SUBJECT = "Gm-Original-Subject"
+DUPLICATE_WINDOW_S = 3600.0
+
+
+class MalformedEvent(ValueError):
+    """The payload cannot be decoded as the subject's message type."""
+
+
+@dataclass
+class Delivery:
+    """What a handler learns about the message besides its payload."""
+
+    subject: str
+    msg_id: str
+    num_delivered: int
+    durable: str
+    headers: dict[str, str]
+    msg: Msg = field(repr=False)
+
+    async def in_progress(self) -> None:
+        """Tell the server the handler is still working (resets the ack-wait timer)."""
+        await self.msg.in_progress()
+
+
+Handler = Callable[[Message, Delivery], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A durable pull consumer: one per service and purpose."""
+
+    durable: str
+    subject: str
+    handler: Handler
+    concurrency: int = 1
+
+
+def decode(subject: str, data: bytes, headers: dict[str, str] | None) -> Message:
+    cls = events.message_type(subject)
+    sent_type = (headers or {}).get(EVENT_TYPE)
+    if sent_type and sent_type != cls.DESCRIPTOR.full_name:
+        raise MalformedEvent(f"{subject} carries {sent_type}, expected {cls.DESCRIPTOR.full_name}")
+    try:
+        return cls.FromString(data)
+    except DecodeError as exc:
+        raise MalformedEvent(f"cannot decode {cls.DESCRIPTOR.full_name} on {subject}: {exc}") from exc
+
+
+class EventBus:
+    def __init__(
+        self,
+        nc: NatsClient,
+        service: str,
+        *,
+        max_deliver: int = 5,
+        ack_wait_s: float = 30.0,
+        nak_delay_s: float = 1.0,
+        replicas: int = 1,
+    ):
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.service = service
+        self.max_deliver = max_deliver
+        self.ack_wait_s = ack_wait_s
+        self.nak_delay_s = nak_delay_s
+        self.replicas = replicas
+        self._tracer = telemetry.tracer("gradients.bus")
+        self._tasks: list[asyncio.Task] = []
+        self._stopping = asyncio.Event()
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @classmethod
+    async def connect(cls, url: str, service: str, **kwargs) -> "EventBus":
+        servers = [u.strip() for u in url.split(",") if u.strip()]
+        nc = await nats.connect(
+            servers=servers,
+            name=service,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+            allow_reconnect=True,
+        )
+        bus = cls(nc, service, **kwargs)
+        await bus.ensure_streams()
+        return bus
+
+    @property
+    def connected(self) -> bool:
+        return self.nc.is_connected
+
+    async def ensure_streams(self) -> None:
+        for stream in events.STREAMS:
+            config = js_api.StreamConfig(
+                name=stream.name,
+                subjects=list(stream.subjects),
+                storage=js_api.StorageType.FILE,
+                retention=js_api.RetentionPolicy.WORK_QUEUE if stream.work_queue else js_api.RetentionPolicy.LIMITS,
+                duplicate_window=DUPLICATE_WINDOW_S,
+                num_replicas=self.replicas,
+            )
+            try:
+                await self.js.stream_info(stream.name)
+            except NotFoundError:
+                try:
+                    await self.js.add_stream(config)
+                except Exception:  # another service created it first
+                    await self.js.stream_info(stream.name)
+
+    # ---- publishing ------------------------------------------------------------------
+
+    async def publish(self, subject: str, message: Message, msg_id: str, headers: dict[str, str] | None = None) -> int:
+        """Publish `message` on `subject`; `msg_id` de-duplicates re-publication."""
+        expected = events.message_type(subject)
+        if not isinstance(message, expected):
+            raise TypeError(f"{subject} carries {expected.__name__}, got {type(message).__name__}")
+        with self._tracer.start_as_current_span(
+            f"send {subject}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": subject,
+                "messaging.operation.type": "send",
+                "messaging.message.id": msg_id,
+                "messaging.message.body.size": message.ByteSize(),
+            },
+        ):
+            hdrs = {MSG_ID: msg_id, EVENT_TYPE: message.DESCRIPTOR.full_name, **(headers or {})}
+            telemetry.inject_headers(hdrs)
+            ack = await self.js.publish(subject, message.SerializeToString(), headers=hdrs)
+            return ack.seq
+
+    async def publish_raw(self, subject: str, payload: bytes, msg_id: str) -> None:
+        """Publish bytes as-is (for tests of malformed input and for dead letters)."""
+        await self.js.publish(subject, payload, headers={MSG_ID: msg_id})
+
+    # ---- consuming -------------------------------------------------------------------
+
+    async def start(self, consumers: list[Consumer]) -> None:
+        for consumer in consumers:
+            stream = events.stream_for(consumer.subject)
+            config = js_api.ConsumerConfig(
+                durable_name=consumer.durable,
+                ack_policy=js_api.AckPolicy.EXPLICIT,
+                ack_wait=self.ack_wait_s,
+                # Dead-lettering is ours (below); the server's bound sits one above it as a
+                # backstop so a poisoned message cannot loop forever if we crash on it.
+                max_deliver=self.max_deliver + 1,
+                filter_subject=consumer.subject,
+                max_ack_pending=max(consumer.concurrency * 4, 16),
+            )
+            sub = await self.js.pull_subscribe(
+                consumer.subject, durable=consumer.durable, stream=stream.name, config=config
+            )
+            for _ in range(consumer.concurrency):
+                self._tasks.append(asyncio.create_task(self._pull_loop(sub, consumer), name=consumer.durable))
+
+    async def _pull_loop(self, sub, consumer: Consumer) -> None:
+        while not self._stopping.is_set():
+            try:
+                msgs = await sub.fetch(batch=1, timeout=0.5)
+            except (asyncio.TimeoutError, nats.errors.TimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # connection hiccup: keep trying while not stopping
+                if self._stopping.is_set():
+                    return
+                log.warning("fetch failed on %s: %s", consumer.durable, exc)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                if self._stopping.is_set():
+                    await self._settle(msg.nak(delay=0))  # leave it for another instance
+                    continue
+                await self._process(msg, consumer)
+
+    async def _process(self, msg: Msg, consumer: Consumer) -> None:
+        self._in_flight += 1
+        self._idle.clear()
+        headers = dict(msg.headers or {})
+        meta = msg.metadata
+        delivery = Delivery(
+            subject=msg.subject,
+            msg_id=headers.get(MSG_ID, f"{meta.stream}:{meta.sequence.stream}"),
+            num_delivered=meta.num_delivered,
+            durable=consumer.durable,
+            headers=headers,
+            msg=msg,
+        )
+        parent = telemetry.extract_context(headers)
+        try:
+            with self._tracer.start_as_current_span(
+                f"process {msg.subject}",
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "nats",
+                    "messaging.destination.name": msg.subject,
+                    "messaging.operation.type": "process",
+                    "messaging.consumer.group.name": consumer.durable,
+                    "messaging.message.id": delivery.msg_id,
+                    "messaging.nats.delivery_count": meta.num_delivered,
+                },
+            ) as span:
+                try:
+                    event = decode(msg.subject, msg.data, headers)
+                    heartbeat = asyncio.create_task(self._heartbeat(msg))
+                    try:
+                        await consumer.handler(event, delivery)
+                    finally:
+                        heartbeat.cancel()
+                except Exception as exc:
+                    span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR, str(exc)))
+                    await self._failed(msg, delivery, exc)
+                    return
+                await self._settle(msg.ack())
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def _heartbeat(self, msg: Msg) -> None:
+        # Long handlers (evaluation) keep their message: reset ack-wait well before it expires.
+        while True:
+            await asyncio.sleep(max(self.ack_wait_s / 3, 0.2))
+            try:
+                await msg.in_progress()
+            except Exception:
+                return
+
+    async def _failed(self, msg: Msg, delivery: Delivery, exc: Exception) -> None:
+        reason = f"{type(exc).__name__}: {exc}"
+        if delivery.num_delivered >= self.max_deliver:
+            log.error(
+                "dead-lettering %s after %d deliveries: %s", delivery.subject, delivery.num_delivered, reason,
+                extra={"subject": delivery.subject, "durable": delivery.durable},
+            )
+            dlq_headers = {
+                MSG_ID: f"{delivery.durable}:{delivery.msg_id}",
+                DLQ_REASON: reason[:1000],
+                DLQ_SUBJECT: delivery.subject,
+                **{k: v for k, v in delivery.headers.items() if k not in (MSG_ID,)},
+            }
+            await self.js.publish(events.dead_letter_subject(delivery.durable), msg.data, headers=dlq_headers)
+            await self._settle(msg.term())
+        else:
+            log.warning(
+                "handler failed on %s (delivery %d of %d): %s", delivery.subject, delivery.num_delivered,
+                self.max_deliver, reason, extra={"subject": delivery.subject, "durable": delivery.durable},
+            )
+            await self._settle(msg.nak(delay=self.nak_delay_s))
+
+    @staticmethod
+    async def _settle(op: Awaitable[None]) -> None:
+        try:
+            await op
+        except Exception as exc:  # already acked / connection gone: redelivery covers it
+            log.debug("ack/nak failed: %s", exc)
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop taking work, let in-flight handlers finish (up to grace), then drain."""
+        self._stopping.set()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=grace_s)
+        except asyncio.TimeoutError:
+            log.warning("in-flight handlers did not finish in %.1fs; they will be redelivered", grace_s)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if not self.nc.is_closed:
+            try:
+                await asyncio.wait_for(self.nc.drain(), timeout=max(grace_s, 1.0))
+            except Exception:
+                await self.nc.close()
+
+
+async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float, interval: float = 0.05) -> bool:
+    """Poll an async predicate until true or timeout (tests and start-up)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return True
+        await asyncio.sleep(interval)
+    return await predicate()

@@ -1,0 +1,74 @@
+"""The event catalogue: every bus subject, the protobuf message it carries, its stream.
+
+One place names them all, so a publisher and a consumer cannot disagree on a payload type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.protobuf.message import Message
+
+from gradients.v1 import events_pb2 as ev
+
+
+@dataclass(frozen=True)
+class StreamDef:
+    name: str
+    subjects: tuple[str, ...]
+    work_queue: bool = False
+
+
+DOMAIN_STREAM = StreamDef("GRADIENTS", ("gradients.>",))
+# Work queue: each message is delivered to exactly one consumer of the durable and
+# removed once acked, so N eval workers share the jobs.
+JOBS_STREAM = StreamDef("GRADIENTS_JOBS", ("jobs.>",), work_queue=True)
+DEAD_LETTER_STREAM = StreamDef("GRADIENTS_DLQ", ("dlq.>",))
+STREAMS = (DOMAIN_STREAM, JOBS_STREAM, DEAD_LETTER_STREAM)
+
+TASK_CREATED = "gradients.task.created"
+TASK_STATE_CHANGED = "gradients.task.state_changed"
+TASK_PROGRESS = "gradients.task.progress"
+DATASET_PREPARED = "gradients.dataset.prepared"
+MINERS_SELECTED = "gradients.miners.selected"
+SUBMISSION_RECEIVED = "gradients.submission.received"
+EVAL_JOB_REQUESTED = "jobs.eval"
+EVAL_COMPLETED = "gradients.eval.completed"
+TASK_SCORED = "gradients.task.scored"
+SCORES_UPDATED = "gradients.scores.updated"
+WEIGHTS_SET = "gradients.weights.set"
+
+EVENT_TYPES: dict[str, type[Message]] = {
+    TASK_CREATED: ev.TaskCreated,
+    TASK_STATE_CHANGED: ev.TaskStateChanged,
+    TASK_PROGRESS: ev.TaskProgress,
+    DATASET_PREPARED: ev.DatasetPrepared,
+    MINERS_SELECTED: ev.MinersSelected,
+    SUBMISSION_RECEIVED: ev.SubmissionReceived,
+    EVAL_JOB_REQUESTED: ev.EvalJobRequested,
+    EVAL_COMPLETED: ev.EvalCompleted,
+    TASK_SCORED: ev.TaskScored,
+    SCORES_UPDATED: ev.ScoresUpdated,
+    WEIGHTS_SET: ev.WeightsSet,
+}
+
+
+def message_type(subject: str) -> type[Message]:
+    try:
+        return EVENT_TYPES[subject]
+    except KeyError:
+        raise KeyError(f"unknown event subject {subject!r}; add it to gradients.runtime.events") from None
+
+
+def stream_for(subject: str) -> StreamDef:
+    for stream in STREAMS:
+        for pattern in stream.subjects:
+            if pattern.endswith(">") and subject.startswith(pattern[:-1]):
+                return stream
+            if subject == pattern:
+                return stream
+    raise KeyError(f"no stream holds subject {subject!r}")
+
+
+def dead_letter_subject(durable: str) -> str:
+    return f"dlq.{durable}"

@@ -1,0 +1,327 @@
+"""Service start-up shared by all six services.
+
+A service declares a `ServiceSpec` (its gRPC servicers, bus consumers, background loops,
+settings type) and its `__main__` calls `run_service(spec)`. Everything else is here:
+typed config, logging, tracing, NATS and Redis connections, a `grpc.aio` server with
+health (SERVING only while NATS and Redis are up), reflection, uniform error mapping,
+and a clean stop on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gradients.runtime import telemetry
+from gradients.runtime.bus import Consumer, EventBus
+from gradients.runtime.config import ConfigError, MeshSettings, load_settings
+from gradients.runtime.errors import ServiceError
+from gradients.runtime.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GrpcService:
+    """One gRPC service hosted by a process: its full name, registrar and factory."""
+
+    full_name: str
+    register: Callable[[Any, grpc.aio.Server], None]
+    factory: Callable[["ServiceContext"], Any]
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    default_port: int
+    grpc_services: tuple[GrpcService, ...] = ()
+    consumers: Callable[["ServiceContext"], list[Consumer]] = lambda ctx: []
+    background: Callable[["ServiceContext"], list[Awaitable[None]]] = lambda ctx: []
+    settings_type: type | None = None
+    on_start: Callable[["ServiceContext"], Awaitable[None]] | None = None
+    on_stop: Callable[["ServiceContext"], Awaitable[None]] | None = None
+
+
+@dataclass
+class ServiceContext:
+    """What handlers and servicers of one service share."""
+
+    name: str
+    mesh: MeshSettings
+    settings: Any
+    bus: EventBus
+    store: Store
+    _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)  # per-service objects built at start
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """A cached, traced client channel to another service."""
+        if address not in self._channels:
+            self._channels[address] = grpc.aio.insecure_channel(
+                address, interceptors=telemetry.grpc_client_interceptors()
+            )
+        return self._channels[address]
+
+    async def close_channels(self) -> None:
+        for ch in self._channels.values():
+            await ch.close()
+        self._channels.clear()
+
+
+# ---- uniform error handling ---------------------------------------------------------
+
+class _Malformed:
+    """Stands in for a request that could not be decoded."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def _tolerant(deserializer):
+    if deserializer is None:
+        return None
+
+    def decode(raw: bytes):
+        try:
+            return deserializer(raw)
+        except Exception as exc:
+            return _Malformed(exc)
+
+    return decode
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Malformed requests → INVALID_ARGUMENT; ServiceError → its status; bugs → INTERNAL.
+
+    Without this a request that does not decode gets grpc's bare "Exception
+    deserializing request!" and a servicer exception a reasonless UNKNOWN.
+    """
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+
+        async def check(request, context):
+            if isinstance(request, _Malformed):
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"malformed request for {method}: {type(request.error).__name__}: {request.error}",
+                )
+            return request
+
+        async def checked_stream(request_iterator, context):
+            async for request in request_iterator:
+                yield await check(request, context)
+
+        async def failed(exc: Exception, context):
+            if isinstance(exc, ServiceError):
+                await context.abort(exc.code, exc.message)
+            if isinstance(exc, NotImplementedError):
+                await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet")
+            log.exception("unhandled error in %s", method)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}: {exc}")
+
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            async def unary_unary(request, context):
+                request = await check(request, context)
+                try:
+                    return await inner(request, context)
+                except (grpc.aio.AbortError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:
+                    await failed(exc, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, _tolerant(handler.request_deserializer), handler.response_serializer
+            )
+        if handler.unary_stream:
+            inner = handler.unary_stream
+
+            async def unary_stream(request, context):
+                request = await check(request, context)
+                try:
+                    async for item in inner(request, context):
+                        yield item
+                except (grpc.aio.AbortError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:
+                    await failed(exc, context)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, _tolerant(handler.request_deserializer), handler.response_serializer
+            )
+        if handler.stream_unary:
+            inner = handler.stream_unary
+
+            async def stream_unary(request_iterator, context):
+                try:
+                    return await inner(checked_stream(request_iterator, context), context)
+                except (grpc.aio.AbortError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:
+                    await failed(exc, context)
+
+            return grpc.stream_unary_rpc_method_handler(
+                stream_unary, _tolerant(handler.request_deserializer), handler.response_serializer
+            )
+        inner = handler.stream_stream
+
+        async def stream_stream(request_iterator, context):
+            try:
+                async for item in inner(checked_stream(request_iterator, context), context):
+                    yield item
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                await failed(exc, context)
+
+        return grpc.stream_stream_rpc_method_handler(
+            stream_stream, _tolerant(handler.request_deserializer), handler.response_serializer
+        )
+
+
+# ---- the running service --------------------------------------------------------------
+
+class ServiceHost:
+    """One service, started: used by `run_service` and, in-process, by tests."""
+
+    def __init__(self, spec: ServiceSpec, ctx: ServiceContext, server: grpc.aio.Server, port: int,
+                 health_servicer: health.aio.HealthServicer):
+        self.spec = spec
+        self.ctx = ctx
+        self.server = server
+        self.port = port
+        self.health = health_servicer
+        self._background: list[asyncio.Task] = []
+        self._watchdog: asyncio.Task | None = None
+        self.serving = False
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @classmethod
+    async def start(
+        cls,
+        spec: ServiceSpec,
+        env: Mapping[str, str] | None = None,
+        span_processors: Iterable = (),
+        **mesh_overrides: Any,
+    ) -> "ServiceHost":
+        mesh = load_settings(MeshSettings, env, **mesh_overrides)
+        settings = load_settings(spec.settings_type, env) if spec.settings_type else None
+        telemetry.install_tracing(spec.name, mesh.otlp_endpoint, span_processors)
+
+        bus = await EventBus.connect(
+            mesh.nats_url, spec.name, max_deliver=mesh.bus_max_deliver, ack_wait_s=mesh.bus_ack_wait_s,
+            nak_delay_s=mesh.bus_nak_delay_s, replicas=mesh.stream_replicas,
+        )
+        store = Store.from_url(mesh.redis_url, mesh.namespace)
+        if not await store.ping():
+            await bus.nc.close()
+            raise ConnectionError(f"cannot reach Redis at {mesh.redis_url} (GRADIENTS_REDIS_URL)")
+        ctx = ServiceContext(spec.name, mesh, settings, bus, store)
+
+        server = grpc.aio.server(interceptors=[*telemetry.grpc_server_interceptors(), ErrorInterceptor()])
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        names = [s.full_name for s in spec.grpc_services]
+        if spec.on_start:
+            await spec.on_start(ctx)
+        for svc in spec.grpc_services:
+            svc.register(svc.factory(ctx), server)
+        reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        port = mesh.grpc_port if mesh.grpc_port is not None else spec.default_port
+        bound = server.add_insecure_port(f"{mesh.grpc_host}:{port}")
+        if bound == 0:
+            raise OSError(f"cannot bind gRPC port {mesh.grpc_host}:{port} (GRADIENTS_GRPC_PORT)")
+        await server.start()
+
+        host = cls(spec, ctx, server, bound, health_servicer)
+        await bus.start(spec.consumers(ctx))
+        host._background = [asyncio.create_task(c) for c in spec.background(ctx)]
+        await host._update_health()
+        host._watchdog = asyncio.create_task(host._watch())
+        log.info("%s serving on port %d", spec.name, bound)
+        return host
+
+    async def _update_health(self) -> None:
+        ok = self.ctx.bus.connected and await self.ctx.store.ping()
+        if ok != self.serving or not hasattr(self, "_health_set"):
+            self._health_set = True
+            status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ["", *(s.full_name for s in self.spec.grpc_services)]:
+                await self.health.set(name, status)
+            if self.serving and not ok:
+                log.error("%s NOT_SERVING: nats connected=%s", self.spec.name, self.ctx.bus.connected)
+            self.serving = ok
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self._update_health()
+            except Exception as exc:
+                log.warning("health watchdog: %s", exc)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        grace = self.ctx.mesh.shutdown_grace_s if grace_s is None else grace_s
+        if self._watchdog:
+            self._watchdog.cancel()
+        await self.health.enter_graceful_shutdown()
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.ctx.bus.stop(grace)
+        await self.server.stop(grace)
+        if self.spec.on_stop:
+            await self.spec.on_stop(self.ctx)
+        await self.ctx.close_channels()
+        await self.ctx.store.close()
+        telemetry.shutdown_tracing()
+
+
+def run_service(spec: ServiceSpec) -> None:
+    """Entry point of `python -m services.<name>`: run until SIGTERM/SIGINT."""
+    try:
+        mesh = load_settings(MeshSettings)
+        if spec.settings_type:
+            load_settings(spec.settings_type)
+    except ConfigError as exc:
+        print(f"{spec.name}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    telemetry.configure_logging(spec.name, mesh.log_level, mesh.log_format)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            host = await ServiceHost.start(spec)
+        except (ConnectionError, OSError) as exc:
+            log.error("%s failed to start: %s", spec.name, exc)
+            raise SystemExit(3) from None
+        await stop.wait()
+        log.info("%s stopping", spec.name)
+        await host.stop()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    os.sys.stdout.flush()

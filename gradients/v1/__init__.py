@@ -1,0 +1,1 @@
+"""Generated gRPC/protobuf contracts (scripts/gen_protos.py)."""

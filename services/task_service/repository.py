@@ -1,0 +1,15 @@
+"""Task records in Redis, behind a small typed repository."""
+
+from __future__ import annotations
+
+from gradients.runtime import ProtoRepository, Store
+from gradients.v1 import common_pb2 as pb
+
+
+class TaskRepository(ProtoRepository[pb.Task]):
+    def __init__(self, store: Store):
+        super().__init__(store, "task", pb.Task)
+
+    def request_key(self, request_id: str) -> str:
+        """Maps a client's idempotency key to the task it created."""
+        return self.store.key("task-request", request_id)
