@@ -197,6 +197,10 @@ class MeshSettings:
         "GRADIENTS_GRPC_PORT", None, "gRPC port (empty = the service's default port)", check=port_check,
     )
     data_dir: Path = setting("GRADIENTS_DATA_DIR", Path(".data"), "folder for local state and artifacts")
+    artifact_backend: str = setting(
+        "GRADIENTS_ARTIFACT_BACKEND", "nats", "where datasets and submissions are stored: nats (JetStream Object Store) or local",
+        check=one_of("nats", "local"),
+    )
     namespace: str = setting("GRADIENTS_NAMESPACE", "gm", "prefix of every Redis key")
     stream_replicas: int = setting("GRADIENTS_STREAM_REPLICAS", 1, "JetStream replicas (3 on a NATS cluster)", check=positive)
     bus_max_deliver: int = setting("GRADIENTS_BUS_MAX_DELIVER", 5, "deliveries before a message is dead-lettered", check=positive)

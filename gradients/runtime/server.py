@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gradients.runtime import telemetry
+from gradients.runtime.artifacts import ArtifactStore, open_artifact_store
 from gradients.runtime.bus import Consumer, EventBus
 from gradients.runtime.config import ConfigError, MeshSettings, load_settings
 from gradients.runtime.errors import ServiceError
@@ -63,6 +64,15 @@ class ServiceContext:
     store: Store
     _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)  # per-service objects built at start
+
+    @property
+    def artifacts(self) -> ArtifactStore:
+        """The content-addressed store for datasets and submissions (built on first use)."""
+        if "artifacts" not in self.state:
+            self.state["artifacts"] = open_artifact_store(
+                self.mesh.artifact_backend, self.bus.js, self.mesh.data_dir, self.mesh.stream_replicas
+            )
+        return self.state["artifacts"]
 
     def channel(self, address: str) -> grpc.aio.Channel:
         """A cached, traced client channel to another service."""

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from gradients.v1 import common_pb2 as gradients_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19gradients/v1/events.proto\x12\x0cgradients.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19gradients/v1/common.proto\"/\n\x0bTaskCreated\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.gradients.v1.Task\"\xe6\x01\n\x10TaskStateChanged\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12+\n\nfrom_state\x18\x02 \x01(\x0e\x32\x17.gradients.v1.TaskState\x12)\n\x08to_state\x18\x03 \x01(\x0e\x32\x17.gradients.v1.TaskState\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12&\n\x02\x61t\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12 \n\x04task\x18\x07 \x01(\x0b\x32\x12.gradients.v1.Task\"\\\n\x0cTaskProgress\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x0c\n\x04\x64one\x18\x03 \x01(\x03\x12\r\n\x05total\x18\x04 \x01(\x03\x12\x0f\n\x07message\x18\x05 \x01(\t\"s\n\x0f\x44\x61tasetPrepared\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12+\n\x06splits\x18\x02 \x01(\x0b\x32\x1b.gradients.v1.DatasetSplits\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\x16\n\x0e\x66\x61ilure_reason\x18\x04 \x01(\t\"f\n\x0eMinersSelected\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x03(\t\x12\x10\n\x08\x64\x65\x63lined\x18\x03 \x03(\t\x12\x0e\n\x06\x65nough\x18\x04 \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\"B\n\x12SubmissionReceived\x12,\n\nsubmission\x18\x01 \x01(\x0b\x32\x18.gradients.v1.Submission\"c\n\x10\x45valJobRequested\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.gradients.v1.Task\x12-\n\x0bsubmissions\x18\x02 \x03(\x0b\x32\x18.gradients.v1.Submission\"\xe5\x01\n\rEvalCompleted\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12$\n\x04type\x18\x02 \x01(\x0e\x32\x16.gradients.v1.TaskType\x12/\n\x07results\x18\x03 \x03(\x0b\x32\x1e.gradients.v1.EvaluationResult\x12\x0e\n\x06worker\x18\x04 \x01(\t\x12\x1b\n\x13\x62\x61se_model_params_b\x18\x05 \x01(\x01\x12\r\n\x05hours\x18\x06 \x01(\x01\x12\x30\n\x0c\x63ompleted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc0\x01\n\nTaskScored\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12#\n\x06scores\x18\x02 \x03(\x0b\x32\x13.gradients.v1.Score\x12\x13\n\x0btask_weight\x18\x03 \x01(\x01\x12\x18\n\x10rank1_confidence\x18\x04 \x01(\x01\x12\x1e\n\x16scoring_config_version\x18\x05 \x01(\t\x12-\n\tscored_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\x0fMinerFinalScore\x12\x14\n\x0cminer_hotkey\x18\x01 \x01(\t\x12\x13\n\x0b\x66inal_score\x18\x02 \x01(\x01\x12\x16\n\x0etemporal_score\x18\x03 \x01(\x01\"v\n\rScoresUpdated\x12-\n\x06scores\x18\x01 \x03(\x0b\x32\x1d.gradients.v1.MinerFinalScore\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"~\n\nWeightsSet\x12\x0c\n\x04uids\x18\x01 \x03(\x05\x12\x13\n\x0bweights_u16\x18\x02 \x03(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x03\x12\x13\n\x0bversion_key\x18\x05 \x01(\x03\x12\x15\n\rscores_digest\x18\x06 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19gradients/v1/events.proto\x12\x0cgradients.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19gradients/v1/common.proto\"/\n\x0bTaskCreated\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.gradients.v1.Task\"\xe6\x01\n\x10TaskStateChanged\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12+\n\nfrom_state\x18\x02 \x01(\x0e\x32\x17.gradients.v1.TaskState\x12)\n\x08to_state\x18\x03 \x01(\x0e\x32\x17.gradients.v1.TaskState\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12&\n\x02\x61t\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12 \n\x04task\x18\x07 \x01(\x0b\x32\x12.gradients.v1.Task\"\\\n\x0cTaskProgress\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x0c\n\x04\x64one\x18\x03 \x01(\x03\x12\r\n\x05total\x18\x04 \x01(\x03\x12\x0f\n\x07message\x18\x05 \x01(\t\"s\n\x0f\x44\x61tasetPrepared\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12+\n\x06splits\x18\x02 \x01(\x0b\x32\x1b.gradients.v1.DatasetSplits\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\x16\n\x0e\x66\x61ilure_reason\x18\x04 \x01(\t\"\x94\x01\n\x0eMinersSelected\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x03(\t\x12\x10\n\x08\x64\x65\x63lined\x18\x03 \x03(\t\x12\x0e\n\x06\x65nough\x18\x04 \x01(\x08\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12,\n\x08\x64\x65\x61\x64line\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x12SubmissionReceived\x12,\n\nsubmission\x18\x01 \x01(\x0b\x32\x18.gradients.v1.Submission\"c\n\x10\x45valJobRequested\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.gradients.v1.Task\x12-\n\x0bsubmissions\x18\x02 \x03(\x0b\x32\x18.gradients.v1.Submission\"\xe5\x01\n\rEvalCompleted\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12$\n\x04type\x18\x02 \x01(\x0e\x32\x16.gradients.v1.TaskType\x12/\n\x07results\x18\x03 \x03(\x0b\x32\x1e.gradients.v1.EvaluationResult\x12\x0e\n\x06worker\x18\x04 \x01(\t\x12\x1b\n\x13\x62\x61se_model_params_b\x18\x05 \x01(\x01\x12\r\n\x05hours\x18\x06 \x01(\x01\x12\x30\n\x0c\x63ompleted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc0\x01\n\nTaskScored\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12#\n\x06scores\x18\x02 \x03(\x0b\x32\x13.gradients.v1.Score\x12\x13\n\x0btask_weight\x18\x03 \x01(\x01\x12\x18\n\x10rank1_confidence\x18\x04 \x01(\x01\x12\x1e\n\x16scoring_config_version\x18\x05 \x01(\t\x12-\n\tscored_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\x0fMinerFinalScore\x12\x14\n\x0cminer_hotkey\x18\x01 \x01(\t\x12\x13\n\x0b\x66inal_score\x18\x02 \x01(\x01\x12\x16\n\x0etemporal_score\x18\x03 \x01(\x01\"v\n\rScoresUpdated\x12-\n\x06scores\x18\x01 \x03(\x0b\x32\x1d.gradients.v1.MinerFinalScore\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"~\n\nWeightsSet\x12\x0c\n\x04uids\x18\x01 \x03(\x05\x12\x13\n\x0bweights_u16\x18\x02 \x03(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x03\x12\x13\n\x0bversion_key\x18\x05 \x01(\x03\x12\x15\n\rscores_digest\x18\x06 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,20 +41,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKPROGRESS']._serialized_end=477
   _globals['_DATASETPREPARED']._serialized_start=479
   _globals['_DATASETPREPARED']._serialized_end=594
-  _globals['_MINERSSELECTED']._serialized_start=596
-  _globals['_MINERSSELECTED']._serialized_end=698
-  _globals['_SUBMISSIONRECEIVED']._serialized_start=700
-  _globals['_SUBMISSIONRECEIVED']._serialized_end=766
-  _globals['_EVALJOBREQUESTED']._serialized_start=768
-  _globals['_EVALJOBREQUESTED']._serialized_end=867
-  _globals['_EVALCOMPLETED']._serialized_start=870
-  _globals['_EVALCOMPLETED']._serialized_end=1099
-  _globals['_TASKSCORED']._serialized_start=1102
-  _globals['_TASKSCORED']._serialized_end=1294
-  _globals['_MINERFINALSCORE']._serialized_start=1296
-  _globals['_MINERFINALSCORE']._serialized_end=1380
-  _globals['_SCORESUPDATED']._serialized_start=1382
-  _globals['_SCORESUPDATED']._serialized_end=1500
-  _globals['_WEIGHTSSET']._serialized_start=1502
-  _globals['_WEIGHTSSET']._serialized_end=1628
+  _globals['_MINERSSELECTED']._serialized_start=597
+  _globals['_MINERSSELECTED']._serialized_end=745
+  _globals['_SUBMISSIONRECEIVED']._serialized_start=747
+  _globals['_SUBMISSIONRECEIVED']._serialized_end=813
+  _globals['_EVALJOBREQUESTED']._serialized_start=815
+  _globals['_EVALJOBREQUESTED']._serialized_end=914
+  _globals['_EVALCOMPLETED']._serialized_start=917
+  _globals['_EVALCOMPLETED']._serialized_end=1146
+  _globals['_TASKSCORED']._serialized_start=1149
+  _globals['_TASKSCORED']._serialized_end=1341
+  _globals['_MINERFINALSCORE']._serialized_start=1343
+  _globals['_MINERFINALSCORE']._serialized_end=1427
+  _globals['_SCORESUPDATED']._serialized_start=1429
+  _globals['_SCORESUPDATED']._serialized_end=1547
+  _globals['_WEIGHTSSET']._serialized_start=1549
+  _globals['_WEIGHTSSET']._serialized_end=1675
 # @@protoc_insertion_point(module_scope)

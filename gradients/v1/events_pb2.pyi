@@ -61,18 +61,20 @@ class DatasetPrepared(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., splits: _Optional[_Union[_common_pb2.DatasetSplits, _Mapping]] = ..., ok: _Optional[bool] = ..., failure_reason: _Optional[str] = ...) -> None: ...
 
 class MinersSelected(_message.Message):
-    __slots__ = ("task_id", "accepted", "declined", "enough", "attempt")
+    __slots__ = ("task_id", "accepted", "declined", "enough", "attempt", "deadline")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     DECLINED_FIELD_NUMBER: _ClassVar[int]
     ENOUGH_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     accepted: _containers.RepeatedScalarFieldContainer[str]
     declined: _containers.RepeatedScalarFieldContainer[str]
     enough: bool
     attempt: int
-    def __init__(self, task_id: _Optional[str] = ..., accepted: _Optional[_Iterable[str]] = ..., declined: _Optional[_Iterable[str]] = ..., enough: _Optional[bool] = ..., attempt: _Optional[int] = ...) -> None: ...
+    deadline: _timestamp_pb2.Timestamp
+    def __init__(self, task_id: _Optional[str] = ..., accepted: _Optional[_Iterable[str]] = ..., declined: _Optional[_Iterable[str]] = ..., enough: _Optional[bool] = ..., attempt: _Optional[int] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class SubmissionReceived(_message.Message):
     __slots__ = ("submission",)
