@@ -101,9 +101,25 @@ class GetMyResultsRequest(_message.Message):
     def __init__(self, task_id: _Optional[str] = ...) -> None: ...
 
 class GetMyResultsResponse(_message.Message):
-    __slots__ = ("results", "scores")
+    __slots__ = ("results", "scores", "tasks", "final_score")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    FINAL_SCORE_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[_common_pb2.EvaluationResult]
     scores: _containers.RepeatedCompositeFieldContainer[_common_pb2.Score]
-    def __init__(self, results: _Optional[_Iterable[_Union[_common_pb2.EvaluationResult, _Mapping]]] = ..., scores: _Optional[_Iterable[_Union[_common_pb2.Score, _Mapping]]] = ...) -> None: ...
+    tasks: _containers.RepeatedCompositeFieldContainer[MinerTaskResult]
+    final_score: float
+    def __init__(self, results: _Optional[_Iterable[_Union[_common_pb2.EvaluationResult, _Mapping]]] = ..., scores: _Optional[_Iterable[_Union[_common_pb2.Score, _Mapping]]] = ..., tasks: _Optional[_Iterable[_Union[MinerTaskResult, _Mapping]]] = ..., final_score: _Optional[float] = ...) -> None: ...
+
+class MinerTaskResult(_message.Message):
+    __slots__ = ("task_id", "result", "score", "updated_at")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    result: _common_pb2.EvaluationResult
+    score: _common_pb2.Score
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, task_id: _Optional[str] = ..., result: _Optional[_Union[_common_pb2.EvaluationResult, _Mapping]] = ..., score: _Optional[_Union[_common_pb2.Score, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

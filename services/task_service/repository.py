@@ -13,3 +13,16 @@ class TaskRepository(ProtoRepository[pb.Task]):
     def request_key(self, request_id: str) -> str:
         """Maps a client's idempotency key to the task it created."""
         return self.store.key("task-request", request_id)
+
+    def state_index(self, state: int) -> str:
+        """Set of task ids currently in `state`."""
+        return self.store.key("task-state", pb.TaskState.Name(state))
+
+    @property
+    def timers_key(self) -> str:
+        """Sorted set of "<kind>:<task_id>" due at a unix time (deadlines, delayed retries)."""
+        return self.store.key("task-timers")
+
+    def submissions_key(self, task_id: str) -> str:
+        """Hash hotkey -> latest Submission of that miner for the task."""
+        return self.store.key("task-submissions", task_id)

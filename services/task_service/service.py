@@ -1,9 +1,17 @@
-"""Wiring of task_service: its gRPC API, consumers and settings."""
+"""Wiring of task_service: its gRPC API, consumers, background loops and settings."""
 
-from gradients.runtime import GrpcService, ServiceSpec
+from gradients.runtime import GrpcService, ServiceContext, ServiceSpec
 from gradients.v1 import task_service_pb2_grpc
 from services.task_service import handlers
+from services.task_service.lifecycle import TaskLifecycle
+from services.task_service.scheduler import TaskScheduler
 from services.task_service.servicer import TaskServicer
+from services.task_service.settings import TaskServiceSettings
+
+
+async def build(ctx: ServiceContext) -> None:
+    ctx.state["lifecycle"] = TaskLifecycle(ctx)
+
 
 SPEC = ServiceSpec(
     name="task_service",
@@ -12,4 +20,7 @@ SPEC = ServiceSpec(
         GrpcService("gradients.v1.TaskService", task_service_pb2_grpc.add_TaskServiceServicer_to_server, TaskServicer),
     ),
     consumers=handlers.consumers,
+    background=lambda ctx: [TaskScheduler(ctx, ctx.state["lifecycle"]).run()],
+    settings_type=TaskServiceSettings,
+    on_start=build,
 )

@@ -1,0 +1,64 @@
+"""The bytes the artifact store keeps for one split, and reading them back.
+
+Text splits: the canonical JSONL itself, so the artifact's sha256 equals the split hash.
+Image splits: an uncompressed USTAR tar holding `rows.jsonl` then `images/<sha256>.png` in
+name order, every header fixed (mtime 0, uid 0, mode 0644), so the same split always gives
+the same bytes and the same content address.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from typing import Any
+
+from services.dataset_prep.pipeline import PreparedSplit
+
+ROWS_NAME = "rows.jsonl"
+IMAGES_DIR = "images/"
+
+
+def _member(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def split_artifact(split: PreparedSplit) -> bytes:
+    rows = split.to_jsonl_bytes()
+    if not split.images:
+        return rows
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        tar.addfile(_member(ROWS_NAME, len(rows)), io.BytesIO(rows))
+        for name in sorted(split.images):
+            data = split.images[name]
+            tar.addfile(_member(IMAGES_DIR + name, len(data)), io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _is_tar(data: bytes) -> bool:
+    return data[257:262] == b"ustar"
+
+
+def read_split_artifact(data: bytes) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
+    """(rows, images by name) from bytes written by split_artifact."""
+    if not _is_tar(data):
+        return [json.loads(line) for line in data.decode("utf-8").splitlines() if line], {}
+    rows: list[dict[str, Any]] = []
+    images: dict[str, bytes] = {}
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        for member in tar.getmembers():
+            if not member.isfile():
+                continue
+            content = tar.extractfile(member).read()  # type: ignore[union-attr]
+            if member.name == ROWS_NAME:
+                rows = [json.loads(line) for line in content.decode("utf-8").splitlines() if line]
+            elif member.name.startswith(IMAGES_DIR):
+                images[member.name[len(IMAGES_DIR) :]] = content
+    return rows, images

@@ -1,0 +1,481 @@
+"""Synthetic row generators G(x, τ) (§3.3): an OpenAI-compatible endpoint or a local model.
+
+The contract, shared by every backend: a `RowRequest` shows the model some fields of a
+source row and names the keys the answer must have; the model replies with a JSON object
+holding exactly those keys, each a non-empty string. Anything else (not JSON, wrong keys,
+empty values) is *malformed*: retried up to `attempts_per_row` times, then the row is
+dropped (None) — a malformed answer is never passed on.
+
+A run of `max_consecutive_failures` failures (any success resets the run) stops the whole
+batch with `GenerationAborted`, so a dead endpoint or a model that cannot follow the format
+fails fast with a reason. For the HTTP backend a failure is one failed attempt (transport
+error or malformed answer); for the local backend, whose field-by-field fallback rescues
+malformed answers, it is a row that could not be produced at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+from services.dataset_prep.errors import GenerationAborted
+
+ProgressFn = Callable[[int, int], None]
+
+SYSTEM_PROMPT = (
+    "You write synthetic training examples for fine-tuning language models. "
+    "Reply with a single JSON object and nothing else."
+)
+
+
+@dataclass(frozen=True)
+class RowRequest:
+    source: dict[str, str]  # fields of the original row shown to the model
+    keys: tuple[str, ...]  # keys the answer must hold, each a non-empty string
+    task: str  # what to write, in words
+    temperature: float
+    variant: int = 0  # tells repeated requests for one source apart (seeds)
+
+    def fingerprint(self) -> str:
+        data = [self.source, list(self.keys), self.task, self.temperature, self.variant]
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+class Generator(Protocol):
+    """Anything that turns requests into validated answers (None = dropped)."""
+
+    name: str
+
+    def generate(
+        self, requests: Sequence[RowRequest], on_progress: ProgressFn | None = None
+    ) -> list[dict[str, str] | None]: ...
+
+
+@dataclass
+class GenerationStats:
+    attempts: int = 0
+    transport_errors: int = 0
+    malformed: int = 0
+    dropped_rows: int = 0
+    fallback_rows: int = 0  # local generator: rows rebuilt field by field
+
+
+class MalformedAnswer(ValueError):
+    """The model's reply broke the JSON contract."""
+
+
+class RequestFailed(RuntimeError):
+    """The endpoint did not produce a reply (HTTP error, timeout, bad response body)."""
+
+
+def user_prompt(request: RowRequest) -> str:
+    keys = ", ".join(f'"{k}"' for k in request.keys)
+    return (
+        f"{request.task}\n\n"
+        f"Original example (JSON):\n{json.dumps(request.source, ensure_ascii=False, indent=1)}\n\n"
+        f"Return only a JSON object with exactly these keys: {keys}. "
+        "Every value must be a non-empty string."
+    )
+
+
+def chat_messages(request: RowRequest) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": user_prompt(request)},
+    ]
+
+
+def parse_answer(text: str, keys: Sequence[str]) -> dict[str, str]:
+    """The JSON object in `text` if it holds exactly `keys` with non-empty string values.
+
+    Tolerates prose or a ```json fence around the object (models often add them).
+    """
+    decoder = json.JSONDecoder()
+    start = text.find("{")
+    obj: Any = None
+    while start != -1:
+        try:
+            obj, _ = decoder.raw_decode(text, start)
+            break
+        except json.JSONDecodeError:
+            start = text.find("{", start + 1)
+    if not isinstance(obj, dict):
+        raise MalformedAnswer(f"no JSON object in the answer: {text[:80]!r}")
+    if set(obj) != set(keys):
+        raise MalformedAnswer(f"answer has keys {sorted(obj)}, expected {sorted(keys)}")
+    for key in keys:
+        value = obj[key]
+        if not isinstance(value, str) or not value.strip():
+            raise MalformedAnswer(f"answer key '{key}' is empty or not a string")
+    return {key: obj[key] for key in keys}
+
+
+class FailureRun:
+    """Counts consecutive failed attempts across threads; trips at a threshold."""
+
+    def __init__(self, limit: int, where: str):
+        if limit < 1:
+            raise ValueError(f"max_consecutive_failures must be >= 1, not {limit}")
+        self.limit = limit
+        self.where = where
+        self.run = 0
+        self.reason: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def aborted(self) -> bool:
+        return self.reason is not None
+
+    def success(self) -> None:
+        with self._lock:
+            self.run = 0
+
+    def failure(self, error: str) -> None:
+        with self._lock:
+            self.run += 1
+            if self.run >= self.limit and self.reason is None:
+                self.reason = (
+                    f"generation aborted after {self.run} consecutive failed attempts "
+                    f"({self.where}); last error: {error}"
+                )
+
+
+# --------------------------------------------------------------------------- OpenAI-compatible
+
+
+@dataclass(frozen=True)
+class OpenAIGeneratorConfig:
+    base_url: str  # e.g. http://127.0.0.1:8000/v1 ; requests go to {base_url}/chat/completions
+    model: str
+    api_key: str | None = None
+    max_concurrency: int = 8
+    attempts_per_row: int = 3
+    max_consecutive_failures: int = 10
+    request_timeout_s: float = 60.0
+    retry_backoff_s: float = 1.0  # sleep backoff·attempt before a retry
+    max_tokens: int = 1024
+    json_mode: bool = False  # also send response_format={"type": "json_object"}
+    seed: int | None = None  # when set, sent as "seed" (+ request variant) for reproducibility
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must be an http(s) URL, not {self.base_url!r}")
+        if self.max_concurrency < 1 or self.attempts_per_row < 1:
+            raise ValueError("max_concurrency and attempts_per_row must be >= 1")
+
+
+class OpenAICompatibleGenerator:
+    """POST {base_url}/chat/completions from a thread pool; stdlib urllib only."""
+
+    def __init__(self, config: OpenAIGeneratorConfig):
+        self.config = config
+        self.name = f"openai:{config.model}"
+        self.url = config.base_url.rstrip("/") + "/chat/completions"
+        self.stats = GenerationStats()
+        self._stats_lock = threading.Lock()
+
+    def generate(
+        self, requests: Sequence[RowRequest], on_progress: ProgressFn | None = None
+    ) -> list[dict[str, str] | None]:
+        self.stats = GenerationStats()
+        where = f"model '{self.config.model}' at {self.url}"
+        run = FailureRun(self.config.max_consecutive_failures, where)
+        results: list[dict[str, str] | None] = [None] * len(requests)
+        with ThreadPoolExecutor(max_workers=self.config.max_concurrency) as pool:
+            futures = {pool.submit(self._one, r, run): i for i, r in enumerate(requests)}
+            for done, future in enumerate(as_completed(futures), start=1):
+                results[futures[future]] = future.result()
+                if on_progress:
+                    on_progress(done, len(requests))
+        if run.aborted:
+            raise GenerationAborted(run.reason or "")
+        return results
+
+    def _count(self, **increments: int) -> None:
+        with self._stats_lock:
+            for name, value in increments.items():
+                setattr(self.stats, name, getattr(self.stats, name) + value)
+
+    def _one(self, request: RowRequest, run: FailureRun) -> dict[str, str] | None:
+        for attempt in range(self.config.attempts_per_row):
+            if run.aborted:
+                return None
+            if attempt and self.config.retry_backoff_s:
+                time.sleep(self.config.retry_backoff_s * attempt)
+            self._count(attempts=1)
+            try:
+                answer = parse_answer(self._complete(request), request.keys)
+            except RequestFailed as err:
+                self._count(transport_errors=1)
+                run.failure(str(err))
+                continue
+            except MalformedAnswer as err:
+                self._count(malformed=1)
+                run.failure(f"malformed answer: {err}")
+                continue
+            run.success()
+            return answer
+        self._count(dropped_rows=1)
+        return None
+
+    def _complete(self, request: RowRequest) -> str:
+        body: dict[str, Any] = {
+            "model": self.config.model,
+            "messages": chat_messages(request),
+            "temperature": request.temperature,
+            "max_tokens": self.config.max_tokens,
+        }
+        if self.config.json_mode:
+            body["response_format"] = {"type": "json_object"}
+        if self.config.seed is not None:
+            body["seed"] = self.config.seed + request.variant
+        headers = {"Content-Type": "application/json"}
+        if self.config.api_key:
+            headers["Authorization"] = f"Bearer {self.config.api_key}"
+        http_request = urllib.request.Request(
+            self.url, data=json.dumps(body).encode(), headers=headers, method="POST"
+        )
+        try:
+            timeout = self.config.request_timeout_s
+            with urllib.request.urlopen(http_request, timeout=timeout) as response:
+                payload = response.read()
+        except urllib.error.HTTPError as err:
+            detail = err.read()[:200].decode("utf-8", "replace")
+            raise RequestFailed(f"HTTP {err.code} from {self.url}: {detail}") from None
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+            raise RequestFailed(f"{self.url} unreachable: {getattr(err, 'reason', err)}") from None
+        try:
+            content = json.loads(payload)["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise RequestFailed(f"not a chat-completions response: {payload[:120]!r}") from None
+        if not isinstance(content, str):
+            raise RequestFailed(f"message content is not text: {content!r:.80}")
+        return content
+
+
+# --------------------------------------------------------------------------- local transformers
+
+
+@dataclass(frozen=True)
+class LocalGeneratorConfig:
+    model_path: str
+    max_new_tokens: int = 256
+    attempts_per_row: int = 2
+    max_consecutive_failures: int = 10
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    top_p: float = 1.0
+    # Used only when the JSON answer stays malformed: generate each field separately,
+    # conditioned on the original field, so weak (or tiny test) models keep the schema.
+    field_fallback: bool = True
+    fallback_max_new_tokens: int = 48
+    fallback_min_new_tokens: int = 4
+    fallback_attempts: int = 3
+
+
+@dataclass
+class _Sampler:
+    tokenizer: Any
+    model: Any
+    device: str
+    top_p: float
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def prompt_text(self, messages: list[dict[str, str]]) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        return "\n\n".join(m["content"] for m in messages) + "\n\n"
+
+    def sample(
+        self,
+        messages: list[dict[str, str]],
+        temperature: float,
+        seed: int,
+        max_new_tokens: int,
+        min_new_tokens: int = 0,
+    ) -> str:
+        import torch
+
+        text = self.prompt_text(messages)
+        has_template = bool(getattr(self.tokenizer, "chat_template", None))
+        encoded = self.tokenizer(text, return_tensors="pt", add_special_tokens=not has_template)
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit and encoded["input_ids"].shape[1] + max_new_tokens > limit:
+            # Keep the tail: the example and the generation prompt matter most.
+            keep = limit - max_new_tokens
+            if keep <= 0:
+                raise ValueError(f"max_new_tokens {max_new_tokens} exceeds the context {limit}")
+            encoded = {k: v[:, -keep:] for k, v in encoded.items()}
+        encoded = {k: v.to(self.device) for k, v in encoded.items()}
+        pad = self.tokenizer.pad_token_id
+        options: dict[str, Any] = dict(
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            pad_token_id=pad if pad is not None else self.tokenizer.eos_token_id,
+        )
+        if temperature > 0:
+            options.update(do_sample=True, temperature=temperature, top_p=self.top_p)
+        else:
+            options.update(do_sample=False)
+        # One generation at a time: torch's global RNG is seeded per call for determinism.
+        with self.lock, torch.no_grad():
+            torch.manual_seed(seed)
+            output = self.model.generate(**encoded, **options)
+        new_tokens = output[0, encoded["input_ids"].shape[1] :]
+        return self.tokenizer.decode(new_tokens, skip_special_tokens=True)
+
+
+class LocalTransformersGenerator:
+    """A local causal LM (AutoModelForCausalLM), sampled with a fixed seed per request."""
+
+    def __init__(self, config: LocalGeneratorConfig):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.config = config
+        self.name = f"local:{config.model_path}"
+        tokenizer = AutoTokenizer.from_pretrained(config.model_path)
+        model = AutoModelForCausalLM.from_pretrained(
+            config.model_path, dtype=getattr(torch, config.dtype)
+        ).to(config.device)
+        model.eval()
+        self._sampler = _Sampler(tokenizer, model, config.device, config.top_p)
+        self.stats = GenerationStats()
+
+    def _seed(self, request: RowRequest, *parts: object) -> int:
+        text = ":".join([str(self.config.seed), request.fingerprint(), *map(str, parts)])
+        return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+
+    def generate(
+        self, requests: Sequence[RowRequest], on_progress: ProgressFn | None = None
+    ) -> list[dict[str, str] | None]:
+        self.stats = GenerationStats()
+        run = FailureRun(self.config.max_consecutive_failures, self.name)
+        results: list[dict[str, str] | None] = []
+        for done, request in enumerate(requests, start=1):
+            results.append(self._one(request, run))
+            if run.aborted:
+                raise GenerationAborted(run.reason or "")
+            if on_progress:
+                on_progress(done, len(requests))
+        return results
+
+    def _one(self, request: RowRequest, run: FailureRun) -> dict[str, str] | None:
+        last_error = ""
+        for attempt in range(self.config.attempts_per_row):
+            self.stats.attempts += 1
+            text = self._sampler.sample(
+                chat_messages(request),
+                request.temperature,
+                self._seed(request, "json", attempt),
+                self.config.max_new_tokens,
+            )
+            try:
+                answer = parse_answer(text, request.keys)
+            except MalformedAnswer as err:
+                self.stats.malformed += 1
+                last_error = str(err)
+                continue
+            run.success()
+            return answer
+        answer = self._field_by_field(request) if self.config.field_fallback else None
+        if answer is None:
+            self.stats.dropped_rows += 1
+            run.failure(f"malformed answer: {last_error}")
+            return None
+        self.stats.fallback_rows += 1
+        run.success()
+        return answer
+
+    def _field_by_field(self, request: RowRequest) -> dict[str, str] | None:
+        """Build the answer one key at a time from plain generated text."""
+        answer = {}
+        for key in request.keys:
+            for attempt in range(self.config.fallback_attempts):
+                text = self._sampler.sample(
+                    _field_messages(request, key),
+                    request.temperature,
+                    self._seed(request, "field", key, attempt),
+                    self.config.fallback_max_new_tokens,
+                    self.config.fallback_min_new_tokens,
+                ).strip()
+                if text:
+                    answer[key] = text
+                    break
+            else:
+                return None
+        return answer
+
+
+def _field_messages(request: RowRequest, key: str) -> list[dict[str, str]]:
+    if key in request.source:
+        content = f"{request.task}\nOriginal {key}: {request.source[key]}\nNew {key}:"
+    else:
+        context = "\n".join(f"{k}: {v}" for k, v in request.source.items())
+        content = f"{request.task}\n{context}\n{key}:"
+    return [{"role": "user", "content": content}]
+
+
+# --------------------------------------------------------------------------- images
+
+
+class ImageGenerator(Protocol):
+    name: str
+
+    def generate_image(self, prompt: str, width: int, height: int, seed: int) -> Any:
+        """A PIL image for `prompt`, width and height divisible by 64."""
+        ...
+
+
+@dataclass(frozen=True)
+class DiffusersImageConfig:
+    pipeline_path: str  # a folder saved by a diffusers text-to-image pipeline
+    num_inference_steps: int = 30
+    guidance_scale: float = 7.5
+    device: str = "cpu"
+    dtype: str = "float32"
+
+
+class DiffusersImageGenerator:
+    """Text-to-image through whatever pipeline the folder holds (SD, SDXL, Flux...)."""
+
+    def __init__(self, config: DiffusersImageConfig):
+        import torch
+        from diffusers import DiffusionPipeline
+
+        self.config = config
+        self.name = f"diffusers:{config.pipeline_path}"
+        self._torch = torch
+        self.pipe = DiffusionPipeline.from_pretrained(
+            config.pipeline_path, dtype=getattr(torch, config.dtype)
+        ).to(config.device)
+        self.pipe.set_progress_bar_config(disable=True)
+
+    def generate_image(self, prompt: str, width: int, height: int, seed: int) -> Any:
+        from services.dataset_prep.images import cover_crop
+
+        if width % 64 or height % 64:
+            raise ValueError(f"image size must be divisible by 64, not {width}x{height}")
+        generator = self._torch.Generator(device="cpu").manual_seed(seed)
+        image = self.pipe(
+            prompt=prompt,
+            width=width,
+            height=height,
+            num_inference_steps=self.config.num_inference_steps,
+            guidance_scale=self.config.guidance_scale,
+            generator=generator,
+        ).images[0]
+        if image.size != (width, height):  # some pipelines round sizes; restore the contract
+            image = cover_crop(image, width, height)
+        return image
