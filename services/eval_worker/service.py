@@ -1,13 +1,22 @@
-"""Wiring of eval_worker: its gRPC API, consumers and settings."""
+"""Wiring of eval_worker: the evaluation work queue and a status API."""
 
-from gradients.runtime import GrpcService, ServiceSpec
+from gradients.runtime import GrpcService, ServiceContext, ServiceSpec
 from gradients.v1 import eval_worker_pb2_grpc
 from services.eval_worker import handlers
 from services.eval_worker.servicer import EvalWorkerServicer
+from services.eval_worker.settings import EvalWorkerSettings
+
+
+async def build(ctx: ServiceContext) -> None:
+    ctx.state["eval_handler"] = handlers.EvalJobHandler(ctx)
+
 
 SPEC = ServiceSpec(
     name="eval_worker",
     default_port=50054,
-    grpc_services=(GrpcService("gradients.v1.EvalWorker", eval_worker_pb2_grpc.add_EvalWorkerServicer_to_server, EvalWorkerServicer),),
+    grpc_services=(GrpcService("gradients.v1.EvalWorker", eval_worker_pb2_grpc.add_EvalWorkerServicer_to_server,
+                               EvalWorkerServicer),),
     consumers=handlers.consumers,
+    settings_type=EvalWorkerSettings,
+    on_start=build,
 )

@@ -1,11 +1,21 @@
-"""gRPC EvalWorker servicer (methods not yet built answer UNIMPLEMENTED)."""
+"""gRPC EvalWorker: what this worker is doing."""
 
 from __future__ import annotations
 
 from gradients.runtime import ServiceContext
+from gradients.v1 import eval_worker_pb2 as pb
 from gradients.v1 import eval_worker_pb2_grpc
 
 
 class EvalWorkerServicer(eval_worker_pb2_grpc.EvalWorkerServicer):
     def __init__(self, ctx: ServiceContext):
         self.ctx = ctx
+        self.handler = ctx.state["eval_handler"]
+
+    async def GetWorkerStatus(self, request: pb.GetWorkerStatusRequest, context) -> pb.WorkerStatus:
+        return pb.WorkerStatus(
+            worker_id=self.handler.worker_id,
+            device=self.ctx.settings.device,
+            current_task_id=self.handler.status["current_task_id"],
+            jobs_done=self.handler.status["jobs_done"],
+        )

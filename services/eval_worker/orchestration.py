@@ -1,0 +1,158 @@
+"""From one job to per-submission results: validate, group, run isolated, retry, assemble."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from services.eval_worker.isolation import ChildLimits, ChildOutcome, run_in_child, run_in_process
+from services.eval_worker.job import EvalJob, Submission, SubmissionEval, failed
+from services.eval_worker.text_eval import MemberResult
+from services.eval_worker.validation import (
+    SubmissionRefused,
+    ValidatedSubmission,
+    read_base_info,
+    validate_submission,
+)
+
+GroupFn = Callable[[EvalJob, list[ValidatedSubmission]], dict[str, MemberResult]]
+
+
+def evaluate_group(job: EvalJob, members: list[ValidatedSubmission]) -> dict[str, MemberResult]:
+    """Evaluate one group with its base model loaded once (runs inside the child)."""
+    if job.task_type in ("INSTRUCT_TEXT", "CHAT"):
+        from services.eval_worker.text_eval import evaluate_text_group
+
+        return evaluate_text_group(job, members)
+    if job.task_type == "DPO":
+        from services.eval_worker.dpo_eval import evaluate_dpo_group
+
+        return evaluate_dpo_group(job, members)
+    if job.task_type == "GRPO":
+        from services.eval_worker.grpo_eval import evaluate_grpo_group
+
+        return evaluate_grpo_group(job, members)
+    from services.eval_worker.image_eval import evaluate_image_group
+
+    return evaluate_image_group(job, members)
+
+
+def plan_groups(job: EvalJob, accepted: list[ValidatedSubmission]) -> list[list[ValidatedSubmission]]:
+    """Mixed-batch adapters share groups (up to max_adapters_per_group); the rest go alone.
+
+    Image adapters are swapped one after another on one pipeline, so they share groups too.
+    """
+    shareable = [v for v in accepted if v.kind == "adapter" and (v.mixed_batch_ok or job.task_type == "IMAGE")]
+    alone = [v for v in accepted if v not in shareable]
+    size = job.limits.max_adapters_per_group
+    groups = [shareable[i : i + size] for i in range(0, len(shareable), size)]
+    return groups + [[v] for v in alone]
+
+
+def _child_limits(job: EvalJob) -> ChildLimits:
+    from services.eval_worker.model_loading import resolve_device
+
+    return ChildLimits(
+        memory_bytes=job.limits.child_memory_bytes,
+        timeout_s=job.limits.child_timeout_s,
+        torch_threads=job.limits.torch_threads,
+        device=resolve_device(job.device),
+    )
+
+
+def run_groups(
+    job: EvalJob, groups: list[list[ValidatedSubmission]], group_fn: GroupFn = evaluate_group
+) -> dict[str, MemberResult]:
+    """Each group in its own child; the members of a failed group are retried one per child."""
+    limits = _child_limits(job) if job.limits.isolate else None
+
+    def run(members: list[ValidatedSubmission]) -> ChildOutcome:
+        if limits is None:
+            return run_in_process(group_fn, (job, members))
+        return run_in_child(group_fn, (job, members), limits)
+
+    results: dict[str, MemberResult] = {}
+    for group in groups:
+        outcome = run(group)
+        if outcome.ok:
+            for member in group:
+                results[member.hotkey] = outcome.value.get(
+                    member.hotkey, MemberResult(ok=False, reason="the evaluation returned no result")
+                )
+            continue
+        if len(group) == 1:
+            results[group[0].hotkey] = MemberResult(ok=False, reason=outcome.reason)
+            continue
+        # A shared batch crashed: find the culprit by evaluating everyone on their own.
+        for member in group:
+            single = run([member])
+            if single.ok:
+                results[member.hotkey] = single.value.get(
+                    member.hotkey, MemberResult(ok=False, reason="the evaluation returned no result")
+                )
+            else:
+                results[member.hotkey] = MemberResult(ok=False, reason=single.reason)
+    return results
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def assemble(job: EvalJob, hotkey: str, kind: str, result: MemberResult) -> SubmissionEval:
+    """Set losses from per-example numbers: L_weighted = w*L_test + (1-w)*L_synth (no synth: L_test)."""
+    if not result.ok:
+        return failed(hotkey, result.reason or "evaluation failed", kind)
+    values = result.test + result.synth
+    if not result.test or not all(math.isfinite(v) for v in values):
+        return failed(hotkey, "evaluation produced a non-finite or empty loss", kind)
+    loss_test = _mean(result.test)
+    loss_synth = _mean(result.synth) if result.synth else None
+    if job.task_type == "IMAGE" or loss_synth is None:
+        # Image: L_weighted is eq 16/17's delta-mix on D_test; the synth loss is reported alongside.
+        loss_weighted = loss_test
+    else:
+        loss_weighted = job.test_weight * loss_test + (1.0 - job.test_weight) * loss_synth
+    out = SubmissionEval(
+        hotkey=hotkey,
+        ok=True,
+        loss_test=loss_test,
+        loss_synth=loss_synth,
+        loss_weighted=loss_weighted,
+        per_example_test=list(result.test),
+        per_example_synth=list(result.synth),
+        kind=kind,
+        details={k: v for k, v in result.extras.items() if isinstance(v, float)},
+        warnings=list(result.extras.get("warnings", [])),
+    )
+    if job.task_type == "GRPO":
+        out.score_test = -loss_test
+        out.score_synth = -loss_synth if loss_synth is not None else None
+        out.score_weighted = -loss_weighted
+    return out
+
+
+def run_job(job: EvalJob, submissions: list[Submission], group_fn: GroupFn = evaluate_group) -> list[SubmissionEval]:
+    hotkeys = [s.hotkey for s in submissions]
+    if len(set(hotkeys)) != len(hotkeys):
+        raise ValueError("submissions must have distinct hotkeys")
+    base = read_base_info(job.base_model_dir, job.task_type)
+    refused: dict[str, SubmissionEval] = {}
+    accepted: list[ValidatedSubmission] = []
+    for sub in submissions:
+        try:
+            accepted.append(validate_submission(sub, base, job.task_type, job.limits))
+        except SubmissionRefused as exc:
+            refused[sub.hotkey] = failed(sub.hotkey, f"refused: {exc}")
+        except OSError as exc:
+            refused[sub.hotkey] = failed(sub.hotkey, f"refused: upload unreadable ({exc})")
+    raw = run_groups(job, plan_groups(job, accepted), group_fn) if accepted else {}
+    if job.task_type == "GRPO" and group_fn is evaluate_group:
+        from services.eval_worker.grpo_eval import score_grpo
+
+        raw = score_grpo(job, raw)
+    kinds = {v.hotkey: v.kind for v in accepted}
+    return [
+        refused[h] if h in refused else assemble(job, h, kinds[h], raw[h])
+        for h in hotkeys
+    ]

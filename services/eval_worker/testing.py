@@ -1,0 +1,300 @@
+"""Builders of real submissions for tests and benchmarks: trained, untouched and hostile uploads.
+
+Everything here writes real files (safetensors adapters trained for a few steps on CPU,
+pickles, symlinks, ...) that go through the same validation and evaluation as miner uploads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+DEFAULT_TARGETS = ("q_proj", "v_proj", "lm_head")  # the head matters most on a random tiny model
+
+
+def _lora_model(base_dir: str | Path, r: int, init: Any = True, targets: Sequence[str] = DEFAULT_TARGETS, seed: int = 0):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), lora_dropout=0.0, init_lora_weights=init)
+    return get_peft_model(model, cfg)
+
+
+def save_untouched_lora(base_dir: str | Path, out_dir: str | Path, r: int = 4) -> Path:
+    """A LoRA straight from peft's default init (B = 0): it equals the base model exactly."""
+    model = _lora_model(base_dir, r)
+    model.save_pretrained(str(out_dir))
+    return Path(out_dir)
+
+
+def save_random_lora(base_dir: str | Path, out_dir: str | Path, r: int = 4, seed: int = 0, scale: float = 1.0) -> Path:
+    """A LoRA with random A and B (a different, untrained model)."""
+    import torch
+
+    model = _lora_model(base_dir, r, init=False, seed=seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.mul_(scale)
+    model.save_pretrained(str(out_dir))
+    return Path(out_dir)
+
+
+def _causal_lm_batches(tokenizer, examples, device="cpu"):
+    import torch
+
+    from services.eval_worker.text_data import IGNORE_INDEX
+
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    return ids.to(device), labels.to(device), mask.to(device)
+
+
+def train_text_lora(
+    base_dir: str | Path,
+    examples: list,
+    out_dir: str | Path,
+    steps: int = 30,
+    lr: float = 1e-2,
+    r: int = 4,
+    seed: int = 0,
+) -> Path:
+    """Supervised LoRA fine-tune on tokenised examples (labels already masked)."""
+    import torch
+
+    from services.eval_worker.model_loading import load_tokenizer
+
+    tokenizer = load_tokenizer(str(base_dir))
+    model = _lora_model(base_dir, r, seed=seed)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    ids, labels, mask = _causal_lm_batches(tokenizer, examples)
+    for _ in range(steps):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.save_pretrained(str(out_dir))
+    return Path(out_dir)
+
+
+def train_dpo_lora(
+    base_dir: str | Path,
+    rows: list[dict],
+    out_dir: str | Path,
+    steps: int = 30,
+    lr: float = 1e-2,
+    beta: float = 0.1,
+    r: int = 4,
+    max_len: int = 256,
+) -> Path:
+    """LoRA trained with the DPO objective itself (reference = the adapter disabled)."""
+    import torch
+    import torch.nn.functional as F
+
+    from services.eval_worker.model_loading import load_tokenizer
+    from services.eval_worker.text_data import IGNORE_INDEX, preference_examples
+
+    tokenizer = load_tokenizer(str(base_dir))
+    pairs = [preference_examples(tokenizer, row, max_len) for row in rows]
+    examples = [e for pair in pairs for e in pair]
+    ids, labels, mask = _causal_lm_batches(tokenizer, examples)
+    model = _lora_model(base_dir, r)
+
+    def seq_logps(m):
+        logits = m(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        tgt = labels[:, 1:]
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=IGNORE_INDEX,
+                              reduction="none").view(tgt.shape)
+        return -nll.sum(dim=1)
+
+    with torch.no_grad(), model.disable_adapter():
+        ref = seq_logps(model)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    for _ in range(steps):
+        logp = seq_logps(model)
+        margin = (logp[0::2] - ref[0::2]) - (logp[1::2] - ref[1::2])
+        loss = -F.logsigmoid(beta * margin).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.save_pretrained(str(out_dir))
+    return Path(out_dir)
+
+
+# ---------------------------------------------------------------------------------------
+# Hostile uploads
+# ---------------------------------------------------------------------------------------
+
+
+class _Boom:
+    """Unpickling this would run os.system; the file must never be unpickled."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /tmp/gm_eval_pwned",))
+
+
+def write_pickled_bin(adapter_dir: str | Path, out_dir: str | Path) -> Path:
+    """A LoRA upload whose weights come as a pickled adapter_model.bin (no safetensors)."""
+    out = Path(out_dir)
+    shutil.copytree(adapter_dir, out)
+    (out / "adapter_model.safetensors").unlink()
+    with (out / "adapter_model.bin").open("wb") as f:
+        pickle.dump(_Boom(), f, protocol=4)
+    return out
+
+
+def write_disguised_pickle(adapter_dir: str | Path, out_dir: str | Path) -> Path:
+    """A pickle renamed to .safetensors: caught by its magic bytes."""
+    out = Path(out_dir)
+    shutil.copytree(adapter_dir, out)
+    with (out / "adapter_model.safetensors").open("wb") as f:
+        pickle.dump(_Boom(), f, protocol=4)
+    return out
+
+
+def write_nan_lora(adapter_dir: str | Path, out_dir: str | Path) -> Path:
+    """An adapter with one NaN weight."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out = Path(out_dir)
+    shutil.copytree(adapter_dir, out)
+    path = out / "adapter_model.safetensors"
+    state = load_file(str(path))
+    key = sorted(state)[0]
+    state[key] = state[key].clone()
+    state[key].view(-1)[0] = float("nan")
+    save_file(state, str(path))
+    return out
+
+
+def write_symlink_submission(adapter_dir: str | Path, out_dir: str | Path, target: str = "/etc/passwd") -> Path:
+    out = Path(out_dir)
+    shutil.copytree(adapter_dir, out)
+    os.symlink(target, out / "README.md.link")
+    return out
+
+
+def save_full_copy(model_dir: str | Path, out_dir: str | Path) -> Path:
+    """The base model submitted as-is as a full model (weights and config only)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in Path(model_dir).iterdir():
+        if f.suffix in (".safetensors", ".json") and not f.name.startswith("tokenizer"):
+            shutil.copy(f, out / f.name)
+    return out
+
+
+def write_adapter_config(out_dir: str | Path, **changes: Any) -> None:
+    path = Path(out_dir) / "adapter_config.json"
+    cfg = json.loads(path.read_text())
+    cfg.update(changes)
+    path.write_text(json.dumps(cfg))
+
+
+# ---------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------
+
+
+def write_style_images(out_dir: str | Path, n: int = 2, size: int = 64, seed: int = 0) -> list[dict]:
+    """n PNGs in one 'style' (smooth colour gradients with stripes) and rows {image, prompt}."""
+    import numpy as np
+    from PIL import Image
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for i in range(n):
+        phase = rng.uniform(0, 2 * np.pi)
+        r = 0.5 + 0.5 * np.sin(6 * xx + phase)
+        g = 0.5 + 0.5 * np.cos(4 * yy + phase)
+        b = ((xx * 8 + yy * 8 + i).astype(int) % 2).astype(float)
+        img = (np.stack([r, g, b], axis=-1) * 255).astype(np.uint8)
+        path = out / f"style_{i}.png"
+        Image.fromarray(img).save(path)
+        rows.append({"image": str(path), "prompt": f"striped gradient {i}"})
+    return rows
+
+
+def _unet_lora(pipe, r: int, init: Any = True):
+    from peft import LoraConfig
+
+    cfg = LoraConfig(r=r, lora_alpha=r, init_lora_weights=init,
+                     target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out"])
+    pipe.unet.add_adapter(cfg)
+    return pipe
+
+
+def _save_unet_lora(pipe, out_dir: str | Path) -> Path:
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
+    StableDiffusionPipeline.save_lora_weights(str(out_dir), unet_lora_layers=layers, safe_serialization=True)
+    return Path(out_dir)
+
+
+def save_untouched_image_lora(base_dir: str | Path, out_dir: str | Path, r: int = 4) -> Path:
+    """A UNet LoRA from peft's default init (B = 0): identical to the base pipeline."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(base_dir), safety_checker=None, requires_safety_checker=False)
+    return _save_unet_lora(_unet_lora(pipe, r), out_dir)
+
+
+def train_image_lora(
+    base_dir: str | Path, rows: list[dict], out_dir: str | Path, steps: int = 100, lr: float = 3e-3, r: int = 8,
+    seed: int = 0,
+) -> Path:
+    """UNet LoRA trained with the usual epsilon-prediction loss on the rows' images and prompts."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers import StableDiffusionPipeline
+
+    from services.eval_worker.image_eval import load_image
+
+    torch.manual_seed(seed)
+    pipe = StableDiffusionPipeline.from_pretrained(str(base_dir), safety_checker=None, requires_safety_checker=False)
+    _unet_lora(pipe, r)
+    images = torch.stack([load_image(row["image"], None, 8) for row in rows]) * 2 - 1
+    tok = pipe.tokenizer
+    with torch.no_grad():
+        latents = pipe.vae.encode(images).latent_dist.mean * pipe.vae.config.scaling_factor
+        ids = tok([row["prompt"] for row in rows] + [""], padding="max_length", max_length=tok.model_max_length,
+                  truncation=True, return_tensors="pt").input_ids
+        embeds = pipe.text_encoder(ids)[0]
+    cond, uncond = embeds[:-1], embeds[-1:].expand(len(rows), -1, -1)
+    params = [p for p in pipe.unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr)
+    sched = pipe.scheduler
+    pipe.unet.train()
+    for step in range(steps):
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(rows),))
+        noisy = sched.add_noise(latents, noise, t)
+        enc = cond if step % 2 == 0 else uncond  # learn the style with and without the prompt
+        loss = F.mse_loss(pipe.unet(noisy, t, encoder_hidden_states=enc).sample, noise)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return _save_unet_lora(pipe, out_dir)

@@ -1,0 +1,233 @@
+"""Completion-token cross-entropy for instruct and chat tasks (eqs 5, 6), many adapters at once.
+
+All adapters of a group share one PeftModel; each sequence is evaluated once per adapter in
+mixed-adapter batches (`model(..., adapter_names=[...])`). Batches are built from "units": one
+unit = one sequence under every adapter of the group, so the rows of a unit always sit in the
+same batch (same padded length) and sequences are sorted by length to limit padding.
+
+Per-example loss = mean token cross-entropy over the example's completion tokens; a set's loss
+= mean over its examples (eq 5: (1/|D|) sum_x l(M, x)), so long answers do not outweigh short ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from services.eval_worker.job import EvalJob
+from services.eval_worker.model_loading import (
+    BASE_ADAPTER,
+    attach_lora_adapters,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_device,
+)
+from services.eval_worker.text_data import IGNORE_INDEX, TokenizedExample, text_examples
+from services.eval_worker.validation import ValidatedSubmission
+
+
+@dataclass
+class MemberResult:
+    """What a child returns for one submission: per-example numbers of the test and synth sets."""
+
+    ok: bool
+    reason: str = ""
+    test: list[float] = field(default_factory=list)
+    synth: list[float] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    max_batch_tokens: int
+    max_batch_size: int
+
+
+def plan_unit_batches(lengths: Sequence[int], unit_sizes: Sequence[int], plan: BatchPlan) -> list[list[int]]:
+    """Group unit indices into batches of whole units, longest first.
+
+    A batch's rows x its longest sequence stays within max_batch_tokens and its rows within
+    max_batch_size; a unit too big for the budget gets a batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    rows = 0
+    current_max = 0
+    for i in order:
+        new_max = max(current_max, lengths[i])
+        new_rows = rows + unit_sizes[i]
+        if current and (new_rows * new_max > plan.max_batch_tokens or new_rows > plan.max_batch_size):
+            batches.append(current)
+            current, new_max, new_rows = [], lengths[i], unit_sizes[i]
+        current.append(i)
+        current_max, rows = new_max, new_rows
+    if current:
+        batches.append(current)
+    return batches
+
+
+Row = tuple[TokenizedExample, "str | None"]  # a sequence and the adapter it runs under (None: as is)
+
+
+def unit_nll(
+    model: Any,
+    units: Sequence[Sequence[Row]],
+    pad_id: int,
+    device: str,
+    plan: BatchPlan,
+    per_token: bool = False,
+) -> list[list[Any]]:
+    """NLL of every row's labelled tokens; the rows of a unit always share a batch.
+
+    Rows with an adapter name run in mixed-adapter batches (`adapter_names=[...]`, "__base__"
+    = no adapter); rows with None run `model` as it is (a batch never mixes the two).
+    Returns, per unit and row, (sum_nll, n_tokens) or, with per_token, the list of token NLLs.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    out: list[list[Any]] = [[None] * len(u) for u in units]
+    lengths = [max(len(seq.input_ids) for seq, _ in u) for u in units]
+    with torch.inference_mode():
+        for batch in plan_unit_batches(lengths, [len(u) for u in units], plan):
+            rows = [(ui, ri) for ui in batch for ri in range(len(units[ui]))]
+            width = max(lengths[ui] for ui in batch)
+            ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+            labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            owners = []
+            for r, (ui, ri) in enumerate(rows):
+                seq, owner = units[ui][ri]
+                n = len(seq.input_ids)
+                ids[r, :n] = torch.tensor(seq.input_ids)
+                labels[r, :n] = torch.tensor(seq.labels)
+                mask[r, :n] = 1
+                owners.append(owner)
+            kwargs: dict[str, Any] = {}
+            if any(o is not None for o in owners):
+                if any(o is None for o in owners):
+                    raise ValueError("a batch cannot mix adapter rows and as-is rows")
+                kwargs["adapter_names"] = owners
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs).logits
+            shift_logits = logits[:, :-1].float()
+            shift_labels = labels[:, 1:].to(device)
+            token_nll = F.cross_entropy(
+                shift_logits.reshape(-1, shift_logits.shape[-1]),
+                shift_labels.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="none",
+            ).view(shift_labels.shape)
+            labelled = shift_labels != IGNORE_INDEX
+            if per_token:
+                nll_cpu, labelled_cpu = token_nll.double().cpu(), labelled.cpu()
+                for r, (ui, ri) in enumerate(rows):
+                    out[ui][ri] = nll_cpu[r][labelled_cpu[r]].tolist()
+            else:
+                sums = token_nll.sum(dim=1).double().cpu().tolist()
+                counts = labelled.sum(dim=1).cpu().tolist()
+                for r, (ui, ri) in enumerate(rows):
+                    out[ui][ri] = (sums[r], counts[r])
+    return out
+
+
+def sequence_nll(
+    model: Any,
+    sequences: Sequence[TokenizedExample],
+    owners: Sequence[str | None],
+    pad_id: int,
+    device: str,
+    plan: BatchPlan,
+) -> dict[str | None, list[tuple[float, int]]]:
+    """(sum_nll, n_tokens) of every sequence under every owner; one unit = one sequence x all owners."""
+    units = [[(seq, owner) for owner in owners] for seq in sequences]
+    nll = unit_nll(model, units, pad_id, device, plan)
+    return {owner: [nll[i][k] for i in range(len(sequences))] for k, owner in enumerate(owners)}
+
+
+def mean_token_losses(nll: list[tuple[float, int]]) -> list[float]:
+    losses = []
+    for total, count in nll:
+        if count == 0:
+            raise ValueError("an example has no completion token to score")
+        losses.append(total / count)
+    return losses
+
+
+def batch_plan(job: EvalJob) -> BatchPlan:
+    return BatchPlan(job.limits.max_batch_tokens, job.limits.max_batch_size)
+
+
+@dataclass
+class LoadedGroup:
+    """A group's models, loaded once: one full model, one adapter, or the base with many adapters."""
+
+    model: Any
+    owners: dict[str, str | None]  # hotkey -> adapter name in mixed batches (None otherwise)
+    failures: dict[str, str]
+    mixed: bool  # adapters selected per row with adapter_names
+    base_model: Any = None  # full-model groups that also need the base (DPO reference, GRPO KL)
+
+
+def load_group(job: EvalJob, members: list[ValidatedSubmission], device: str, need_base: bool = False) -> LoadedGroup:
+    if len(members) == 1 and members[0].kind == "full":
+        model = load_causal_lm(members[0].path, device, config_dir=job.base_model_dir)
+        base = load_causal_lm(job.base_model_dir, device) if need_base else None
+        return LoadedGroup(model, {members[0].hotkey: None}, {}, mixed=False, base_model=base)
+    if any(m.kind != "adapter" for m in members):
+        raise ValueError("a multi-member group may hold adapters only")
+    attached = attach_lora_adapters(load_causal_lm(job.base_model_dir, device), members, device)
+    mixed = len(members) > 1
+    owners: dict[str, str | None] = dict(attached.names)
+    if not mixed and attached.names:
+        attached.model.set_adapter(next(iter(attached.names.values())))
+        owners = {h: None for h in owners}
+    return LoadedGroup(attached.model, owners, dict(attached.failures), mixed=mixed)
+
+
+@dataclass
+class GroupNll:
+    members: dict[str, list[tuple[float, int]]]  # hotkey -> (sum_nll, n_tokens) per sequence
+    reference: list[tuple[float, int]] | None  # the base model, when asked for
+
+
+def group_nll(
+    group: LoadedGroup, sequences: Sequence[TokenizedExample], pad_id: int, device: str, plan: BatchPlan,
+    with_reference: bool = False,
+) -> GroupNll:
+    """NLL of every sequence under every member (and the base): one pass for a mixed group."""
+    if group.mixed:
+        owners: list[str | None] = list(group.owners.values()) + ([BASE_ADAPTER] if with_reference else [])
+        nll = sequence_nll(group.model, sequences, owners, pad_id, device, plan)
+        return GroupNll(
+            {h: nll[o] for h, o in group.owners.items()}, nll[BASE_ADAPTER] if with_reference else None
+        )
+    (hotkey,) = group.owners
+    member = sequence_nll(group.model, sequences, [None], pad_id, device, plan)[None]
+    reference = None
+    if with_reference:
+        # Same batches as the member pass, so identical weights give bit-identical numbers.
+        if group.base_model is not None:
+            reference = sequence_nll(group.base_model, sequences, [None], pad_id, device, plan)[None]
+        else:
+            with group.model.disable_adapter():
+                reference = sequence_nll(group.model, sequences, [None], pad_id, device, plan)[None]
+    return GroupNll({hotkey: member}, reference)
+
+
+def evaluate_text_group(job: EvalJob, members: list[ValidatedSubmission]) -> dict[str, MemberResult]:
+    """Instruct/chat: per-example completion cross-entropy on D_test and D_synth for each member."""
+    device = resolve_device(job.device)
+    tokenizer = load_tokenizer(job.base_model_dir)
+    max_len = job.limits.max_seq_len
+    test = text_examples(tokenizer, job.task_type, job.test_rows, max_len)
+    synth = text_examples(tokenizer, job.task_type, job.synth_rows, max_len)
+    group = load_group(job, members, device)
+    results = {h: MemberResult(ok=False, reason=r) for h, r in group.failures.items()}
+    if not group.owners:
+        return results
+    nll = group_nll(group, test + synth, tokenizer.pad_token_id, device, batch_plan(job))
+    for hotkey, member_nll in nll.members.items():
+        losses = mean_token_losses(member_nll)
+        results[hotkey] = MemberResult(ok=True, test=losses[: len(test)], synth=losses[len(test):])
+    return results
