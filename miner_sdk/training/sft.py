@@ -1,0 +1,302 @@
+"""Instruct / chat supervised fine-tuning with a LoRA adapter (plain torch loop).
+
+Formatting matches the evaluator's: the prompt is the tokenizer's chat template over
+[system?, user] with the generation prompt added, the user content is the instruction,
+then a newline and the input when there is one; the completion is the output followed by
+the EOS token. Loss is cross-entropy on completion tokens only. Chat rows give one
+(prompt, completion) pair per assistant turn: every message before the turn is the prompt.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from miner_sdk.training.common import (
+    HyperParams,
+    RowsCache,
+    TrialRun,
+    check_rows,
+    optimizer_loop,
+    seed_everything,
+    training_device,
+    training_dtype,
+)
+from miner_sdk.training.deadline import Deadline
+
+Messages = list[dict[str, str]]
+
+# AutoTrain's LLM defaults (lr 3e-5, 1 epoch, batch 2, accumulation 4, warm-up 0.1, linear,
+# LoRA r 16 / alpha 32 / dropout 0.05 on all linear layers, model_max_length 2048).
+AUTOTRAIN_LLM = HyperParams()
+
+
+@dataclass(frozen=True)
+class PairExample:
+    """A tokenised (prompt, completion) pair."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+
+
+@dataclass
+class TextBase:
+    model: Any  # a transformers causal LM, adapters are added and removed per trial
+    tokenizer: Any
+    device: torch.device
+
+
+def user_content(row: dict) -> str:
+    """The user turn of an instruct row: instruction, then a newline and the input if any."""
+    instruction = str(row["instruction"])
+    extra = str(row.get("input") or "")
+    return f"{instruction}\n{extra}" if extra.strip() else instruction
+
+
+def prompt_messages(row: dict, user: str) -> Messages:
+    system = str(row.get("system") or "")
+    messages: Messages = [{"role": "system", "content": system}] if system.strip() else []
+    messages.append({"role": "user", "content": user})
+    return messages
+
+
+def sft_pairs(row: dict) -> list[tuple[Messages, str]]:
+    """(prompt messages, completion text) pairs of an instruct or chat row."""
+    if "conversations" in row:
+        conversation = row["conversations"]
+        if not isinstance(conversation, list):
+            raise ValueError("chat row field 'conversations' must be a list of messages")
+        pairs = []
+        for i, message in enumerate(conversation):
+            if message.get("role") == "assistant" and i > 0:
+                pairs.append(([dict(m) for m in conversation[:i]], str(message["content"])))
+        if not pairs:
+            raise ValueError("chat row has no assistant message after a prompt")
+        return pairs
+    return [(prompt_messages(row, user_content(row)), str(row["output"]))]
+
+
+def render_prompt(tokenizer, messages: Messages) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def encode_pair(tokenizer, messages: Messages, completion: str, max_length: int) -> PairExample:
+    """Tokenise prompt and completion separately (the template carries its own BOS), then
+    truncate: the prompt from the left (keeping the generation prompt), the completion from
+    the right, the completion keeping at least half of max_length."""
+    prompt = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False).input_ids
+    eos = tokenizer.eos_token or ""
+    answer = tokenizer(completion + eos, add_special_tokens=False).input_ids
+    if len(prompt) + len(answer) > max_length:
+        answer = answer[: max_length - min(len(prompt), max_length // 2)]
+        prompt = prompt[len(prompt) - (max_length - len(answer)) :]
+    return PairExample(prompt_ids=list(prompt), completion_ids=list(answer))
+
+
+def encode_rows(tokenizer, rows: Sequence[dict], max_length: int) -> list[PairExample]:
+    examples = []
+    for row in rows:
+        for messages, completion in sft_pairs(row):
+            examples.append(encode_pair(tokenizer, messages, completion, max_length))
+    return examples
+
+
+def check_sft_rows(rows: Sequence[dict]) -> None:
+    if rows and all("conversations" in r for r in rows):
+        check_rows(rows, ("conversations",), "chat")
+    else:
+        check_rows(rows, ("instruction", "output"), "instruct")
+
+
+def pad_id(tokenizer) -> int:
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    if tokenizer.eos_token_id is not None:
+        return tokenizer.eos_token_id
+    return 0
+
+
+def collate(
+    pairs: Sequence[tuple[list[int], list[int]]], pad: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids / attention_mask / labels (-100 on prompt and padding)."""
+    width = max(len(p) + len(c) for p, c in pairs)
+    ids = torch.full((len(pairs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(pairs), width), dtype=torch.long)
+    labels = torch.full((len(pairs), width), -100, dtype=torch.long)
+    for i, (prompt, completion) in enumerate(pairs):
+        n = len(prompt) + len(completion)
+        ids[i, :n] = torch.tensor(prompt + completion, dtype=torch.long)
+        mask[i, :n] = 1
+        labels[i, len(prompt) : n] = torch.tensor(completion, dtype=torch.long)
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": mask.to(device),
+        "labels": labels.to(device),
+    }
+
+
+def completion_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence (sum of completion-token log-probabilities, completion-token count)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    keep = labels != -100
+    logprobs = torch.log_softmax(logits, dim=-1)
+    token_lp = torch.gather(logprobs, 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    token_lp = token_lp * keep
+    return token_lp.sum(dim=1), keep.sum(dim=1)
+
+
+def sft_loss(
+    model, examples: Sequence[PairExample], pad: int, device: torch.device
+) -> torch.Tensor:
+    """Mean cross-entropy over the completion tokens of a micro-batch."""
+    batch = collate([(e.prompt_ids, e.completion_ids) for e in examples], pad, device)
+    lp_sum, count = completion_logprobs(model, batch)
+    return -lp_sum.sum() / count.sum().clamp(min=1)
+
+
+@torch.no_grad()
+def completion_loss(
+    model, tokenizer, rows: Sequence[dict], max_length: int = 2048, batch_size: int = 8
+) -> float:
+    """Token-weighted mean cross-entropy on the completion tokens of the rows (the
+    evaluator's text metric)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    examples = encode_rows(tokenizer, rows, max_length)
+    total, tokens = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        batch = collate(
+            [(e.prompt_ids, e.completion_ids) for e in chunk], pad_id(tokenizer), device
+        )
+        lp_sum, count = completion_logprobs(model, batch)
+        total -= float(lp_sum.sum())
+        tokens += int(count.sum())
+    model.train(was_training)
+    if tokens == 0:
+        raise ValueError("no completion tokens to score (are the outputs empty?)")
+    return total / tokens
+
+
+def lora_config(hp: HyperParams) -> LoraConfig:
+    return LoraConfig(
+        r=hp.lora_r,
+        lora_alpha=hp.lora_alpha,
+        lora_dropout=hp.lora_dropout,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_text_base(base_model_dir: str | Path) -> TextBase:
+    device = training_device()
+    tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+    if tokenizer.chat_template is None:
+        raise ValueError(f"the tokenizer in {base_model_dir} has no chat template")
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=training_dtype())
+    model.to(device)
+    model.requires_grad_(False)
+    model.eval()
+    return TextBase(model=model, tokenizer=tokenizer, device=device)
+
+
+def save_adapter(peft_model: PeftModel, out_dir: Path) -> None:
+    """Only the adapter, as safetensors (no pickles: the validator rejects them)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    peft_model.save_pretrained(out_dir, safe_serialization=True)
+
+
+class SftTrainer:
+    """Instruct and chat SFT; scored by completion-token cross-entropy."""
+
+    max_val_rows = 200
+
+    def __init__(self) -> None:
+        self._encoded = RowsCache()  # tokenised rows, reused by trials
+
+    def default_hparams(self) -> HyperParams:
+        return AUTOTRAIN_LLM
+
+    def load(self, base_model_dir: Path) -> TextBase:
+        return load_text_base(base_model_dir)
+
+    def validation_loss(self, base: TextBase, rows: Sequence[dict], hp: HyperParams) -> float:
+        return completion_loss(base.model, base.tokenizer, rows, hp.max_length)
+
+    def run_trial(
+        self,
+        base: TextBase,
+        train_rows: Sequence[dict],
+        val_rows: Sequence[dict],
+        hp: HyperParams,
+        out_dir: Path,
+        deadline: Deadline,
+        seed: int,
+        step_hint_s: float = 0.0,
+    ) -> TrialRun:
+        seed_everything(seed)
+
+        def encode() -> list[PairExample]:
+            check_sft_rows(train_rows)
+            return encode_rows(base.tokenizer, train_rows, hp.max_length)
+
+        examples = self._encoded.get(train_rows, hp.max_length, encode)
+        model = get_peft_model(base.model, lora_config(hp))
+        pad = pad_id(base.tokenizer)
+        try:
+            stats = optimizer_loop(
+                model,
+                examples,
+                lambda m, batch: sft_loss(m, batch, pad, base.device),
+                hp,
+                deadline,
+                seed,
+                step_hint_s,
+            )
+            save_adapter(model, out_dir)
+            val = (
+                completion_loss(model, base.tokenizer, val_rows, hp.max_length)
+                if val_rows
+                else None
+            )
+        finally:
+            base.model = model.unload()  # the base without LoRA layers, for the next trial
+        return TrialRun(
+            stats.steps, stats.stopped_by_deadline, val, stats.seconds, stats.step_seconds
+        )
+
+
+@dataclass
+class SftResult:
+    adapter_dir: Path
+    steps: int
+    stopped_by_deadline: bool
+    seconds: float
+
+
+def train_sft(
+    base_model_dir: str | Path,
+    rows: Sequence[dict],
+    out_dir: str | Path,
+    hparams: HyperParams = AUTOTRAIN_LLM,
+    deadline: Deadline | None = None,
+    seed: int = 0,
+) -> SftResult:
+    """One LoRA SFT run on all rows; the adapter is saved as safetensors in out_dir."""
+    started = time.time()
+    deadline = deadline or Deadline(at=float("inf"))
+    trainer = SftTrainer()
+    base = trainer.load(Path(base_model_dir))
+    run = trainer.run_trial(base, rows, [], hparams, Path(out_dir), deadline, seed)
+    return SftResult(Path(out_dir), run.steps, run.stopped_by_deadline, time.time() - started)
