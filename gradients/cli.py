@@ -16,6 +16,16 @@ from gradients.mesh import SERVICES, Mesh, MeshOptions, check_health, read_state
 app = typer.Typer(help="Gradients Mesh: the validator of a decentralised fine-tuning marketplace.", no_args_is_help=True)
 console = Console()
 
+
+def _register_subcommands() -> None:
+    from gradients.commands import demo, miner
+
+    app.add_typer(miner.app, name="miner")
+    app.command("demo")(demo.demo)
+
+
+_register_subcommands()
+
 DATA_DIR_OPTION = typer.Option(
     Path(os.environ.get("GRADIENTS_DATA_DIR", ".data")), "--data-dir", help="state, logs and embedded servers' data"
 )

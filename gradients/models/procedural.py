@@ -58,3 +58,46 @@ def write_jsonl(rows: list[Row], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def preference_rows(n_rows: int, seed: int = 0) -> list[Row]:
+    """DPO rows: the correct sum is chosen, an off-by-some answer rejected."""
+    rng = random.Random(f"dpo:{seed}")
+    rows = []
+    for _ in range(n_rows):
+        a, b = rng.randint(0, 49), rng.randint(0, 49)
+        wrong = a + b + rng.choice([-3, -2, -1, 1, 2, 3])
+        rows.append({"prompt": f"what is {a} plus {b}?", "chosen": str(a + b), "rejected": str(wrong)})
+    return rows
+
+
+def reward_rows(n_rows: int, seed: int = 0) -> list[Row]:
+    """GRPO rows: a prompt and the `answer` column the numeric_match reward reads."""
+    rng = random.Random(f"grpo:{seed}")
+    rows = []
+    for _ in range(n_rows):
+        a, b = rng.randint(0, 20), rng.randint(0, 20)
+        rows.append({"prompt": f"what is {a} plus {b}?", "answer": str(a + b)})
+    return rows
+
+
+_COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40)}
+
+
+def image_folder(out_dir: Path, n_images: int, seed: int = 0, size: int = 64) -> Path:
+    """Images of coloured shapes with `.txt` captions (the image_folder dataset format)."""
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(f"images:{seed}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(n_images):
+        colour = rng.choice(list(_COLOURS))
+        shape = rng.choice(["square", "circle"])
+        img = Image.new("RGB", (size, size), (245, 245, 245))
+        draw = ImageDraw.Draw(img)
+        lo, hi = rng.randint(4, size // 3), rng.randint(2 * size // 3, size - 4)
+        (draw.rectangle if shape == "square" else draw.ellipse)([lo, lo, hi, hi], fill=_COLOURS[colour])
+        img.save(out / f"img{i:03d}.png")
+        (out / f"img{i:03d}.txt").write_text(f"a {colour} {shape} on a white background")
+    return out

@@ -32,6 +32,8 @@ class TaskScheduler:
         self.rng = random.Random(self.settings.synthetic_seed)
         self.mix = parse_mix(self.settings.synthetic_mix)
         self.pools = self.settings.pools()
+        self.extras = self.settings.pool_extras()
+        self.created_key = ctx.store.key("synthetic-created")
         self._tracer = telemetry.tracer("gradients.task_service")
 
     async def run(self) -> None:
@@ -58,6 +60,9 @@ class TaskScheduler:
         if free == 0:
             return
         synthetic_cap = self.settings.max_synthetic if (self.settings.synthetic_enabled and self.pools) else 0
+        if synthetic_cap and self.settings.synthetic_limit:
+            created = int(await self.ctx.store.redis.get(self.created_key) or 0)
+            synthetic_cap = min(synthetic_cap, synthetic_running + max(0, self.settings.synthetic_limit - created))
         plan = next_tasks_to_start(organic_queue, synthetic_running, synthetic_cap, free, self.rng,
                                    self.pools or _NO_POOLS, self.mix)
         for task in plan.organic:
@@ -76,10 +81,18 @@ class TaskScheduler:
                 dataset=pb.DatasetSpec(uri=spec.dataset.dataset_id, row_count=spec.dataset.n_rows),
                 hours=spec.hours,
                 initial_hours=spec.hours,
+                base_model_params_b=float(self.extras.get("params_b", {}).get(spec.base_model, 0.0)),
                 created_at=now_ts(),
                 trace_parent=current_traceparent(),
             )
+            for fn in self.extras.get("reward_functions", {}).get(spec.task_type.name, []):
+                task.evaluation.reward_functions.append(
+                    pb.RewardFunction(name=fn["name"], weight=float(fn.get("weight", 1.0)), code=fn.get("code", ""),
+                                      params={k: str(v) for k, v in fn.get("params", {}).items()}))
+            task.evaluation.test_weight = 0.25 if spec.task_type.name == "IMAGE" else 0.7
+            task.evaluation.dpo_beta = 0.1
             span.set_attribute("task.id", task.task_id)
+            await self.ctx.store.redis.incr(self.created_key)
             return await self.lifecycle.create(task)
 
     # ---- timers ----------------------------------------------------------------------

@@ -36,7 +36,9 @@ def _pools_check(value: str) -> str | None:
 
 
 def load_pools(path: Path) -> SyntheticPools:
-    """JSON: {"base_models": {"INSTRUCT_TEXT": ["path", ...]}, "datasets": {"INSTRUCT_TEXT": [{"uri": ..., "rows": N}]}}."""
+    """JSON: {"base_models": {"INSTRUCT_TEXT": ["path", ...]}, "datasets": {"INSTRUCT_TEXT": [{"uri": ..., "rows": N}]},
+    optional "reward_functions": {"GRPO": [{"name": "numeric_match", "weight": 1.0, "params": {}}]},
+    optional "params_b": {"path": 0.135}}."""
     raw = json.loads(Path(path).read_text())
     return SyntheticPools(
         base_models={TaskType[k]: tuple(v) for k, v in raw["base_models"].items()},
@@ -56,6 +58,10 @@ class TaskServiceSettings:
         "GRADIENTS_TASK_SYNTHETIC_POOLS", "", "JSON file of base models and datasets per type for synthetic tasks",
         check=_pools_check,
     )
+    synthetic_limit: int = setting(
+        "GRADIENTS_TASK_SYNTHETIC_LIMIT", 0, "synthetic tasks to create in all (0 = no limit; demos stop after N)",
+        check=non_negative,
+    )
     synthetic_seed: int | None = setting("GRADIENTS_TASK_SYNTHETIC_SEED", None, "seed for synthetic draws (empty = random)")
     delay_c_hours: float = setting("GRADIENTS_TASK_DELAY_C_HOURS", 0.25, "c in dt_delay = dt_initial + c*attempts (§3.7)", check=non_negative)
     max_delays: int = setting("GRADIENTS_TASK_MAX_DELAYS", 6, "delays before a task FAILS with no miners", check=non_negative)
@@ -70,3 +76,11 @@ class TaskServiceSettings:
 
     def pools(self) -> SyntheticPools | None:
         return load_pools(Path(self.synthetic_pools)) if self.synthetic_pools else None
+
+    def pool_extras(self) -> dict:
+        """Optional parts of the pools file: "reward_functions" per type (GRPO needs them) and
+        "params_b" per base model (phi(M) in billions, for eq 12)."""
+        if not self.synthetic_pools:
+            return {}
+        raw = json.loads(Path(self.synthetic_pools).read_text())
+        return {"reward_functions": raw.get("reward_functions", {}), "params_b": raw.get("params_b", {})}

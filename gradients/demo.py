@@ -1,0 +1,292 @@
+"""`gradients demo`: a full tournament round on one machine.
+
+Embedded NATS and Redis, the six services, N reference miners with mixed strategies, and
+synthetic tasks over procedurally generated datasets: real dataset preparation (with a
+synthetic split), selection and offers, training, uploads, evaluation, scoring and weights
+written to the local ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from gradients.mesh import Mesh, MeshOptions
+from gradients.models import procedural
+from gradients.runtime.embedded import die_with_parent
+
+STRATEGIES = ("autotrain-default", "lr-sweep", "random-search")
+TYPE_NAMES = {"instruct": "INSTRUCT_TEXT", "dpo": "DPO", "grpo": "GRPO", "image": "IMAGE"}
+TERMINAL = {"SCORED", "FAILED", "CANCELLED"}
+
+
+@dataclass
+class DemoOptions:
+    data_dir: Path = Path(".data/demo")
+    miners: int = 6
+    tasks: int = 2
+    types: tuple[str, ...] = ("instruct",)
+    model: str = "tiny"
+    time_scale: float = 15.0  # real seconds per nominal hour: 1-3 h tasks train for 15-45 s
+    rows: int = 120
+    concurrent: int = 2
+    timeout_s: float = 600.0
+    seed: int = 0
+    otlp_endpoint: str | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class MinerProcess:
+    name: str
+    strategy: str
+    hotkey: str
+    process: subprocess.Popen
+    log_path: Path
+
+
+@dataclass
+class DemoSnapshot:
+    tasks: list = field(default_factory=list)
+    leaderboard: list = field(default_factory=list)
+    weights: object | None = None
+    miners_connected: int = 0
+
+
+def dev_keypair(name: str):
+    from bittensor.sp_core import Keypair
+
+    return Keypair.create_from_uri(f"//{name}")
+
+
+# ---- assets ---------------------------------------------------------------------------
+
+def build_base_model(options: DemoOptions) -> tuple[Path, float]:
+    """(model folder, parameters in billions)."""
+    models = options.data_dir / "models"
+    if options.model == "tiny":
+        from gradients.models.tiny import build_tiny_llama
+
+        path = models / "tiny-llama"
+        if not (path / "config.json").exists():
+            build_tiny_llama(path, seed=options.seed)
+    elif options.model == "smollm2":
+        from gradients.models.smollm2 import export_smollm2
+
+        path = export_smollm2(models / "smollm2-135m")
+    else:
+        raise ValueError(f"unknown model {options.model!r}: tiny or smollm2")
+    import json as _json
+
+    cfg = _json.loads((path / "config.json").read_text())
+    params = _approx_params(cfg)
+    return path, params / 1e9
+
+
+def _approx_params(cfg: dict) -> float:
+    h, i, layers, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    return layers * (4 * h * h + 3 * h * i) + 2 * v * h
+
+
+def write_pools(options: DemoOptions, base: Path, params_b: float) -> Path:
+    data = options.data_dir / "datasets"
+    pools: dict = {"base_models": {}, "datasets": {}, "reward_functions": {}, "params_b": {str(base): params_b}}
+    for kind in options.types:
+        type_name = TYPE_NAMES[kind]
+        if kind == "instruct":
+            refs = []
+            for family in procedural.FAMILIES:
+                path = procedural.write_jsonl(procedural.generate(family, options.rows, options.seed), data / f"{family}.jsonl")
+                refs.append({"uri": str(path), "rows": options.rows})
+            pools["datasets"][type_name] = refs
+            pools["base_models"][type_name] = [str(base)]
+        elif kind == "dpo":
+            path = procedural.write_jsonl(procedural.preference_rows(options.rows, options.seed), data / "dpo.jsonl")
+            pools["datasets"][type_name] = [{"uri": str(path), "rows": options.rows}]
+            pools["base_models"][type_name] = [str(base)]
+        elif kind == "grpo":
+            path = procedural.write_jsonl(procedural.reward_rows(options.rows, options.seed), data / "grpo.jsonl")
+            pools["datasets"][type_name] = [{"uri": str(path), "rows": options.rows}]
+            pools["base_models"][type_name] = [str(base)]
+            pools["reward_functions"][type_name] = [
+                {"name": "numeric_match", "weight": 1.0, "params": {"column": "answer"}},
+                {"name": "length", "weight": 0.1, "params": {"target": "8"}},
+            ]
+        elif kind == "image":
+            from services.dataset_prep.tiny_image import build_tiny_sd_pipeline
+
+            pipe = options.data_dir / "models" / "tiny-sd"
+            if not (pipe / "model_index.json").exists():
+                build_tiny_sd_pipeline(pipe, seed=options.seed)
+            folder = procedural.image_folder(data / "images", max(20, options.rows // 4), options.seed)
+            pools["datasets"][type_name] = [{"uri": str(folder), "rows": max(20, options.rows // 4)}]
+            pools["base_models"][type_name] = [str(pipe)]
+        else:
+            raise ValueError(f"unknown task type {kind!r}: one of {', '.join(TYPE_NAMES)}")
+    path = options.data_dir / "pools.json"
+    path.write_text(json.dumps(pools, indent=2))
+    return path
+
+
+def synthetic_mix(types: tuple[str, ...]) -> str:
+    chosen = [TYPE_NAMES[t] for t in types]
+    share = 1.0 / len(chosen)
+    return ",".join(str(share if name in chosen else 0.0) for name in ("INSTRUCT_TEXT", "DPO", "GRPO", "IMAGE"))
+
+
+def mesh_env(options: DemoOptions, pools: Path, validator_ss58: str, miner_hotkeys: list[str]) -> dict[str, str]:
+    env = {
+        "GRADIENTS_TIME_SCALE": str(options.time_scale),
+        "GRADIENTS_TASK_SYNTHETIC_ENABLED": "true",
+        "GRADIENTS_TASK_SYNTHETIC_POOLS": str(pools),
+        "GRADIENTS_TASK_SYNTHETIC_MIX": synthetic_mix(options.types),
+        "GRADIENTS_TASK_SYNTHETIC_LIMIT": str(options.tasks),
+        "GRADIENTS_TASK_SYNTHETIC_SEED": str(options.seed),
+        "GRADIENTS_TASK_MAX_SYNTHETIC": str(options.concurrent),
+        "GRADIENTS_TASK_MAX_ACTIVE": str(options.concurrent),
+        "GRADIENTS_TASK_RETRY_WAIT_HOURS": "0.2",
+        "GRADIENTS_TASK_TICK_S": "0.25",
+        "GRADIENTS_SELECTOR_ALLOWED_HOTKEYS": ",".join(miner_hotkeys),
+        "GRADIENTS_SELECTOR_VALIDATOR_HOTKEY": validator_ss58,
+        "GRADIENTS_DATASET_MAX_SYNTH_ROWS": "12",
+        "GRADIENTS_DATASET_LOCAL_MAX_NEW_TOKENS": "48",
+        "GRADIENTS_DATASET_IMAGE_STEPS": "4",
+        "GRADIENTS_EVAL_IMAGE_SEEDS_PER_LEVEL": "1",
+        "GRADIENTS_EVAL_IMAGE_STEPS": "4",
+        "GRADIENTS_EVAL_GRPO_GENERATIONS": "2",
+        "GRADIENTS_EVAL_GRPO_MAX_NEW_TOKENS": "12",
+        "GRADIENTS_CHAIN_BACKEND": "ledger",
+        "GRADIENTS_BUS_ACK_WAIT_S": "15",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    env.update(options.extra_env)
+    return env
+
+
+# ---- the round ------------------------------------------------------------------------
+
+class Demo:
+    def __init__(self, options: DemoOptions):
+        self.options = options
+        self.options.data_dir = Path(options.data_dir).resolve()
+        self.mesh: Mesh | None = None
+        self.miners: list[MinerProcess] = []
+        self.validator = dev_keypair("gradients-demo-validator")
+        self.started = time.monotonic()
+        self.names: dict[str, tuple[str, str]] = {}  # hotkey -> (miner name, strategy)
+
+    def start(self, status=lambda msg: None) -> None:
+        opts = self.options
+        opts.data_dir.mkdir(parents=True, exist_ok=True)
+        status("building the base model and the datasets…")
+        base, params_b = build_base_model(opts)
+        pools = write_pools(opts, base, params_b)
+        keys = [dev_keypair(f"gradients-demo-miner-{i + 1}") for i in range(opts.miners)]
+        env = mesh_env(opts, pools, self.validator.ss58_address, [k.ss58_address for k in keys])
+        status("starting NATS, Redis and the six services…")
+        self.mesh = Mesh(MeshOptions(data_dir=opts.data_dir / "mesh", otlp_endpoint=opts.otlp_endpoint, extra_env=env))
+        self.mesh.start()
+        self.mesh.wait_ready()
+        status(f"starting {opts.miners} miners…")
+        for i, key in enumerate(keys):
+            self.spawn_miner(i, key.ss58_address)
+
+    def spawn_miner(self, index: int, hotkey: str) -> None:
+        name = f"miner-{index + 1}"
+        strategy = STRATEGIES[index % len(STRATEGIES)]
+        log_path = self.options.data_dir / "mesh" / "logs" / f"{name}.log"
+        cmd = [sys.executable, "-m", "gradients.cli", "miner", "run",
+               "--validator", self.mesh.addresses["selector"], "--validator-hotkey", self.validator.ss58_address,
+               "--strategy", strategy, "--dev-key", f"gradients-demo-miner-{index + 1}",
+               "--work-dir", str(self.options.data_dir / "miners" / name), "--seed", str(index),
+               "--upload-margin", str(max(2.0, self.options.time_scale * 0.15))]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+        process = subprocess.Popen(cmd, env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        self.miners.append(MinerProcess(name, strategy, hotkey, process, log_path))
+        self.names[hotkey] = (name, strategy)
+
+    async def snapshot(self) -> DemoSnapshot:
+        from gradients.v1 import chain_bridge_pb2, chain_bridge_pb2_grpc, scorer_pb2, scorer_pb2_grpc
+        from gradients.v1 import selector_pb2, selector_pb2_grpc, task_service_pb2, task_service_pb2_grpc
+
+        snap = DemoSnapshot()
+        addresses = self.mesh.addresses
+        async with grpc.aio.insecure_channel(addresses["task_service"]) as ch:
+            snap.tasks = list((await task_service_pb2_grpc.TaskServiceStub(ch).ListTasks(
+                task_service_pb2.ListTasksRequest(page_size=500), timeout=5)).tasks)
+        try:
+            async with grpc.aio.insecure_channel(addresses["scorer"]) as ch:
+                board = await scorer_pb2_grpc.ScorerStub(ch).GetLeaderboard(scorer_pb2.GetLeaderboardRequest(), timeout=5)
+                snap.leaderboard = list(board.entries)
+        except grpc.aio.AioRpcError:
+            pass
+        try:
+            async with grpc.aio.insecure_channel(addresses["chain_bridge"]) as ch:
+                snap.weights = await chain_bridge_pb2_grpc.ChainBridgeStub(ch).GetLastWeights(
+                    chain_bridge_pb2.GetLastWeightsRequest(), timeout=5)
+        except grpc.aio.AioRpcError:
+            snap.weights = None
+        try:
+            async with grpc.aio.insecure_channel(addresses["selector"]) as ch:
+                miners = await selector_pb2_grpc.SelectorStub(ch).ListMiners(selector_pb2.ListMinersRequest(), timeout=5)
+                snap.miners_connected = sum(1 for m in miners.miners if m.connected)
+        except grpc.aio.AioRpcError:
+            pass
+        return snap
+
+    def finished(self, snap: DemoSnapshot) -> bool:
+        from gradients.v1 import common_pb2 as pb
+
+        states = [pb.TaskState.Name(t.state) for t in snap.tasks]
+        if len(states) < self.options.tasks or not all(s in TERMINAL for s in states):
+            return False
+        if "SCORED" in states:  # weights follow the last score
+            return snap.weights is not None and snap.weights.sequence > 0 and bool(snap.leaderboard)
+        return True
+
+    def dead(self) -> list[str]:
+        dead = [f"{c.name} (exit {c.process.returncode})" for c in self.mesh.dead_children()] if self.mesh else []
+        dead += [f"{m.name} (exit {m.process.returncode})" for m in self.miners if m.process.poll() is not None]
+        return dead
+
+    def stop(self) -> None:
+        for miner in self.miners:
+            if miner.process.poll() is None:
+                miner.process.send_signal(signal.SIGTERM)
+        for miner in self.miners:
+            try:
+                miner.process.wait(15)
+            except subprocess.TimeoutExpired:
+                miner.process.kill()
+        if self.mesh:
+            self.mesh.stop()
+
+
+async def run_round(demo: Demo, on_update=lambda snap: None) -> DemoSnapshot:
+    """Poll the mesh until every task ended and weights followed; raises on timeout or a death."""
+    deadline = time.monotonic() + demo.options.timeout_s
+    while True:
+        snap = await demo.snapshot()
+        on_update(snap)
+        if demo.finished(snap):
+            return snap
+        dead = demo.dead()
+        if dead:
+            raise RuntimeError(f"process died during the demo: {', '.join(dead)}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the round did not finish within {demo.options.timeout_s:.0f}s")
+        await asyncio.sleep(0.5)
