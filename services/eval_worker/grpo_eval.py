@@ -198,16 +198,20 @@ def score_grpo(job: EvalJob, raw: dict[str, MemberResult]) -> dict[str, MemberRe
     """Run the reward functions (sandboxed) and fill per-prompt losses -(reward - beta*KL)."""
     rows = job.test_rows + job.synth_rows
     g = job.grpo.num_generations
-    ok = [h for h, r in raw.items() if r.ok]
+    scored = dict(raw)
+    ok = []
+    for h, r in raw.items():
+        texts, kl = r.extras.get("completions", []), r.extras.get("kl", [])
+        if r.ok and len(texts) == len(kl) == len(rows) * g:
+            ok.append(h)
+        elif r.ok:
+            scored[h] = MemberResult(ok=False, reason="the evaluation returned an incomplete set of completions")
     if not ok:
-        return raw
+        return scored
     completions: list[str] = []
     row_of: list[int] = []
     for h in ok:
-        texts = raw[h].extras["completions"]
-        if len(texts) != len(rows) * g:
-            raise ValueError(f"expected {len(rows) * g} completions for {h}, got {len(texts)}")
-        completions += texts
+        completions += raw[h].extras["completions"]
         row_of += [p for p in range(len(rows)) for _ in range(g)]
     prompts = [rows[p]["prompt"] for p in row_of]
     column_names = sorted({k for row in rows for k in row} - {"prompt"})
@@ -216,7 +220,6 @@ def score_grpo(job: EvalJob, raw: dict[str, MemberResult]) -> dict[str, MemberRe
     warnings = [f"reward {o.spec.name!r} failed and counts 0: {o.error}" for o in outcomes if not o.ok]
     totals = weighted_rewards(outcomes, len(completions))
 
-    scored = dict(raw)
     n_test = len(job.test_rows)
     offset = 0
     for h in ok:

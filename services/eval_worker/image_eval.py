@@ -74,7 +74,7 @@ class ImageScorer:
         self.job, self.opts, self.device = job, job.image, device
         self.dtype = dtype_for(device)
         self.pipe = StableDiffusionPipeline.from_pretrained(
-            job.base_model_dir, safety_checker=None, requires_safety_checker=False, torch_dtype=self.dtype
+            job.base_model_dir, safety_checker=None, requires_safety_checker=False, dtype=self.dtype
         ).to(device)
         self.pipe.set_progress_bar_config(disable=True)
         self.scheduler = DDIMScheduler.from_config(self.pipe.scheduler.config)

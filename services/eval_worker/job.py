@@ -27,7 +27,7 @@ class EvalLimits:
 
     max_lora_rank: int = 256
     max_adapter_bytes: int = 4 * GiB
-    # A full model may be at most this many times the base's weight bytes (dtype changes) + slack.
+    # A full model may be at most this many times the base's weight bytes (2x: fp32 upload of a bf16 base).
     max_full_model_ratio: float = 2.05
     max_files: int = 256
     max_seq_len: int = 1024

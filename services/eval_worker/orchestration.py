@@ -146,8 +146,10 @@ def run_job(job: EvalJob, submissions: list[Submission], group_fn: GroupFn = eva
             refused[sub.hotkey] = failed(sub.hotkey, f"refused: {exc}")
         except OSError as exc:
             refused[sub.hotkey] = failed(sub.hotkey, f"refused: upload unreadable ({exc})")
+        except Exception as exc:  # a malformed upload must never fail the whole job
+            refused[sub.hotkey] = failed(sub.hotkey, f"refused: invalid upload ({type(exc).__name__}: {exc})")
     raw = run_groups(job, plan_groups(job, accepted), group_fn) if accepted else {}
-    if job.task_type == "GRPO" and group_fn is evaluate_group:
+    if job.task_type == "GRPO":
         from services.eval_worker.grpo_eval import score_grpo
 
         raw = score_grpo(job, raw)

@@ -238,8 +238,10 @@ def write_style_images(out_dir: str | Path, n: int = 2, size: int = 64, seed: in
 def _unet_lora(pipe, r: int, init: Any = True):
     from peft import LoraConfig
 
+    # Convolutions included: the tiny UNet's capacity is mostly in its ResNet blocks.
     cfg = LoraConfig(r=r, lora_alpha=r, init_lora_weights=init,
-                     target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out"])
+                     target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out",
+                                     "conv1", "conv2", "conv_in", "conv_out"])
     pipe.unet.add_adapter(cfg)
     return pipe
 
@@ -263,7 +265,7 @@ def save_untouched_image_lora(base_dir: str | Path, out_dir: str | Path, r: int 
 
 
 def train_image_lora(
-    base_dir: str | Path, rows: list[dict], out_dir: str | Path, steps: int = 100, lr: float = 3e-3, r: int = 8,
+    base_dir: str | Path, rows: list[dict], out_dir: str | Path, steps: int = 100, lr: float = 1e-2, r: int = 8,
     seed: int = 0,
 ) -> Path:
     """UNet LoRA trained with the usual epsilon-prediction loss on the rows' images and prompts."""
@@ -298,3 +300,57 @@ def train_image_lora(
         loss.backward()
         opt.step()
     return _save_unet_lora(pipe, out_dir)
+
+
+def fit_tiny_vae(pipeline_dir: str | Path, rows: list[dict], steps: int = 100, lr: float = 2e-3) -> Path:
+    """Train a randomly initialised tiny pipeline's VAE as an autoencoder on the rows' images.
+
+    A random VAE decodes every latent to about the same image, which would hide any difference
+    between UNets; after this the decoder's output follows the latents. Saved in place.
+    """
+    import torch
+    import torch.nn.functional as F
+    from diffusers import StableDiffusionPipeline
+
+    from services.eval_worker.image_eval import load_image
+
+    torch.manual_seed(0)
+    pipe = StableDiffusionPipeline.from_pretrained(str(pipeline_dir), safety_checker=None, requires_safety_checker=False)
+    images = torch.stack([load_image(row["image"], None, 4) for row in rows]) * 2 - 1
+    vae = pipe.vae
+    vae.train()
+    opt = torch.optim.Adam(vae.parameters(), lr=lr)
+    for _ in range(steps):
+        rec = vae.decode(vae.encode(images).latent_dist.mean).sample
+        loss = F.mse_loss(rec, images)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    vae.eval()
+    pipe.save_pretrained(str(pipeline_dir), safe_serialization=True)
+    return Path(pipeline_dir)
+
+
+# ---------------------------------------------------------------------------------------
+# Fault injection for the isolation tests
+# ---------------------------------------------------------------------------------------
+
+
+def fault_injecting_group(job, members):
+    """The real group evaluation, except that a member whose hotkey starts with
+    'crash' kills the process (SIGSEGV), 'hang' never returns and 'oom' allocates 16 GiB.
+    Runs in the evaluation child like `orchestration.evaluate_group`."""
+    import signal
+    import time
+
+    for member in members:
+        if member.hotkey.startswith("crash"):
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if member.hotkey.startswith("hang"):
+            time.sleep(3600)
+        if member.hotkey.startswith("oom"):
+            hog = bytearray(16 * 1024**3)
+            hog[-1] = 1
+    from services.eval_worker.orchestration import evaluate_group
+
+    return evaluate_group(job, members)

@@ -5,7 +5,7 @@ files are ignored), so every submission is scored on identical token sequences.
 
 - Instruct rows {instruction, input, output, system?}: prompt = chat template of
   [system?, user(instruction + "\\n" + input)] with the generation prompt; completion =
-  output + eos. An empty input gives user content = instruction alone.
+  output + eos. An empty (or blank) input gives user content = instruction alone (as miner_sdk trains).
 - Chat rows {conversations: [{role, content}]}: the conversation is rendered turn by turn; the
   text each assistant turn adds (its content and the template's end-of-turn marker) is scored,
   everything else is masked.
@@ -79,7 +79,7 @@ def fit_to_length(prompt: list[int], completion: list[int], max_len: int) -> Tok
 def prompt_messages(row: dict[str, Any], user_content: str) -> list[dict[str, str]]:
     messages = []
     system = row.get("system")
-    if isinstance(system, str) and system:
+    if isinstance(system, str) and system.strip():
         messages.append({"role": "system", "content": system})
     messages.append({"role": "user", "content": user_content})
     return messages
@@ -90,7 +90,7 @@ def instruct_prompt_ids(tokenizer: Any, row: dict[str, Any]) -> list[int]:
     extra = row.get("input") or ""
     if not isinstance(extra, str):
         raise ValueError(f"instruct row 'input' must be a string, got {type(extra).__name__}")
-    user = f"{instruction}\n{extra}" if extra else instruction
+    user = f"{instruction}\n{extra}" if extra.strip() else instruction
     return _encode(tokenizer, render_chat(tokenizer, prompt_messages(row, user), True))
 
 

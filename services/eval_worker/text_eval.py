@@ -70,6 +70,29 @@ def plan_unit_batches(lengths: Sequence[int], unit_sizes: Sequence[int], plan: B
 Row = tuple[TokenizedExample, "str | None"]  # a sequence and the adapter it runs under (None: as is)
 
 
+def _labelled_token_nll(model: Any, ids: Any, mask: Any, labels: Any, kwargs: dict[str, Any]):
+    """NLL of every labelled token (row-major order) and the batch row it belongs to.
+
+    Only the window of positions from the batch's first labelled target onwards goes through
+    the LM head (`logits_to_keep`), so long prompts do not materialise vocabulary-sized logits.
+    (A per-row boolean mask would flatten the batch, which peft's per-row adapter_names forbid.)
+    """
+    import torch
+    import torch.nn.functional as F
+
+    keep = labels[:, 1:] != IGNORE_INDEX  # position p predicts token p + 1
+    labelled_positions = keep.any(dim=0).nonzero()
+    start = int(labelled_positions[0]) if len(labelled_positions) else 0
+    window = torch.arange(start, labels.shape[1] - 1, device=labels.device)
+    keep = keep[:, start:]
+    targets = labels[:, 1:][:, start:][keep]
+    row_of = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(keep)[keep]
+    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=window, **kwargs).logits
+    if logits.shape[:2] != keep.shape:  # a model that ignores logits_to_keep
+        logits = logits[:, :-1][:, start:]
+    return F.cross_entropy(logits[keep].float(), targets, reduction="none"), row_of
+
+
 def unit_nll(
     model: Any,
     units: Sequence[Sequence[Row]],
@@ -85,7 +108,6 @@ def unit_nll(
     Returns, per unit and row, (sum_nll, n_tokens) or, with per_token, the list of token NLLs.
     """
     import torch
-    import torch.nn.functional as F
 
     out: list[list[Any]] = [[None] * len(u) for u in units]
     lengths = [max(len(seq.input_ids) for seq, _ in u) for u in units]
@@ -109,23 +131,15 @@ def unit_nll(
                 if any(o is None for o in owners):
                     raise ValueError("a batch cannot mix adapter rows and as-is rows")
                 kwargs["adapter_names"] = owners
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs).logits
-            shift_logits = logits[:, :-1].float()
-            shift_labels = labels[:, 1:].to(device)
-            token_nll = F.cross_entropy(
-                shift_logits.reshape(-1, shift_logits.shape[-1]),
-                shift_labels.reshape(-1),
-                ignore_index=IGNORE_INDEX,
-                reduction="none",
-            ).view(shift_labels.shape)
-            labelled = shift_labels != IGNORE_INDEX
+            token_nll, row_of = _labelled_token_nll(model, ids.to(device), mask.to(device), labels.to(device), kwargs)
+            row_of_cpu = row_of.cpu()
+            nll_cpu = token_nll.double().cpu()
             if per_token:
-                nll_cpu, labelled_cpu = token_nll.double().cpu(), labelled.cpu()
                 for r, (ui, ri) in enumerate(rows):
-                    out[ui][ri] = nll_cpu[r][labelled_cpu[r]].tolist()
+                    out[ui][ri] = nll_cpu[row_of_cpu == r].tolist()
             else:
-                sums = token_nll.sum(dim=1).double().cpu().tolist()
-                counts = labelled.sum(dim=1).cpu().tolist()
+                sums = torch.zeros(len(rows), dtype=torch.float64).index_add_(0, row_of_cpu, nll_cpu).tolist()
+                counts = torch.bincount(row_of_cpu, minlength=len(rows)).tolist()
                 for r, (ui, ri) in enumerate(rows):
                     out[ui][ri] = (sums[r], counts[r])
     return out

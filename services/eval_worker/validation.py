@@ -27,7 +27,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from services.eval_worker.job import EvalLimits, Submission
 
@@ -287,7 +287,7 @@ def check_lora_shapes(
     shapes: dict[str, tuple[int, ...]],
     base_shapes: dict[str, tuple[int, ...]],
     max_rank: int,
-    prefix_of: callable,
+    prefix_of: Callable[[str], str | None],
 ) -> None:
     """Every LoRA tensor must attach to a base module of matching dimensions, rank <= max_rank.
 
@@ -369,6 +369,8 @@ def sanitise_lora_config(raw: dict[str, Any], max_rank: int) -> dict[str, Any]:
     if not isinstance(r, int) or r <= 0:
         raise SubmissionRefused(f"adapter config r={r!r} is not a positive integer")
     ranks = [r, *(kept.get("rank_pattern") or {}).values()]
+    if not all(isinstance(x, int) and x > 0 for x in ranks):
+        raise SubmissionRefused("adapter rank_pattern values must be positive integers")
     if max(ranks) > max_rank:
         raise SubmissionRefused(f"LoRA rank {max(ranks)} exceeds the cap of {max_rank}")
     alpha = kept.get("lora_alpha", 8)
@@ -436,7 +438,7 @@ def _validate_text(
     if not weights:
         raise SubmissionRefused("no .safetensors weights found")
     size = _total_bytes(weights)
-    cap = int(base.weights.nbytes * limits.max_full_model_ratio) + 16 * 1024**2
+    cap = int(base.weights.nbytes * limits.max_full_model_ratio)
     if size > cap:
         raise SubmissionRefused(f"model weights are {size} bytes, over the cap of {cap}")
     check_config_matches(_read_json(config_path), base.config)

@@ -1,0 +1,68 @@
+"""eval_worker DPO: the loss formula, ln 2 for the base itself, trained < untouched."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from gradients.models.tiny import build_tiny_llama
+from services.eval_worker import testing as T
+from services.eval_worker.dpo_eval import dpo_loss, neg_log_sigmoid
+from services.eval_worker.job import EvalJob, EvalLimits, Submission, evaluate_job
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def dpo_rows() -> list[dict]:
+    return [
+        {"prompt": f"what is {a} plus {b}", "chosen": f"the result is {a + b}", "rejected": f"the {a * b + 7} dog"}
+        for a in range(3)
+        for b in range(4)
+    ]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("eval_dpo")
+    base = build_tiny_llama(root / "base", seed=0)
+    T.train_dpo_lora(base, dpo_rows()[:8], root / "trained", steps=20)
+    T.save_untouched_lora(base, root / "zero")
+    T.save_random_lora(base, root / "random", scale=0.5)
+    T.save_full_copy(base, root / "full")
+    return root
+
+
+def test_dpo_loss_by_hand():
+    assert neg_log_sigmoid(0.0) == math.log(2)
+    assert neg_log_sigmoid(2.0) == pytest.approx(math.log(1 + math.exp(-2.0)), abs=1e-15)
+    assert neg_log_sigmoid(-800.0) == pytest.approx(800.0)  # no overflow
+    # margin = (-1 - -2) - (-5 - -3) = 1 + 2 = 3; loss = -log sigma(0.1 * 3)
+    assert dpo_loss(-1.0, -5.0, -2.0, -3.0, 0.1) == pytest.approx(math.log(1 + math.exp(-0.3)), abs=1e-15)
+
+
+def test_base_as_is_scores_exactly_ln2_and_trained_scores_lower(work):
+    rows = dpo_rows()
+    job = EvalJob("d", "DPO", str(work / "base"), rows[:8], rows[8:],
+                  limits=EvalLimits(isolate=False, torch_threads=1))
+    results = {r.hotkey: r for r in evaluate_job(job, [Submission(n, str(work / n)) for n in
+                                                       ["trained", "zero", "random", "full"]])}
+    assert all(r.ok for r in results.values())
+    for name in ("zero", "full"):  # an all-zero LoRA (mixed batch) and the base as a full model
+        r = results[name]
+        assert all(v == math.log(2) for v in r.per_example_test + r.per_example_synth), name
+        assert r.loss_weighted == pytest.approx(math.log(2), abs=1e-15)
+    assert results["trained"].loss_test < math.log(2) - 0.3
+    assert results["trained"].loss_weighted < results["random"].loss_weighted
+    # A random LoRA moves away from the reference, so its loss differs from ln 2.
+    assert abs(results["random"].loss_test - math.log(2)) > 1e-4

@@ -1,0 +1,183 @@
+"""eval_worker text evaluation: completion masks, batching, mixed-adapter equality, eq 5/6 losses."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from gradients.models.tiny import build_tiny_llama
+from services.eval_worker import testing as T
+from services.eval_worker.job import EvalJob, EvalLimits, Submission, evaluate_job
+from services.eval_worker.model_loading import load_tokenizer
+from services.eval_worker.text_data import (
+    IGNORE_INDEX,
+    chat_example,
+    fit_to_length,
+    instruct_example,
+    text_examples,
+)
+from services.eval_worker.text_eval import BatchPlan, evaluate_text_group, plan_unit_batches
+from services.eval_worker.validation import read_base_info, validate_submission
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def instruct_rows() -> list[dict]:
+    rows = [
+        {"instruction": f"what is {a} plus {b}", "input": "", "output": f"the result is {a + b}"}
+        for a in range(4)
+        for b in range(4)
+    ]
+    rows[0]["system"] = "answer with the result"
+    rows[1]["input"] = "reverse"
+    return rows
+
+
+def chat_rows() -> list[dict]:
+    return [
+        {"conversations": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": f"what is {a} plus {a}"},
+            {"role": "assistant", "content": f"the result is {2 * a}"},
+            {"role": "user", "content": "and times two"},
+            {"role": "assistant", "content": f"{4 * a}"},
+        ]}
+        for a in range(8)
+    ]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("eval_text")
+    base = build_tiny_llama(root / "base", seed=0)
+    tok = load_tokenizer(str(base))
+    rows = instruct_rows()
+    T.train_text_lora(base, text_examples(tok, "INSTRUCT_TEXT", rows[:12], 256), root / "trained", steps=30)
+    T.save_untouched_lora(base, root / "untouched")
+    T.save_random_lora(base, root / "random", scale=0.5)
+    T.save_full_copy(base, root / "full")
+    T.train_text_lora(base, text_examples(tok, "CHAT", chat_rows()[:6], 256), root / "chat_trained", steps=30)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tokenizer(work):
+    return load_tokenizer(str(work / "base"))
+
+
+def scored_text(tokenizer, example) -> str:
+    return tokenizer.decode([t for t in example.labels if t != IGNORE_INDEX])
+
+
+def test_instruct_prompt_is_masked_and_completion_is_output_plus_eos(tokenizer):
+    row = {"instruction": "what is 2 plus 2", "input": "reverse", "output": "the result is 4", "system": "be brief"}
+    ex = instruct_example(tokenizer, row, 256)
+    n_prompt = sum(1 for t in ex.labels if t == IGNORE_INDEX)
+    assert tokenizer.decode(ex.input_ids[:n_prompt]) == (
+        "<|system|>be brief</s><|user|>what is 2 plus 2\nreverse</s><|assistant|>"
+    )
+    assert scored_text(tokenizer, ex) == "the result is 4</s>"
+    assert ex.labels[n_prompt:] == ex.input_ids[n_prompt:]
+    no_input = instruct_example(tokenizer, {"instruction": "hi", "input": "  ", "output": "yo"}, 256)
+    assert tokenizer.decode(no_input.input_ids).startswith("<|user|>hi</s>")
+
+
+def test_chat_scores_assistant_turns_only(tokenizer):
+    ex = chat_example(tokenizer, chat_rows()[3], 256)
+    assert tokenizer.decode(ex.input_ids) == (
+        "<|system|>be brief</s><|user|>what is 3 plus 3</s><|assistant|>the result is 6</s>"
+        "<|user|>and times two</s><|assistant|>12</s>"
+    )
+    assert scored_text(tokenizer, ex) == "the result is 6</s>12</s>"
+    with pytest.raises(ValueError, match="no assistant turn"):
+        chat_example(tokenizer, {"conversations": [{"role": "user", "content": "hi"}]}, 256)
+
+
+def test_truncation_drops_prompt_first_and_keeps_one_prompt_token():
+    ex = fit_to_length([1, 2, 3, 4], [5, 6], 4)
+    assert ex.input_ids == [3, 4, 5, 6] and ex.labels == [IGNORE_INDEX, IGNORE_INDEX, 5, 6]
+    ex = fit_to_length([1, 2, 3], [5, 6, 7, 8, 9], 4)
+    assert ex.input_ids == [3, 5, 6, 7] and ex.labels == [IGNORE_INDEX, 5, 6, 7]
+
+
+def test_unit_batches_keep_units_whole_and_respect_the_budget():
+    lengths = [5, 9, 3, 9, 7, 1]
+    plan = BatchPlan(max_batch_tokens=40, max_batch_size=8)
+    batches = plan_unit_batches(lengths, [2] * len(lengths), plan)
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    for b in batches:
+        assert len(b) * 2 * max(lengths[i] for i in b) <= 40 or len(b) == 1
+    assert batches[0] == [1, 3]  # longest first
+    # A unit bigger than the budget still gets a batch of its own.
+    assert plan_unit_batches([50], [4], plan) == [[0]]
+
+
+def make_job(work: Path, task_type: str = "INSTRUCT_TEXT", rows=None, **limits) -> EvalJob:
+    rows = rows or instruct_rows()
+    return EvalJob(
+        task_id="t", task_type=task_type, base_model_dir=str(work / "base"),
+        test_rows=rows[:12], synth_rows=rows[12:],
+        limits=EvalLimits(isolate=False, torch_threads=1, max_batch_tokens=300, **limits),
+    )
+
+
+def validated(job: EvalJob, work: Path, names: list[str]):
+    info = read_base_info(job.base_model_dir, job.task_type)
+    return [validate_submission(Submission(n, str(work / n)), info, job.task_type, job.limits) for n in names]
+
+
+def test_mixed_batch_losses_equal_one_adapter_at_a_time(work):
+    job = make_job(work)
+    members = validated(job, work, ["trained", "untouched", "random"])
+    mixed = evaluate_text_group(job, members)
+    for member in members:
+        alone = evaluate_text_group(job, [member])[member.hotkey]
+        together = mixed[member.hotkey]
+        assert len(alone.test) == 12 and len(alone.synth) == 4
+        for a, b in zip(alone.test + alone.synth, together.test + together.synth):
+            assert abs(a - b) < 1e-4
+
+
+def test_trained_adapter_beats_untouched_and_losses_follow_eqs_5_and_6(work):
+    job = make_job(work)
+    results = {r.hotkey: r for r in evaluate_job(job, [Submission(n, str(work / n)) for n in
+                                                       ["untouched", "trained", "full"]])}
+    trained, untouched, full = results["trained"], results["untouched"], results["full"]
+    assert all(r.ok for r in results.values())
+    assert trained.loss_weighted < untouched.loss_weighted - 0.5
+    # Set loss = mean of per-example losses; L_weighted = 0.7 L_test + 0.3 L_synth.
+    assert trained.loss_test == pytest.approx(sum(trained.per_example_test) / 12, abs=1e-12)
+    assert trained.loss_synth == pytest.approx(sum(trained.per_example_synth) / 4, abs=1e-12)
+    assert trained.loss_weighted == pytest.approx(0.7 * trained.loss_test + 0.3 * trained.loss_synth, abs=1e-12)
+    # The base submitted as a full model and an untouched LoRA are the same model.
+    assert (full.kind, untouched.kind) == ("full", "adapter")
+    assert full.loss_weighted == pytest.approx(untouched.loss_weighted, abs=1e-5)
+    # An untrained random-init model is near the uniform loss ln(vocab) on every example.
+    assert all(abs(v - math.log(512)) < 1.0 for v in untouched.per_example_test)
+
+
+def test_chat_trained_adapter_beats_untouched(work):
+    job = make_job(work, "CHAT", chat_rows())
+    results = {r.hotkey: r for r in evaluate_job(job, [Submission(n, str(work / n)) for n in
+                                                       ["chat_trained", "untouched"]])}
+    assert results["chat_trained"].loss_test < results["untouched"].loss_test - 0.5
+    assert len(results["chat_trained"].per_example_test) == 8 and not results["chat_trained"].per_example_synth
+    assert results["chat_trained"].loss_weighted == results["chat_trained"].loss_test  # no synth rows
+
+
+def test_small_batches_give_the_same_losses(work):
+    big = evaluate_job(make_job(work), [Submission("trained", str(work / "trained"))])[0]
+    small = evaluate_job(make_job(work, max_batch_size=1), [Submission("trained", str(work / "trained"))])[0]
+    for a, b in zip(big.per_example_test, small.per_example_test):
+        assert abs(a - b) < 1e-4
