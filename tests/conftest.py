@@ -56,3 +56,14 @@ def span_exporter():
     exporter = InMemorySpanExporter()
     telemetry.install_tracing("tests", None, [SimpleSpanProcessor(exporter)])
     return exporter
+
+
+@pytest.fixture(autouse=True)
+async def stop_leftover_hosts():
+    """A test that fails before `host.stop()` must not leave a gRPC server running past
+    its event loop (grpc's destructor would then hang the interpreter at exit)."""
+    yield
+    from gradients.runtime import ServiceHost
+
+    for host in list(ServiceHost.running):
+        await host.stop(0.5)

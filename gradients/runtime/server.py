@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -209,6 +210,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 class ServiceHost:
     """One service, started: used by `run_service` and, in-process, by tests."""
 
+    # Hosts started and not yet stopped in this process (a test harness stops leftovers).
+    running: "weakref.WeakSet[ServiceHost]" = weakref.WeakSet()
+
     def __init__(self, spec: ServiceSpec, ctx: ServiceContext, server: grpc.aio.Server, port: int,
                  health_servicer: health.aio.HealthServicer):
         self.spec = spec
@@ -262,6 +266,7 @@ class ServiceHost:
         await server.start()
 
         host = cls(spec, ctx, server, bound, health_servicer)
+        cls.running.add(host)
         await bus.start(spec.consumers(ctx))
         host._background = [asyncio.create_task(c) for c in spec.background(ctx)]
         await host._update_health()
@@ -289,6 +294,7 @@ class ServiceHost:
                 log.warning("health watchdog: %s", exc)
 
     async def stop(self, grace_s: float | None = None) -> None:
+        ServiceHost.running.discard(self)
         grace = self.ctx.mesh.shutdown_grace_s if grace_s is None else grace_s
         if self._watchdog:
             self._watchdog.cancel()
