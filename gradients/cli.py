@@ -18,9 +18,10 @@ console = Console()
 
 
 def _register_subcommands() -> None:
-    from gradients.commands import demo, miner
+    from gradients.commands import demo, miner, scores
 
     app.add_typer(miner.app, name="miner")
+    app.add_typer(scores.app, name="scores")
     app.command("demo")(demo.demo)
 
 
@@ -32,7 +33,7 @@ DATA_DIR_OPTION = typer.Option(
 
 
 def _traces_destination(otlp_endpoint: str | None) -> str:
-    return f"OTLP/gRPC → {otlp_endpoint}" if otlp_endpoint else "not exported (set OTEL_EXPORTER_OTLP_ENDPOINT)"
+    return f"traces + metrics → OTLP/gRPC {otlp_endpoint}" if otlp_endpoint else "not exported (set OTEL_EXPORTER_OTLP_ENDPOINT)"
 
 
 def health_table(title: str, addresses: dict[str, str], status: dict[str, str], otlp: str | None) -> Table:
@@ -77,6 +78,9 @@ def up(
             status = mesh.wait_ready()
         console.print(health_table("Gradients mesh is up", mesh.addresses, status, otlp))
         console.print(f"NATS {mesh.nats_url}   Redis {mesh.redis_url}   logs {mesh.data_dir / 'logs'}")
+        if otlp:
+            console.print(f"traces and metrics → {otlp} (with deploy/'s collector: Jaeger http://localhost:16686, "
+                          "Prometheus http://localhost:9090)")
         console.print("Press Ctrl-C to stop.")
         while True:
             dead = mesh.dead_children()

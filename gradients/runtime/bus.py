@@ -304,9 +304,9 @@ class EventBus:
             await asyncio.wait_for(self._idle.wait(), timeout=grace_s)
         except asyncio.TimeoutError:
             log.warning("in-flight handlers did not finish in %.1fs; they will be redelivered", grace_s)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        from gradients.runtime.server import cancel_all
+
+        await cancel_all(self._tasks)
         self._tasks.clear()
         if not self.nc.is_closed:
             try:

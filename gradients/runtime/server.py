@@ -299,9 +299,7 @@ class ServiceHost:
         if self._watchdog:
             self._watchdog.cancel()
         await self.health.enter_graceful_shutdown()
-        for task in self._background:
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await cancel_all(self._background)
         await self.ctx.bus.stop(grace)
         await self.server.stop(grace)
         if self.spec.on_stop:
@@ -309,6 +307,19 @@ class ServiceHost:
         await self.ctx.close_channels()
         await self.ctx.store.close()
         telemetry.shutdown_tracing()
+
+
+async def cancel_all(tasks: list[asyncio.Task], timeout_s: float = 5.0) -> None:
+    """Cancel tasks and wait for them, cancelling again while any is still running: a
+    cancellation can be swallowed (a redis or wait_for call completing at that moment)."""
+    pending = {t for t in tasks if not t.done()}
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while pending and asyncio.get_running_loop().time() < deadline:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+    if pending:
+        log.error("background tasks ignored cancellation: %s", [t.get_name() for t in pending])
 
 
 def run_service(spec: ServiceSpec) -> None:

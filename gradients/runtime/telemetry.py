@@ -2,6 +2,8 @@
 
 Traces: one global SDK TracerProvider per process, resource `service.name`; an OTLP/gRPC
 exporter only when OTEL_EXPORTER_OTLP_ENDPOINT is set (nothing is exported otherwise).
+Metrics (metrics.py) follow the traces: with an endpoint, `install_tracing` also installs the
+OTLP metric exporter, with the same resource; `shutdown_tracing` flushes both.
 Tests may pass extra span processors (an in-memory exporter). W3C trace context crosses
 NATS in message headers (see bus.py) and gRPC through the instrumentation interceptors.
 """
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import sys
 import time
 from collections.abc import Iterable
@@ -34,20 +38,31 @@ def install_tracing(
         if isinstance(current, TracerProvider):
             _provider = current  # installed by a test harness or another service in-process
         else:
-            _provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+            _provider = TracerProvider(resource=Resource.create({
+                "service.name": service_name,
+                # Tells replicas apart (scaled eval workers): Prometheus's `instance` label.
+                "service.instance.id": f"{socket.gethostname()}:{os.getpid()}",
+            }))
             trace.set_tracer_provider(_provider)
         if otlp_endpoint:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
             _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True)))
+            from gradients.runtime import metrics  # late import: no cycle with the runtime package
+
+            metrics.install_metrics(service_name, otlp_endpoint, resource=_provider.resource)
     for processor in extra_processors:
         _provider.add_span_processor(processor)
     return _provider
 
 
 def shutdown_tracing() -> None:
+    """Export what is buffered: spans, and metrics recorded since the last export."""
     if _provider is not None:
         _provider.force_flush(5_000)
+    from gradients.runtime import metrics
+
+    metrics.flush_metrics()
 
 
 def tracer(name: str = "gradients") -> trace.Tracer:

@@ -1,0 +1,169 @@
+"""From bus messages to the pure scoring types, and back (no I/O).
+
+The live scorer and the auditor's replay both go through these functions, so a replay turns
+the same stored bytes into the same floats as the live service did.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from gradients.v1 import common_pb2 as pb
+from gradients.v1 import events_pb2 as ev
+from services.scorer.logic import SubmissionResult, TaskInfo, TaskScoreResult
+from services.scorer.scoring_config import ScoringConfig
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+MICROS = 1_000_000
+# A TaskScored / TaskResult carries NaN when no rank-1 confidence could be computed (fewer
+# than two credited submissions, or no per-example losses): 0.0 would read as "certainly not".
+NO_CONFIDENCE = float("nan")
+
+
+# --------------------------------------------------------------------------- time
+
+
+def timestamp_seconds(ts: Timestamp) -> float:
+    """Unix seconds of a protobuf Timestamp, computed one fixed way (live and replay agree)."""
+    return ts.seconds + ts.nanos / 1e9
+
+
+def micros_to_seconds(now_us: int) -> float:
+    """Unix seconds of a whole number of microseconds (a correctly rounded division)."""
+    return now_us / MICROS
+
+
+def micros_to_timestamp(now_us: int) -> Timestamp:
+    return Timestamp(seconds=now_us // MICROS, nanos=(now_us % MICROS) * 1000)
+
+
+def timestamp_to_micros(ts: Timestamp) -> int:
+    return ts.seconds * MICROS + ts.nanos // 1000
+
+
+def micros_to_iso(now_us: int) -> str:
+    return (EPOCH + timedelta(microseconds=now_us)).isoformat().replace("+00:00", "Z")
+
+
+def parse_now(text: str) -> float:
+    """`--now` of a replay: unix seconds ("1767225600.25") or ISO-8601 ("2026-01-01T00:00:00Z";
+    UTC when no offset is given). ISO times are taken to whole microseconds, the resolution the
+    live scorer records its "now" in, so the ISO a replay printed gives back the same float."""
+    text = text.strip()
+    if not text:
+        raise ValueError("now: empty")
+    try:
+        value = float(text)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(value):
+            raise ValueError(f"now: {text!r} is not a finite number of seconds")
+        return value
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    except ValueError:
+        raise ValueError(f"now: {text!r} is neither unix seconds nor an ISO-8601 time") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return micros_to_seconds((dt - EPOCH) // timedelta(microseconds=1))
+
+
+def live_now_micros(wall_us: int, previous_us: int | None, completed_at: float | None) -> int:
+    """The "now" (whole microseconds) of a live computation: the wall clock, always later
+    than the previous computation (windows only move forward, and each computation has its own
+    "now", which is how chain_bridge tells newer scores from older) and never earlier than the
+    task just scored (a worker's clock slightly ahead must not leave its task outside every window)."""
+    now_us = max(wall_us, previous_us + 1 if previous_us is not None else 0)
+    if completed_at is not None:
+        now_us = max(now_us, math.ceil(completed_at * MICROS))
+        while micros_to_seconds(now_us) < completed_at:  # float rounding at the edge
+            now_us += 1
+    return now_us
+
+
+# --------------------------------------------------------------------------- EvalCompleted → logic
+
+
+def loss_test_weight(task_type: int, config: ScoringConfig) -> float | None:
+    """Weight of L_test when the bootstrap rebuilds L_weighted from per-example losses.
+
+    Image: the eval worker's per-example test losses are already the δ-mix of eqs 16–17 and
+    L_weighted = L_test, so the test losses alone rank (1.0). Other types: None → config ω.
+    """
+    return 1.0 if task_type == pb.IMAGE else None
+
+
+def task_info(event: ev.EvalCompleted, config: ScoringConfig) -> TaskInfo:
+    return TaskInfo(
+        task_id=event.task_id,
+        model_params_billions=event.base_model_params_b,
+        hours=event.hours,
+        completed_at=timestamp_seconds(event.completed_at),
+        loss_test_weight=loss_test_weight(event.type, config),
+    )
+
+
+def _finite(*values: float) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
+def submission_result(result: pb.EvaluationResult) -> SubmissionResult:
+    """One EvaluationResult as the scorer sees it.
+
+    upload_time is 0 for every submission: the event carries the store's upload_seq, which
+    orders uploads within a task (eq 9's "earliest"; ties by hotkey). A result the worker
+    marked ok but with a non-finite loss is scored as failed, with that reason, rather than
+    poisoning the whole task.
+    """
+    hotkey = result.miner_hotkey
+    if not result.ok:
+        return SubmissionResult(hotkey, valid=False, fail_reason=result.failure_reason or "evaluation failed",
+                                upload_seq=result.upload_seq)
+    per_test, per_synth = tuple(result.per_example_test), tuple(result.per_example_synth)
+    if not _finite(result.loss_test, result.loss_synth, result.loss_weighted, *per_test, *per_synth):
+        return SubmissionResult(hotkey, valid=False, fail_reason="evaluation reported a non-finite loss",
+                                upload_seq=result.upload_seq)
+    return SubmissionResult(
+        miner_hotkey=hotkey,
+        valid=True,
+        l_test=result.loss_test,
+        l_synth=result.loss_synth,
+        l_weighted=result.loss_weighted,
+        upload_seq=result.upload_seq,
+        per_example_test=per_test,
+        per_example_synth=per_synth,
+    )
+
+
+def submission_results(event: ev.EvalCompleted) -> list[SubmissionResult]:
+    return [submission_result(r) for r in event.results]
+
+
+# --------------------------------------------------------------------------- logic → protos
+
+
+def score_protos(result: TaskScoreResult) -> list[pb.Score]:
+    return [
+        pb.Score(miner_hotkey=m.miner_hotkey, rank=m.rank, task_score=m.task_score, adjusted=m.adjusted,
+                 duplicate=m.duplicate, suspicious=m.suspicious, reason=m.reason)
+        for m in result.miners
+    ]
+
+
+def confidence_value(result: TaskScoreResult) -> float:
+    return NO_CONFIDENCE if result.rank1_confidence is None else result.rank1_confidence
+
+
+def task_scored(result: TaskScoreResult, scored_at_us: int) -> ev.TaskScored:
+    return ev.TaskScored(
+        task_id=result.task_id,
+        scores=score_protos(result),
+        task_weight=result.task_weight,
+        rank1_confidence=confidence_value(result),
+        scoring_config_version=result.config_version,
+        scored_at=micros_to_timestamp(scored_at_us),
+    )
