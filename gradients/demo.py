@@ -186,6 +186,7 @@ class Demo:
         self.validator = dev_keypair("gradients-demo-validator")
         self.started = time.monotonic()
         self.names: dict[str, tuple[str, str]] = {}  # hotkey -> (miner name, strategy)
+        self.uids: dict[str, int] = {}
 
     def start(self, status=lambda msg: None) -> None:
         opts = self.options
@@ -195,6 +196,11 @@ class Demo:
         pools = write_pools(opts, base, params_b)
         keys = [dev_keypair(f"gradients-demo-miner-{i + 1}") for i in range(opts.miners)]
         env = mesh_env(opts, pools, self.validator.ss58_address, [k.ss58_address for k in keys])
+        # Ledger uids: miner i is uid i (on a chain the metagraph says).
+        self.uids = {k.ss58_address: i for i, k in enumerate(keys)}
+        uid_file = opts.data_dir / "ledger-uids.json"
+        uid_file.write_text(json.dumps(self.uids))
+        env.setdefault("GRADIENTS_CHAIN_LEDGER_UIDS", str(uid_file))
         status("starting NATS, Redis and the six services…")
         self.mesh = Mesh(MeshOptions(data_dir=opts.data_dir / "mesh", otlp_endpoint=opts.otlp_endpoint, extra_env=env))
         self.mesh.start()

@@ -64,7 +64,7 @@ def leaderboard_table(demo: Demo, snap: DemoSnapshot, title: str = "Leaderboard 
     if snap.weights is not None and snap.weights.uids:
         total = sum(snap.weights.weights_u16) or 1
         weights = {uid: w / total for uid, w in zip(snap.weights.uids, snap.weights.weights_u16)}
-    uid_of = getattr(snap.weights, "hotkey_uids", None) or {}
+    uid_of = demo.uids
     table = Table(title=title, expand=True)
     for col in ("#", "miner", "strategy", "hotkey", "final score", "weight share"):
         table.add_column(col)
