@@ -270,7 +270,13 @@ class MinerAuthenticator:
         return AuthenticatedMiner(caller.hotkey_ss58, uid)
 
     async def authenticate(self, context: grpc.aio.ServicerContext, method_path: str, body: bytes) -> AuthenticatedMiner:
-        return await asyncio.to_thread(self.verify, context.invocation_metadata(), method_path, body)
+        try:
+            return await asyncio.to_thread(self.verify, context.invocation_metadata(), method_path, body)
+        except (Unauthenticated, PermissionDenied) as exc:
+            from gradients.runtime import metrics
+
+            metrics.auth_failures.add(1, {"reason": type(exc).__name__, "method": method_path})
+            raise
 
 
 # ---- registering a service so its handlers see the raw request bytes ------------------------

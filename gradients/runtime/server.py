@@ -267,8 +267,13 @@ class ServiceHost:
 
         host = cls(spec, ctx, server, bound, health_servicer)
         cls.running.add(host)
-        await bus.start(spec.consumers(ctx))
+        consumers = spec.consumers(ctx)
+        await bus.start(consumers)
         host._background = [asyncio.create_task(c) for c in spec.background(ctx)]
+        if consumers and mesh.otlp_endpoint:  # lag is only worth reading when it is exported
+            from gradients.runtime.metrics import ConsumerLagReporter
+
+            host._background.append(asyncio.create_task(ConsumerLagReporter(bus, consumers).run()))
         await host._update_health()
         host._watchdog = asyncio.create_task(host._watch())
         log.info("%s serving on port %d", spec.name, bound)

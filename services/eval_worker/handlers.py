@@ -16,6 +16,7 @@ import socket
 import time
 from pathlib import Path
 
+from gradients.runtime import metrics
 from gradients.runtime import Consumer, Delivery, ServiceContext, events, telemetry
 from gradients.runtime.outbox import Outbox
 from gradients.v1 import common_pb2 as pb
@@ -74,6 +75,9 @@ class EvalJobHandler:
             await pipe.execute()
         await self.outbox.flush()
         self.status["jobs_done"] += 1
+        per_submission = (time.monotonic() - started) / max(1, len(event.submissions))
+        for _ in event.submissions:
+            metrics.evaluation_seconds.record(per_submission, {"task_type": pb.TaskType.Name(task.type)})
         log.info("evaluated task %s: %d submissions in %.1fs", task.task_id, len(event.submissions),
                  time.monotonic() - started, extra={"task_id": task.task_id})
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import nats.errors
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from gradients.runtime import EventBus, Store, events
+from gradients.runtime import EventBus, Store, events, metrics
 from gradients.runtime.outbox import Outbox
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import events_pb2 as ev
@@ -109,6 +109,9 @@ class OfferRounds:
                 if outcome is None:
                     outcome = await self._run(task, attempt)
                     await self._store_outcome(task, outcome)
+                    new_accepts = len(set(outcome.accepted) - set(task.miner_hotkeys))
+                    metrics.offers.add(new_accepts, {"outcome": "accepted"})
+                    metrics.offers.add(len(outcome.declined), {"outcome": "declined"})
                     await self.outbox.flush()
                     return outcome
         await self.bus.publish(events.MINERS_SELECTED, outcome, msg_id=selected_msg_id(task.task_id, attempt))

@@ -9,7 +9,7 @@ import random
 import time
 import uuid
 
-from gradients.runtime import ServiceContext, events, telemetry
+from gradients.runtime import ServiceContext, events, metrics, telemetry
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import events_pb2 as ev
 from services.task_service.lifecycle import LIVE_STATES, TaskLifecycle, now_ts
@@ -42,6 +42,7 @@ class TaskScheduler:
             try:
                 await self.fire_due_timers()
                 await self.start_tasks()
+                await self.report_states()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -49,6 +50,10 @@ class TaskScheduler:
             await asyncio.sleep(self.settings.tick_s)
 
     # ---- organic first, synthetic fills the gaps --------------------------------------
+
+    async def report_states(self) -> None:
+        counts = {pb.TaskState.Name(s): len(await self.lifecycle.ids_in(s)) for s in pb.TaskState.values() if s}
+        metrics.tasks_by_state.set(counts)
 
     async def start_tasks(self) -> None:
         pending = [t for t in [await self.lifecycle.tasks.get(i) for i in await self.lifecycle.ids_in(pb.PENDING)] if t]
