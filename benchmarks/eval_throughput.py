@@ -132,13 +132,18 @@ def forward_only_times(base: Path, adapters: list[Path], rows: list[dict], limit
     t0 = time.perf_counter()
     sequence_nll(plain, examples, [None], tokenizer.pad_token_id, "cpu", plan)
     base_s = time.perf_counter() - t0
+    # The same rows one at a time (the reference's batch size): how much batching alone gains here.
+    t0 = time.perf_counter()
+    for example in examples:
+        sequence_nll(plain, [example], [None], tokenizer.pad_token_id, "cpu", plan)
+    base_batch1_s = time.perf_counter() - t0
     del plain
 
     group = load_group(job, members, "cpu")
     t0 = time.perf_counter()
     group_nll(group, examples, tokenizer.pad_token_id, "cpu", plan)
     mixed_s = time.perf_counter() - t0
-    return {"tokens": tokens, "base_s": base_s, "mixed_s": mixed_s}
+    return {"tokens": tokens, "base_s": base_s, "base_batch1_s": base_batch1_s, "mixed_s": mixed_s}
 
 
 def main() -> None:
@@ -192,6 +197,11 @@ def main() -> None:
           f"{ours_tps:,.0f} tokens/s = {ours_tps / base_tps:.2f} of the base's")
     print(f"ours end to end (with process start, loading, validation): {e2e_tps:,.0f} tokens/s = "
           f"{e2e_tps / base_tps:.2f} of the base's forward-only rate")
+    gain = f["base_batch1_s"] / f["base_s"]
+    print(f"batching ceiling on this device: the base forward over the rows takes {f['base_batch1_s']:.1f} s at batch "
+          f"size 1 and {f['base_s']:.1f} s in our batches = {gain:.2f}x; the reference's forward passes alone "
+          f"({k} x {f['base_batch1_s']:.1f} s) against a perfect mixed pass ({k} x {f['base_s']:.1f} s) bound "
+          f"the speed-up from batching at {gain:.2f}x, the rest comes from not restarting and reloading")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import grpc
 
 from gradients.mesh import Mesh, MeshOptions
 from gradients.models import procedural
-from gradients.runtime.embedded import die_with_parent
+from gradients.runtime.embedded import spawn
 
 STRATEGIES = ("autotrain-default", "lr-sweep", "random-search")
 TYPE_NAMES = {"instruct": "INSTRUCT_TEXT", "dpo": "DPO", "grpo": "GRPO", "image": "IMAGE"}
@@ -220,8 +220,7 @@ class Demo:
                "--upload-margin", str(max(2.0, self.options.time_scale * 0.15))]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-        process = subprocess.Popen(cmd, env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        process = spawn(cmd, log_path, env)
         self.miners.append(MinerProcess(name, strategy, hotkey, process, log_path))
         self.names[hotkey] = (name, strategy)
 

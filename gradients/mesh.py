@@ -2,7 +2,7 @@
 
 Used by `gradients up`, `gradients demo` and the tests. Each service is a real child
 process (`python -m services.<name>`) on a free port; the children die with the parent
-(PR_SET_PDEATHSIG), and a child that exits is reported, never silently restarted.
+(PR_SET_PDEATHSIG, see embedded.with_parent), and a child that exits is reported, never silently restarted.
 """
 
 from __future__ import annotations
@@ -114,12 +114,7 @@ class Mesh:
         env = self.service_env()
         env["GRADIENTS_GRPC_PORT"] = self.addresses[name].rsplit(":", 1)[1]
         log_path = self.data_dir / "logs" / f"{name}.log"
-        log_file = open(log_path, "ab")
-        process = subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}"],
-            env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=embedded.die_with_parent,
-        )
+        process = embedded.spawn([sys.executable, "-m", f"services.{name}"], log_path, env)
         self.children[name] = ServiceProcess(name, self.addresses[name], process, log_path)
         return self.children[name]
 

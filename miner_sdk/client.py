@@ -22,12 +22,13 @@ import hashlib
 import logging
 import os
 import random
+import re
 import tempfile
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from bittensor import http_auth
@@ -39,10 +40,16 @@ from gradients.v1 import miner_gateway_pb2_grpc as gw_grpc
 from miner_sdk.archive import pack
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CLIENT_VERSION = "gradients-miner-sdk/0.1"
 SERVICE = "/gradients.v1.MinerGateway/"
 SESSION_METADATA = "gm-session-id"  # sent by the gateway when the offer stream is open
+UPLOAD_ACCEPTED_METADATA = "gm-upload-accepted"  # sent by the gateway once an upload's first chunk passed its checks
+UPLOAD_VERDICT_WAIT_S = 30.0
+RATE_LIMITED = "rate limit:"  # how the gateway's refusals for going over a hotkey's call budget begin
+RATE_LIMIT_WAIT_S = 30.0      # the longest one call waits out the validator's rate limit
+_RETRY_IN = re.compile(r"retry in ([0-9.]+)s")
 DEFAULT_CHUNK_BYTES = 1024 * 1024
 # Refusals a retry cannot fix.
 FATAL_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT,
@@ -68,6 +75,14 @@ class GatewayRefused(Exception):
         self.method = method
         self.code = code
         self.details = details
+
+    @property
+    def retry_after_s(self) -> float | None:
+        """Seconds to wait when the validator's per-hotkey rate limit refused the call; else None."""
+        if self.code != grpc.StatusCode.RESOURCE_EXHAUSTED or not self.details.startswith(RATE_LIMITED):
+            return None
+        hint = _RETRY_IN.search(self.details)
+        return min(max(float(hint.group(1)) if hint else 1.0, 0.05), 5.0)
 
 
 @dataclass(frozen=True)
@@ -174,8 +189,10 @@ class MinerClient:
         self.backoff = backoff
         self.client_version = client_version
         # Keepalive pings notice a dead validator (and let it notice us) on a quiet offer stream.
-        options = [("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000),
-                   ("grpc.keepalive_permit_without_calls", 1), *channel_options]
+        # grpc keeps the first of repeated keys: merge, so the caller's channel_options win.
+        options = list({"grpc.keepalive_time_ms": 20_000, "grpc.keepalive_timeout_ms": 10_000,
+                        "grpc.keepalive_permit_without_calls": 1, "grpc.http2.max_pings_without_data": 0,
+                        **dict(channel_options)}.items())
         self._channel = (grpc.aio.secure_channel(validator_address, credentials, options=options) if credentials
                          else grpc.aio.insecure_channel(validator_address, options=options))
         self._stub = gw_grpc.MinerGatewayStub(self._channel)
@@ -207,11 +224,29 @@ class MinerClient:
         return sign_call(self.wallet, SERVICE + method, body, self.validator_hotkey)
 
     async def _unary(self, method: str, request) -> Any:
+        return await self._patiently(lambda: self._unary_once(method, request))
+
+    async def _unary_once(self, method: str, request) -> Any:
         call = getattr(self._stub, method)
         try:
             return await call(request, metadata=self._metadata(method, request.SerializeToString()))
         except grpc.aio.AioRpcError as exc:
             raise GatewayRefused(method, exc.code(), exc.details() or "") from None
+
+    @staticmethod
+    async def _patiently(attempt: Callable[[], Awaitable[T]]) -> T:
+        """One call, signed anew and sent again while the validator's rate limit says to wait
+        (at most RATE_LIMIT_WAIT_S in all); every other refusal is raised at once."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + RATE_LIMIT_WAIT_S
+        while True:
+            try:
+                return await attempt()
+            except GatewayRefused as exc:
+                delay = exc.retry_after_s
+                if delay is None or loop.time() + delay > give_up:
+                    raise
+            await asyncio.sleep(delay * random.uniform(1.0, 1.2))
 
     # ---- offers --------------------------------------------------------------------------
 
@@ -259,7 +294,7 @@ class MinerClient:
         delays = Backoff(initial_s=0.2, max_s=2.0).delays()
         while True:
             try:
-                return await self._download_once(task_id, dest)
+                return await self._patiently(lambda: self._download_once(task_id, dest))
             except GatewayRefused as exc:
                 retry = exc.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
                 if not retry or loop.time() >= give_up:
@@ -315,31 +350,57 @@ class MinerClient:
         with open(archive, "rb") as f:
             while block := f.read(1 << 20):
                 digest.update(block)
-        first, rest = self._chunks(archive, task_id, digest.hexdigest(), size, kind)
+        return await self._patiently(lambda: self._upload_once(task_id, archive, digest.hexdigest(), size, kind))
 
-        async def stream():
-            yield first
-            for chunk in rest:
-                yield chunk
-
-        try:
-            reply = await self._stub.UploadSubmission(
-                stream(), metadata=self._metadata("UploadSubmission", first.SerializeToString()))
-        except grpc.aio.AioRpcError as exc:
-            raise GatewayRefused("UploadSubmission", exc.code(), exc.details() or "") from None
+    async def _upload_once(self, task_id: str, archive: Path, sha256: str, size: int, kind: str) -> pb.Submission:
+        with open(archive, "rb") as f:
+            first, rest = self._chunks(f, task_id, sha256, size, kind)
+            call = self._stub.UploadSubmission(metadata=self._metadata("UploadSubmission", first.SerializeToString()))
+            try:
+                await call.write(first)
+                # The gateway judges the first chunk (signature, task, size) before the rest is sent: a
+                # refusal then arrives with its status. Writing on into an answered call would make
+                # grpc.aio report INTERNAL "Internal error from Core" instead (grpc/grpc#36066).
+                if await self._upload_accepted(call):
+                    for chunk in rest:
+                        await call.write(chunk)
+                    await call.done_writing()
+                reply = await call
+            except asyncio.InvalidStateError:  # the call ended while we wrote: its status says why
+                reply = await self._finished(call)
+            except grpc.aio.AioRpcError as exc:
+                raise GatewayRefused("UploadSubmission", exc.code(), exc.details() or "") from None
         return reply.submission
 
-    def _chunks(self, archive: Path, task_id: str, sha256: str, size: int, kind: str) -> tuple[gw.UploadChunk, Iterator[gw.UploadChunk]]:
+    @staticmethod
+    async def _upload_accepted(call) -> bool:
+        """True when the gateway accepted the first chunk; False when it answered (refused) instead.
+
+        A gateway that does not confirm early (older versions) gets the rest after UPLOAD_VERDICT_WAIT_S.
+        """
+        verdict = asyncio.ensure_future(call.initial_metadata())
+        done, _ = await asyncio.wait({verdict}, timeout=UPLOAD_VERDICT_WAIT_S)
+        if not done:
+            return True
+        metadata = verdict.result()
+        return metadata is not None and any(key == UPLOAD_ACCEPTED_METADATA for key, _ in metadata)
+
+    @staticmethod
+    async def _finished(call) -> gw.UploadResponse:
+        try:
+            return await call
+        except grpc.aio.AioRpcError as exc:
+            raise GatewayRefused("UploadSubmission", exc.code(), exc.details() or "") from None
+
+    def _chunks(self, f, task_id: str, sha256: str, size: int, kind: str) -> tuple[gw.UploadChunk, Iterator[gw.UploadChunk]]:
         """The first chunk (carrying the header; it is what gets signed) and a generator of the rest."""
-        f = open(archive, "rb")
         data = f.read(self.chunk_bytes)
         first = gw.UploadChunk(task_id=task_id, sha256=sha256, total_bytes=size, kind=kind, data=data,
                                chunk_sha256=hashlib.sha256(data).hexdigest())
 
         def rest() -> Iterator[gw.UploadChunk]:
-            with f:
-                while block := f.read(self.chunk_bytes):
-                    yield gw.UploadChunk(data=block, chunk_sha256=hashlib.sha256(block).hexdigest())
+            while block := f.read(self.chunk_bytes):
+                yield gw.UploadChunk(data=block, chunk_sha256=hashlib.sha256(block).hexdigest())
 
         return first, rest()
 

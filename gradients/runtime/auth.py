@@ -41,6 +41,7 @@ from gradients.runtime.errors import PermissionDenied, Unauthenticated
 log = logging.getLogger(__name__)
 
 GRPC_METHOD = "GRPC"
+_HOTKEY_HEADER = http_auth.HEADER_HOTKEY.lower()
 AUTH_HEADERS = tuple(
     h.lower()
     for h in (
@@ -233,6 +234,12 @@ def metadata_headers(metadata: Iterable[tuple[str, Any]] | None) -> dict[str, st
     return headers
 
 
+# Verifications in flight per claimed hotkey. A hotkey's further calls wait for a turn in its own
+# lane instead of in the worker-thread queue every call shares, so a burst of one hotkey's calls
+# cannot hold up everyone else's. Calls claiming a hotkey that is not allowed share one lane.
+VERIFY_LANE_WIDTH = 4
+
+
 class MinerAuthenticator:
     def __init__(
         self,
@@ -241,14 +248,30 @@ class MinerAuthenticator:
         policy: HotkeyPolicy,
         max_age_s: float = http_auth.DEFAULT_MAX_AGE,
         allowed_skew_s: float = http_auth.DEFAULT_ALLOWED_SKEW,
+        lane_width: int = VERIFY_LANE_WIDTH,
     ):
         if not receiver_ss58:
             raise ValueError("MinerAuthenticator.receiver_ss58 (the validator hotkey) is required")
+        if lane_width < 1:
+            raise ValueError(f"MinerAuthenticator.lane_width must be >= 1, got {lane_width!r}")
         self.receiver_ss58 = receiver_ss58
         self.gate = _AllowListGate(policy, nonce_store)
         self.policy = policy
         self.max_age_s = max_age_s
         self.allowed_skew_s = allowed_skew_s
+        self.lane_width = lane_width
+        self._lanes: dict[str, asyncio.Semaphore] = {}  # only allowed hotkeys (and "") ever get one
+
+    def lane(self, metadata: Iterable[tuple[str, Any]] | None) -> asyncio.Semaphore:
+        """The lane of the hotkey a call claims (not verified yet: a forged claim only queues behind its victim)."""
+        claimed = next((v for k, v in metadata or () if k.lower() == _HOTKEY_HEADER), "")
+        claimed = claimed.decode(errors="replace") if isinstance(claimed, bytes) else str(claimed)
+        if self.policy.uid_of(claimed) is None:
+            claimed = ""
+        lane = self._lanes.get(claimed)
+        if lane is None:
+            lane = self._lanes[claimed] = asyncio.Semaphore(self.lane_width)
+        return lane
 
     def verify(self, metadata: Iterable[tuple[str, Any]] | None, method_path: str, body: bytes) -> AuthenticatedMiner:
         """Check one call; raises Unauthenticated or PermissionDenied (blocking: Redis, sr25519)."""
@@ -270,8 +293,10 @@ class MinerAuthenticator:
         return AuthenticatedMiner(caller.hotkey_ss58, uid)
 
     async def authenticate(self, context: grpc.aio.ServicerContext, method_path: str, body: bytes) -> AuthenticatedMiner:
+        metadata = context.invocation_metadata()
         try:
-            return await asyncio.to_thread(self.verify, context.invocation_metadata(), method_path, body)
+            async with self.lane(metadata):
+                return await asyncio.to_thread(self.verify, metadata, method_path, body)
         except (Unauthenticated, PermissionDenied) as exc:
             from gradients.runtime import metrics
 

@@ -7,6 +7,9 @@
 - a durable pull consumer per service and purpose; a message is acked only after its
   handler returned (the handler stores its effect first), a failure is nak'ed with a
   delay, and after `max_deliver` deliveries the message goes to `dlq.<durable>`;
+- a *transient* failure (Redis, NATS or a peer service briefly unreachable) does not count
+  toward that bound: it is retried with exponential backoff (capped) for as long as an
+  outage plausibly lasts, so a restart of Redis or a neighbour loses nothing;
 - W3C trace context in headers, with PRODUCER and CONSUMER spans carrying `messaging.*`
   attributes.
 """
@@ -39,8 +42,30 @@ DLQ_SUBJECT = "Gm-Original-Subject"
 DUPLICATE_WINDOW_S = 3600.0
 
 
+TRANSIENT_MAX_DELAY_S = 30.0
+TRANSIENT_MAX_DELIVER = 1000  # at the capped delay, about eight hours of outage
+
+
 class MalformedEvent(ValueError):
     """The payload cannot be decoded as the subject's message type."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when the failure says infrastructure is briefly away, not that the event is bad:
+    Redis or NATS connection loss or timeout, a peer gRPC service UNAVAILABLE."""
+    import grpc
+    import redis.exceptions as redis_errors
+
+    if isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.BusyLoadingError,
+                        nats.errors.ConnectionClosedError, nats.errors.TimeoutError, nats.errors.NoRespondersError,
+                        nats.errors.ConnectionReconnectingError, nats.errors.StaleConnectionError,
+                        nats.js.errors.ServiceUnavailableError, ConnectionError, asyncio.TimeoutError)):
+        return True
+    if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (grpc.StatusCode.UNAVAILABLE,
+                                                                  grpc.StatusCode.DEADLINE_EXCEEDED):
+        return True
+    cause = exc.__cause__ or exc.__context__
+    return cause is not None and cause is not exc and is_transient(cause)
 
 
 @dataclass
@@ -107,6 +132,7 @@ class EventBus:
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self.outboxes: list = []  # the transactional outboxes publishing through this bus (outbox.py)
 
     @classmethod
     async def connect(cls, url: str, service: str, **kwargs) -> "EventBus":
@@ -162,7 +188,9 @@ class EventBus:
                 "messaging.message.id": msg_id,
                 "messaging.message.body.size": message.ByteSize(),
             },
-        ):
+        ) as span:
+            for key, value in telemetry.names_in(message).items():
+                span.set_attribute(telemetry.ABOUT_ATTRIBUTES[key], value)
             hdrs = {MSG_ID: msg_id, EVENT_TYPE: message.DESCRIPTOR.full_name, **(headers or {})}
             telemetry.inject_headers(hdrs)
             ack = await self.js.publish(subject, message.SerializeToString(), headers=hdrs)
@@ -181,9 +209,9 @@ class EventBus:
                 durable_name=consumer.durable,
                 ack_policy=js_api.AckPolicy.EXPLICIT,
                 ack_wait=self.ack_wait_s,
-                # Dead-lettering is ours (below); the server's bound sits one above it as a
-                # backstop so a poisoned message cannot loop forever if we crash on it.
-                max_deliver=self.max_deliver + 1,
+                # Dead-lettering is ours (below). Transient failures are retried far beyond
+                # max_deliver, so the server's backstop sits above that bound.
+                max_deliver=TRANSIENT_MAX_DELIVER + 2,
                 filter_subject=consumer.subject,
                 max_ack_pending=max(consumer.concurrency * 4, 16),
             )
@@ -228,6 +256,10 @@ class EventBus:
         )
         parent = telemetry.extract_context(headers)
         try:
+            if delivery.num_delivered > TRANSIENT_MAX_DELIVER:
+                # Delivered this often without being settled: the consumer keeps crashing or timing out on it.
+                await self._dead_letter(msg, delivery, f"delivered {delivery.num_delivered} times without being settled")
+                return
             with self._tracer.start_as_current_span(
                 f"process {msg.subject}",
                 context=parent,
@@ -245,7 +277,8 @@ class EventBus:
                     event = decode(msg.subject, msg.data, headers)
                     heartbeat = asyncio.create_task(self._heartbeat(msg))
                     try:
-                        await consumer.handler(event, delivery)
+                        with telemetry.about(**telemetry.names_in(event)):
+                            await consumer.handler(event, delivery)
                     finally:
                         heartbeat.cancel()
                 except Exception as exc:
@@ -270,25 +303,40 @@ class EventBus:
 
     async def _failed(self, msg: Msg, delivery: Delivery, exc: Exception) -> None:
         reason = f"{type(exc).__name__}: {exc}"
-        if delivery.num_delivered >= self.max_deliver:
-            log.error(
-                "dead-lettering %s after %d deliveries: %s", delivery.subject, delivery.num_delivered, reason,
-                extra={"subject": delivery.subject, "durable": delivery.durable},
+        if is_transient(exc) and delivery.num_delivered < TRANSIENT_MAX_DELIVER:
+            delay = min(TRANSIENT_MAX_DELAY_S, self.nak_delay_s * 2.0 ** min(delivery.num_delivered - 1, 16))
+            log.warning(
+                "handler failed on %s (delivery %d, transient; retry in %.1fs): %s", delivery.subject,
+                delivery.num_delivered, delay, reason, extra={"subject": delivery.subject, "durable": delivery.durable},
             )
-            dlq_headers = {
-                MSG_ID: f"{delivery.durable}:{delivery.msg_id}",
-                DLQ_REASON: reason[:1000],
-                DLQ_SUBJECT: delivery.subject,
-                **{k: v for k, v in delivery.headers.items() if k not in (MSG_ID,)},
-            }
-            await self.js.publish(events.dead_letter_subject(delivery.durable), msg.data, headers=dlq_headers)
-            await self._settle(msg.term())
+            await self._settle(msg.nak(delay=delay))
+        elif delivery.num_delivered >= self.max_deliver:
+            await self._dead_letter(msg, delivery, reason)
         else:
             log.warning(
                 "handler failed on %s (delivery %d of %d): %s", delivery.subject, delivery.num_delivered,
                 self.max_deliver, reason, extra={"subject": delivery.subject, "durable": delivery.durable},
             )
             await self._settle(msg.nak(delay=self.nak_delay_s))
+
+    async def _dead_letter(self, msg: Msg, delivery: Delivery, reason: str) -> None:
+        log.error(
+            "dead-lettering %s after %d deliveries: %s", delivery.subject, delivery.num_delivered, reason,
+            extra={"subject": delivery.subject, "durable": delivery.durable},
+        )
+        dlq_headers = {
+            MSG_ID: f"{delivery.durable}:{delivery.msg_id}",
+            DLQ_REASON: reason[:1000],
+            DLQ_SUBJECT: delivery.subject,
+            **{k: v for k, v in delivery.headers.items() if k not in (MSG_ID,)},
+        }
+        try:
+            await self.js.publish(events.dead_letter_subject(delivery.durable), msg.data, headers=dlq_headers)
+        except Exception as exc:  # not terminated: the message comes back and is dead-lettered then
+            log.warning("could not dead-letter %s yet: %s", delivery.subject, exc)
+            await self._settle(msg.nak(delay=self.nak_delay_s))
+            return
+        await self._settle(msg.term())
 
     @staticmethod
     async def _settle(op: Awaitable[None]) -> None:

@@ -7,7 +7,6 @@ Redis with AOF) so a restart finds what was there.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
@@ -32,13 +31,29 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def die_with_parent() -> None:
-    """preexec_fn: the child gets SIGTERM when its parent dies (Linux), so none is orphaned."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+# Runs in the child, in a fresh interpreter: ask for SIGTERM when the parent dies
+# (PR_SET_PDEATHSIG survives exec), give up if the parent is already gone, then become `argv`.
+_GUARD = """
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
+except (OSError, AttributeError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(0)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def with_parent(argv: list[str]) -> list[str]:
+    """`argv` wrapped so the child gets SIGTERM when this process dies (Linux): none is orphaned.
+
+    Not a `preexec_fn`: that forces a plain fork(), and in a process with gRPC threads grpc's
+    fork handlers then crash the child with SIGSEGV now and then (seen in the reliability
+    suite: services and redis respawned by a test harness died before exec). Without one,
+    subprocess uses vfork/posix_spawn and no handler runs.
+    """
+    return [sys.executable, "-S", "-c", _GUARD, str(os.getpid()), *argv]
 
 
 def nats_server_binary() -> str:
@@ -95,15 +110,15 @@ class ManagedServer:
 
     def restart(self, ready_timeout: float = 15.0) -> None:
         self.stop()
-        self.process = _spawn(self.args, self.data_dir / f"{self.name}.log")
+        self.process = spawn(self.args, self.data_dir / f"{self.name}.log")
         _wait_port(self, ready_timeout)
 
 
-def _spawn(args: list[str], log_path: Path) -> subprocess.Popen:
-    log_file = open(log_path, "ab")
-    return subprocess.Popen(
-        args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
-    )
+def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a child that dies with this process, its output appended to `log_path`."""
+    with open(log_path, "ab") as log_file:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(with_parent(argv), env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
 
 
 def _wait_port(server: ManagedServer, timeout: float) -> None:
@@ -127,7 +142,7 @@ def start_nats(data_dir: Path, port: int | None = None, ready_timeout: float = 1
     port = port or free_port()
     args = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store),
             "--server_name", f"{name}-{port}", *(extra_args or [])]
-    server = ManagedServer(name, _spawn(args, data_dir / f"{name}.log"), port, f"nats://127.0.0.1:{port}", data_dir, args)
+    server = ManagedServer(name, spawn(args, data_dir / f"{name}.log"), port, f"nats://127.0.0.1:{port}", data_dir, args)
     _wait_port(server, ready_timeout)
     return server
 
@@ -140,6 +155,6 @@ def start_redis(data_dir: Path, port: int | None = None, ready_timeout: float = 
     args = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(store),
             "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--protected-mode", "no",
             "--daemonize", "no"]
-    server = ManagedServer("redis", _spawn(args, data_dir / "redis.log"), port, f"redis://127.0.0.1:{port}/0", data_dir, args)
+    server = ManagedServer("redis", spawn(args, data_dir / "redis.log"), port, f"redis://127.0.0.1:{port}/0", data_dir, args)
     _wait_port(server, ready_timeout)
     return server

@@ -5,10 +5,15 @@ publishing first, announce a change that never happened). Here the event is queu
 Redis inside the state's MULTI/EXEC, published right after, and removed once JetStream
 acknowledged it; `flush()` at start-up publishes whatever a crashed process left behind.
 Message ids are deterministic, so a flush racing another never publishes twice.
+
+A flush that fails (NATS briefly away, a cluster electing a leader) leaves the events queued;
+`keep_flushing`, run by every service host, retries them, so an event never waits for the
+next change of its service (which may never come: a task waiting for its evaluation job).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -28,6 +33,7 @@ class Outbox:
         self.store = store
         self.bus = bus
         self.key = store.key("outbox", name)
+        bus.outboxes.append(self)  # retried by keep_flushing
 
     def add(self, pipe: Pipeline, subject: str, message: Message, msg_id: str, trace_parent: str = "") -> None:
         """Queue an event on `pipe` (inside the caller's transaction).
@@ -40,6 +46,9 @@ class Outbox:
             headers["traceparent"] = trace_parent
         envelope = json.dumps({"subject": subject, "payload": message.SerializeToString().hex(), "headers": headers})
         pipe.hset(self.key, msg_id, envelope)
+
+    async def pending(self) -> int:
+        return int(await self.store.redis.hlen(self.key))
 
     async def flush(self) -> int:
         """Publish every queued event; returns how many were published."""
@@ -57,3 +66,26 @@ class Outbox:
             await self.store.redis.hdel(self.key, msg_id)
             published += 1
         return published
+
+
+async def keep_flushing(bus: EventBus, every_s: float = 1.0) -> None:
+    """Publish what earlier flushes of this process's outboxes could not, every `every_s`."""
+    while True:
+        await asyncio.sleep(every_s)
+        for outbox in list(bus.outboxes):
+            try:
+                if await outbox.pending():
+                    published = await outbox.flush()
+                    log.info("outbox %s: published %d queued event(s) on retry", outbox.key, published)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # still away: next round
+                log.warning("outbox %s: %d event(s) still queued: %s", outbox.key,
+                            await _pending_or_unknown(outbox), exc)
+
+
+async def _pending_or_unknown(outbox: Outbox) -> int:
+    try:
+        return await outbox.pending()
+    except Exception:
+        return -1

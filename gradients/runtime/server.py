@@ -10,6 +10,8 @@ and a clean stop on SIGTERM/SIGINT.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
+import inspect
 import logging
 import os
 import signal
@@ -28,6 +30,7 @@ from gradients.runtime.artifacts import ArtifactStore, open_artifact_store
 from gradients.runtime.bus import Consumer, EventBus
 from gradients.runtime.config import ConfigError, MeshSettings, load_settings
 from gradients.runtime.errors import ServiceError
+from gradients.runtime.outbox import keep_flushing
 from gradients.runtime.store import Store
 
 log = logging.getLogger(__name__)
@@ -111,6 +114,36 @@ def _tolerant(deserializer):
     return decode
 
 
+async def _responses(result):
+    """The replies of a server-streaming handler, whichever style it is written in: an async
+    generator yields them; a coroutine (grpc's own health Watch) sends them with
+    `context.write()` itself and yields nothing here."""
+    if inspect.isasyncgen(result):
+        async for item in result:
+            yield item
+    else:
+        await result
+
+
+# Long-lived, mostly quiet streams (a miner's offer stream) are kept alive by client pings every
+# 20 s (miner_sdk). grpc's server default refuses pings more often than every 5 minutes without
+# data and answers the third with GOAWAY "too_many_pings", dropping the stream (and any offer
+# sent meanwhile); allow them, and ping idle clients ourselves to notice dead ones.
+SERVER_OPTIONS = (
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+)
+
+
+def new_grpc_server() -> grpc.aio.Server:
+    """A grpc.aio server with the mesh's interceptors (tracing, errors) and keepalive policy."""
+    return grpc.aio.server(interceptors=[*telemetry.grpc_server_interceptors(), ErrorInterceptor()],
+                           options=SERVER_OPTIONS)
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Malformed requests → INVALID_ARGUMENT; ServiceError → its status; bugs → INTERNAL.
 
@@ -130,6 +163,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"malformed request for {method}: {type(request.error).__name__}: {request.error}",
                 )
+            # Each RPC runs in its own asyncio task: what it names stays on its span and log lines.
+            telemetry.annotate(**telemetry.names_in(getattr(request, "message", request)))
             return request
 
         async def checked_stream(request_iterator, context):
@@ -165,7 +200,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             async def unary_stream(request, context):
                 request = await check(request, context)
                 try:
-                    async for item in inner(request, context):
+                    async for item in _responses(inner(request, context)):
                         yield item
                 except (grpc.aio.AbortError, asyncio.CancelledError):
                     raise
@@ -193,7 +228,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
         async def stream_stream(request_iterator, context):
             try:
-                async for item in inner(checked_stream(request_iterator, context), context):
+                async for item in _responses(inner(checked_stream(request_iterator, context), context)):
                     yield item
             except (grpc.aio.AbortError, asyncio.CancelledError):
                 raise
@@ -250,7 +285,7 @@ class ServiceHost:
             raise ConnectionError(f"cannot reach Redis at {mesh.redis_url} (GRADIENTS_REDIS_URL)")
         ctx = ServiceContext(spec.name, mesh, settings, bus, store)
 
-        server = grpc.aio.server(interceptors=[*telemetry.grpc_server_interceptors(), ErrorInterceptor()])
+        server = new_grpc_server()
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         names = [s.full_name for s in spec.grpc_services]
@@ -270,6 +305,7 @@ class ServiceHost:
         consumers = spec.consumers(ctx)
         await bus.start(consumers)
         host._background = [asyncio.create_task(c) for c in spec.background(ctx)]
+        host._background.append(asyncio.create_task(keep_flushing(bus), name="outbox-retry"))
         if consumers and mesh.otlp_endpoint:  # lag is only worth reading when it is exported
             from gradients.runtime.metrics import ConsumerLagReporter
 
@@ -337,6 +373,8 @@ def run_service(spec: ServiceSpec) -> None:
         print(f"{spec.name}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     telemetry.configure_logging(spec.name, mesh.log_level, mesh.log_format)
+    # A native crash (SIGSEGV, SIGABRT in a C extension) leaves its Python stacks in the log.
+    faulthandler.enable(all_threads=True)
 
     async def main() -> None:
         stop = asyncio.Event()

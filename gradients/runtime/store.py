@@ -19,6 +19,11 @@ M = TypeVar("M", bound=Message)
 
 # How long processed-event markers are kept; longer than any redelivery window.
 PROCESSED_TTL_S = 14 * 24 * 3600
+# Redis connections per service process. A burst of more concurrent commands waits for a free
+# connection (up to POOL_WAIT_S) instead of failing: redis-py's default async pool raises
+# MaxConnectionsError at once, which turned a burst of gateway calls into INTERNAL errors.
+POOL_MAX_CONNECTIONS = 100
+POOL_WAIT_S = 20.0
 
 
 class Store:
@@ -28,7 +33,11 @@ class Store:
 
     @classmethod
     def from_url(cls, url: str, namespace: str = "gm") -> "Store":
-        return cls(aioredis.from_url(url, decode_responses=False, health_check_interval=5), namespace)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=POOL_MAX_CONNECTIONS, timeout=POOL_WAIT_S, decode_responses=False,
+            health_check_interval=5,
+        )
+        return cls(aioredis.Redis.from_pool(pool), namespace)
 
     def key(self, *parts: str) -> str:
         return ":".join((self.namespace, *parts))

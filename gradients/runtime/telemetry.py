@@ -16,7 +16,10 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
@@ -91,12 +94,68 @@ def grpc_client_interceptors() -> list:
     return list(aio_client_interceptors())
 
 
+# ---- what a span or log line is about ------------------------------------------------------
+
+# Conventional attribute names for the things an operator searches traces by.
+ABOUT_ATTRIBUTES = {"task_id": "task.id", "task_type": "task.type", "miner_hotkey": "miner.hotkey"}
+_about: ContextVar[dict[str, str]] = ContextVar("gradients_about", default={})
+
+
+def names_in(message: Any) -> dict[str, str]:
+    """task_id / task_type / miner_hotkey named by a request or event, wherever they sit in it
+    (top level, `.task`, `.submission`); empty strings are left out."""
+    out: dict[str, str] = {}
+    if message is None or not hasattr(message, "DESCRIPTOR"):
+        return out
+    fields = message.DESCRIPTOR.fields_by_name
+    for nested in ("task", "submission"):
+        if nested in fields and message.HasField(nested):
+            out.update(names_in(getattr(message, nested)))
+    if "task_id" in fields and message.task_id:
+        out["task_id"] = message.task_id
+    if "miner_hotkey" in fields and message.miner_hotkey:
+        out["miner_hotkey"] = message.miner_hotkey
+    if "type" in fields and fields["type"].enum_type is not None and fields["type"].enum_type.name == "TaskType":
+        if message.type:
+            value = fields["type"].enum_type.values_by_number.get(message.type)  # open enum: may be unknown
+            out["task_type"] = value.name if value is not None else str(message.type)
+    return out
+
+
+def annotate(**names: str) -> None:
+    """Name what the current work is about: as span attributes (task.id, task.type,
+    miner.hotkey) on the current span, and on every log line of the current asyncio task from
+    now on. Use `about()` where the same task goes on to unrelated work."""
+    names = {k: v for k, v in names.items() if v}
+    if not names:
+        return
+    span = trace.get_current_span()
+    for key, value in names.items():
+        span.set_attribute(ABOUT_ATTRIBUTES.get(key, key), value)
+    _about.set({**_about.get(), **names})
+
+
+@contextmanager
+def about(**names: str) -> Iterator[None]:
+    """`annotate` for the duration of a block only."""
+    token = _about.set(dict(_about.get()))
+    try:
+        annotate(**names)
+        yield
+    finally:
+        _about.reset(token)
+
+
+def current_about() -> dict[str, str]:
+    return dict(_about.get())
+
+
 # ---- logging ----------------------------------------------------------------------------
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the current trace and span ids when inside a span."""
 
-    CONTEXT_FIELDS = ("task_id", "miner_hotkey", "subject", "durable")
+    CONTEXT_FIELDS = ("task_id", "task_type", "miner_hotkey", "subject", "durable")
 
     def __init__(self, service: str):
         super().__init__()
@@ -114,10 +173,12 @@ class JsonFormatter(logging.Formatter):
         if ctx.is_valid:
             out["trace_id"] = format(ctx.trace_id, "032x")
             out["span_id"] = format(ctx.span_id, "016x")
+        for field, value in _about.get().items():
+            out.setdefault(field, value)
         for field in self.CONTEXT_FIELDS:
             value = getattr(record, field, None)
             if value is not None:
-                out[field] = value
+                out[field] = value  # an explicit `extra=` wins over the bound names
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)

@@ -18,7 +18,7 @@ class ScoresUpdatedHandler:
 
     async def handle(self, event: ev.ScoresUpdated, delivery: Delivery) -> None:
         # Persist first (the ack follows this return), then let the setter loop do the slow part.
-        if await self.bridge.state.offer(event):
+        if await self.bridge.state.offer(event, delivery.headers.get("traceparent", "")):
             self.bridge.setter.wake()
         else:
             log.info("scores %s are older than the pending or last set weights; ignored", event.digest[:16])

@@ -18,7 +18,10 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from gradients.runtime import Store
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind
+
+from gradients.runtime import Store, telemetry
 from gradients.runtime.outbox import Outbox
 from gradients.v1 import events_pb2 as ev
 from services.chain_bridge.backends import ChainUnavailable, RateLimited, WeightsBackend, WeightsSubmission
@@ -157,6 +160,25 @@ class WeightSetter:
             return self.options.idle_check_s
         if update is None:
             return self.options.idle_check_s
+        try:
+            traces = await self.state.pending_traces()
+        except Exception:  # tracing is best effort; the weights are not
+            traces = []
+        with self._span(update, traces):
+            return await self._attempt(update)
+
+    def _span(self, update: ev.ScoresUpdated, traces: list[str]):
+        """One set joins the scores of every task folded into the pending vector: its span continues
+        the trace of the newest update (so a task's trace reaches gradients.weights.set) and links
+        the others."""
+        contexts = [telemetry.extract_context({"traceparent": t}) for t in traces]
+        links = [Link(span_context) for ctx in contexts[:-1]
+                 if (span_context := trace.get_current_span(ctx).get_span_context()).is_valid]
+        return telemetry.tracer("gradients.chain_bridge").start_as_current_span(
+            f"set_weights {self.backend.name}", context=contexts[-1] if contexts else None, kind=SpanKind.CLIENT,
+            links=links, attributes={"weights.scores_digest": update.digest, "weights.joined_updates": len(traces)})
+
+    async def _attempt(self, update: ev.ScoresUpdated) -> float:
         st = self.status
         st.attempts += 1
         st.last_attempt_at = time.time()

@@ -2,6 +2,8 @@
 
   chain-pending   the newest ScoresUpdated not yet set on the backend (one, not a queue)
   chain-last      hash: weights = last WeightsSet, scores_at_us = "now" of the scores it came from
+  chain-pending-traces  traceparents of the ScoresUpdated deliveries folded into the pending
+                  vector since the last set (the weights-set span continues the newest and links the rest)
 
 Only the newest pending vector matters: weights replace each other on chain, so while the
 chain is unreachable a newer ScoresUpdated simply replaces the pending one, and an update
@@ -20,6 +22,9 @@ from gradients.v1 import events_pb2 as ev
 from services.scorer.conversion import timestamp_to_micros
 
 
+MAX_LINKED_TRACES = 32  # a long outage folds many updates; the newest are the ones worth opening
+
+
 def scores_at_us(update: ev.ScoresUpdated) -> int:
     return timestamp_to_micros(update.at)
 
@@ -29,8 +34,9 @@ class WeightsState:
         self.store = store
         self.pending_key = store.key("chain-pending")
         self.last_key = store.key("chain-last")
+        self.traces_key = store.key("chain-pending-traces")
 
-    async def offer(self, update: ev.ScoresUpdated) -> bool:
+    async def offer(self, update: ev.ScoresUpdated, trace_parent: str = "") -> bool:
         """Make `update` the pending vector unless a newer one is pending or already set."""
         redis, at = self.store.redis, scores_at_us(update)
         while True:
@@ -45,6 +51,9 @@ class WeightsState:
                         return False
                     pipe.multi()
                     pipe.set(self.pending_key, update.SerializeToString())
+                    if trace_parent:
+                        pipe.rpush(self.traces_key, trace_parent)
+                        pipe.ltrim(self.traces_key, -MAX_LINKED_TRACES, -1)
                     await pipe.execute()
                     return True
                 except WatchError:
@@ -53,6 +62,10 @@ class WeightsState:
     async def pending(self) -> ev.ScoresUpdated | None:
         raw = await self.store.redis.get(self.pending_key)
         return None if raw is None else ev.ScoresUpdated.FromString(raw)
+
+    async def pending_traces(self) -> list[str]:
+        """Traceparents of the updates folded into the pending vector, oldest first."""
+        return [raw.decode() for raw in await self.store.redis.lrange(self.traces_key, 0, -1)]
 
     async def last(self) -> ev.WeightsSet | None:
         raw = await self.store.redis.hget(self.last_key, b"weights")
@@ -77,7 +90,7 @@ class WeightsState:
                     still_pending = raw is not None and scores_at_us(ev.ScoresUpdated.FromString(raw)) == at
                     pipe.multi()
                     if still_pending:
-                        pipe.delete(self.pending_key)
+                        pipe.delete(self.pending_key, self.traces_key)
                     if weights is not None:
                         pipe.hset(self.last_key, mapping={b"weights": weights.SerializeToString(),
                                                           b"scores_at_us": str(at).encode()})

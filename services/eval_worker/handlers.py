@@ -18,6 +18,7 @@ from pathlib import Path
 
 from gradients.runtime import metrics
 from gradients.runtime import Consumer, Delivery, ServiceContext, events, telemetry
+from gradients.runtime.bus import is_transient
 from gradients.runtime.outbox import Outbox
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import events_pb2 as ev
@@ -59,8 +60,8 @@ class EvalJobHandler:
         try:
             completed = await self.evaluate(task, list(event.submissions), workdir)
         except Exception as exc:
-            if delivery.num_delivered < self.ctx.bus.max_deliver:
-                raise  # transient (e.g. the artifact store is briefly away): retried
+            if delivery.num_delivered < self.ctx.bus.max_deliver or is_transient(exc):
+                raise  # retried (transient failures, e.g. the artifact store briefly away, without a bound)
             log.exception("job for task %s failed on its last delivery", task.task_id, extra={"task_id": task.task_id})
             completed = ev.EvalCompleted(task_id=task.task_id, type=task.type, worker=self.worker_id, ok=False,
                                          failure_reason=f"{type(exc).__name__}: {exc}")
@@ -98,7 +99,11 @@ class EvalJobHandler:
             return completed
         by_hotkey = {r.hotkey: r for r in [*results, *refused]}
         for sub in submissions:
-            completed.results.append(to_proto(by_hotkey[sub.miner_hotkey], sub))
+            result = to_proto(by_hotkey[sub.miner_hotkey], sub)
+            completed.results.append(result)
+            outcome = f"loss {result.loss_weighted:.5f}" if result.ok else f"failed: {result.failure_reason}"
+            log.info("task %s: submission of %s %s", task.task_id, sub.miner_hotkey, outcome,
+                     extra={"task_id": task.task_id, "miner_hotkey": sub.miner_hotkey})
         completed.completed_at.GetCurrentTime()
         return completed
 

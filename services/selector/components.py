@@ -9,6 +9,7 @@ import grpc
 from gradients.runtime.auth import HotkeyPolicy, MinerAuthenticator, RedisNonceStore
 from gradients.runtime.outbox import Outbox
 from services.selector.offers import OfferBook
+from services.selector.ratelimit import HotkeyRateLimiter
 from services.selector.records import GatewayTasks, MinerResults, Submissions
 from services.selector.registry import MinerRegistry
 from services.selector.rounds import OfferRounds
@@ -29,5 +30,6 @@ class SelectorComponents:
     submissions: Submissions
     results: MinerResults
     outbox: Outbox
+    limiter: HotkeyRateLimiter
     gateway_server: grpc.aio.Server | None = None  # set when the gateway has its own public port
     gateway_port: int | None = None

@@ -22,9 +22,11 @@ from gradients.runtime import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     ServiceContext,
     events,
 )
+from gradients.runtime import telemetry
 from gradients.runtime.artifacts import ArtifactNotFound
 from gradients.runtime.auth import AuthenticatedMiner, SignedRequest, add_signed_servicer, method_path
 from gradients.v1 import common_pb2 as pb
@@ -43,6 +45,7 @@ UPLOAD = method_path(SERVICE, "UploadSubmission")
 MY_RESULTS = method_path(SERVICE, "GetMyResults")
 
 SESSION_METADATA = "gm-session-id"
+UPLOAD_ACCEPTED_METADATA = "gm-upload-accepted"  # initial metadata: the upload's first chunk was accepted
 
 
 def submission_msg_id(s: pb.Submission) -> str:
@@ -62,6 +65,14 @@ class MinerGatewayServicer:
 
     async def _authenticate(self, context, path: str, raw: bytes) -> AuthenticatedMiner:
         miner = await self.sel.auth.authenticate(context, path, raw)
+        telemetry.annotate(miner_hotkey=miner.hotkey)  # only once the signature is verified
+        # After the signature and replay checks: forged or replayed calls cannot spend a miner's budget.
+        retry_in = self.sel.limiter.take(miner.hotkey)
+        if retry_in:
+            limiter = self.sel.limiter
+            raise ResourceExhausted(
+                f"rate limit: hotkey {miner.hotkey} is over {limiter.rate_per_s:g} calls/s (burst {limiter.burst}); "
+                f"retry in {retry_in:.2f}s")
         await self.sel.registry.seen(miner.hotkey, miner.uid)
         return miner
 
@@ -82,14 +93,22 @@ class MinerGatewayServicer:
         await registry.open_session(miner.hotkey, session_id)
         log.info("miner %s connected (session %s)", miner.hotkey, session_id, extra={"miner_hotkey": miner.hotkey})
         heartbeat = self.settings.session_ttl_s / 3
+        loop = asyncio.get_running_loop()
         try:
             await context.send_initial_metadata(((SESSION_METADATA, session_id),))
+            # Refresh on a clock, not only when idle: a miner offered tasks more often than
+            # every heartbeat must not see its session expire.
+            refresh_at = loop.time() + heartbeat
             while True:
-                try:
-                    offer = await asyncio.wait_for(queue.get(), timeout=heartbeat)
-                except asyncio.TimeoutError:
+                wait = refresh_at - loop.time()
+                if wait <= 0:
                     if not await registry.refresh_session(miner.hotkey, session_id):
                         return  # a newer session of this hotkey took over
+                    refresh_at = loop.time() + heartbeat
+                    continue
+                try:
+                    offer = await asyncio.wait_for(queue.get(), timeout=wait)
+                except asyncio.TimeoutError:
                     continue
                 yield offer
         finally:
@@ -166,6 +185,9 @@ class MinerGatewayServicer:
         assembler = UploadAssembler(header, spool, self.settings.max_upload_bytes)
         try:
             assembler.add(header)
+            # The first chunk passed: say so before the rest streams in, so a client can wait for this
+            # verdict and a refusal reaches it as a status rather than as a failed write.
+            await context.send_initial_metadata(((UPLOAD_ACCEPTED_METADATA, "1"),))
             async for chunk in chunks:
                 assembler.add(chunk.message)
             sha256 = assembler.finish()

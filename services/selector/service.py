@@ -9,15 +9,16 @@ from pathlib import Path
 
 import grpc
 
-from gradients.runtime import ConfigError, GrpcService, ServiceContext, ServiceSpec, telemetry
+from gradients.runtime import ConfigError, GrpcService, ServiceContext, ServiceSpec
 from gradients.runtime.auth import AllowList, MetagraphHotkeys, MinerAuthenticator, RedisNonceStore
 from gradients.runtime.outbox import Outbox
-from gradients.runtime.server import ErrorInterceptor
+from gradients.runtime.server import new_grpc_server
 from gradients.v1 import selector_pb2_grpc
 from services.selector import gateway, handlers
 from services.selector.components import SelectorComponents
 from services.selector.gateway import MinerGatewayServicer
 from services.selector.offers import OfferBook
+from services.selector.ratelimit import HotkeyRateLimiter
 from services.selector.records import GatewayTasks, MinerResults, Submissions
 from services.selector.registry import MinerRegistry
 from services.selector.rounds import OfferRounds, RoundConfig
@@ -89,9 +90,10 @@ async def build(ctx: ServiceContext) -> None:
         auth=MinerAuthenticator(receiver, nonce_store, policy, settings.auth_max_age_s, settings.auth_allowed_skew_s),
         registry=registry, book=book, rounds=rounds, tasks=GatewayTasks(ctx.store), submissions=Submissions(ctx.store),
         results=MinerResults(ctx.store, settings.results_kept), outbox=outbox,
+        limiter=HotkeyRateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
     )
     if settings.gateway_port is not None:
-        server = grpc.aio.server(interceptors=[*telemetry.grpc_server_interceptors(), ErrorInterceptor()])
+        server = new_grpc_server()
         bound = server.add_insecure_port(f"{ctx.mesh.grpc_host}:{settings.gateway_port}")
         if bound == 0:
             raise OSError(f"cannot bind the miner gateway port {ctx.mesh.grpc_host}:{settings.gateway_port} "

@@ -66,6 +66,17 @@ class SelectorSettings:
         check=positive,
     )
     results_kept: int = setting("GRADIENTS_SELECTOR_RESULTS_KEPT", 50, "recent tasks kept per miner for GetMyResults", check=_at_least_one)
+    rate_limit_per_s: float = setting(
+        "GRADIENTS_SELECTOR_RATE_LIMIT_PER_S", 20.0,
+        "gateway calls per second one miner hotkey may make, sustained, per replica; more are refused with "
+        "RESOURCE_EXHAUSTED (0 = no limit)",
+        check=non_negative,
+    )
+    rate_limit_burst: int = setting(
+        "GRADIENTS_SELECTOR_RATE_LIMIT_BURST", 100,
+        "gateway calls one miner hotkey may make at once before GRADIENTS_SELECTOR_RATE_LIMIT_PER_S applies",
+        check=_at_least_one,
+    )
 
     def pool_sizes(self) -> PoolSizeConfig:
         return PoolSizeConfig(self.text_pool_min, self.text_pool_max, self.image_pool_min, self.image_pool_max)

@@ -22,6 +22,7 @@ REQUIRED_COLUMNS = {
     pb.GRPO: ("prompt",),
 }
 MAX_PAGE = 500
+MAX_REWARD_CODE_CHARS = 64 * 1024
 
 
 def validate_create(request: ts.CreateTaskRequest) -> None:
@@ -61,10 +62,15 @@ def validate_create(request: ts.CreateTaskRequest) -> None:
             if fn.name == "code":
                 if not fn.code.strip():
                     raise InvalidArgument(f"reward_functions[{i}].code", "is required when name is 'code'")
+                if len(fn.code) > MAX_REWARD_CODE_CHARS:  # compiling megabytes blocks the service for seconds
+                    raise InvalidArgument(f"reward_functions[{i}].code",
+                                          f"is {len(fn.code)} characters; at most {MAX_REWARD_CODE_CHARS}")
                 try:
                     compile(fn.code, f"reward_functions[{i}]", "exec")  # syntax only; never executed here
                 except SyntaxError as exc:
                     raise InvalidArgument(f"reward_functions[{i}].code", f"syntax error: {exc.msg} (line {exc.lineno})") from None
+                except (ValueError, RecursionError, MemoryError) as exc:  # null bytes; nesting too deep to compile
+                    raise InvalidArgument(f"reward_functions[{i}].code", f"cannot be compiled: {type(exc).__name__}") from None
             elif fn.name not in BUILTIN_REWARDS:
                 raise InvalidArgument(f"reward_functions[{i}].name",
                                       f"unknown reward function {fn.name!r}; built-ins: {', '.join(sorted(BUILTIN_REWARDS))}, or 'code'")
@@ -116,6 +122,10 @@ class TaskServicer(ts_grpc.TaskServiceServicer):
     async def ListTasks(self, request: ts.ListTasksRequest, context) -> ts.ListTasksResponse:
         if request.page_size < 0:
             raise InvalidArgument("page_size", "must be >= 0")
+        if request.state not in pb.TaskState.values():  # proto3 enums carry any int32
+            raise InvalidArgument("state", f"{request.state} is not a TaskState")
+        if request.type not in pb.TaskType.values():
+            raise InvalidArgument("type", f"{request.type} is not a TaskType")
         size = min(request.page_size or 50, MAX_PAGE)
         try:
             offset = int(request.page_token or 0)

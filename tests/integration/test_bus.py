@@ -169,3 +169,34 @@ async def test_one_trace_spans_the_grpc_call_and_the_nats_hop(mesh_env, span_exp
     assert consumer and consumer[0].attributes["messaging.consumer.group.name"] == "trace-reader"
     assert consumer[0].attributes["messaging.system"] == "nats"
     assert consumed == [reply.task.task_id]
+
+
+async def test_redis_outage_longer_than_the_delivery_bound_loses_no_event(nats_server, redis_server):
+    """Connection errors are transient: retried with backoff beyond max_deliver, never dead-lettered."""
+    bus = await EventBus.connect(nats_server.url, "outage", max_deliver=2, nak_delay_s=0.1, ack_wait_s=5)
+    store = Store.from_url(redis_server.url)
+    seen: list = []
+    await bus.start([await counting_consumer(store, "outage", seen)])
+    dead = await bus.js.subscribe(events.dead_letter_subject("outage"))
+    redis_server.stop()
+    for i in range(3):
+        await bus.publish(events.TASK_CREATED, task_created(f"o{i}"), msg_id=f"task-created:o{i}")
+    # Each event fails several times while Redis is away (far more than max_deliver = 2).
+    assert await wait_for(lambda: _failed_at_least(seen, 3), timeout=20)
+    redis_server.restart()
+    assert await wait_for(lambda: _effects(store, "outage", 3), timeout=40)
+    with pytest.raises(Exception):
+        await dead.next_msg(timeout=0.5)
+    await bus.stop(1)
+    await store.close()
+
+
+async def _failed_at_least(seen: list, times: int) -> bool:
+    return any(n >= times for _, n in seen)
+
+
+async def _effects(store: Store, durable: str, n: int) -> bool:
+    try:
+        return await effect_count(store, durable) == n
+    except Exception:
+        return False
