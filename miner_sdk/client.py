@@ -48,7 +48,7 @@ SESSION_METADATA = "gm-session-id"  # sent by the gateway when the offer stream 
 UPLOAD_ACCEPTED_METADATA = "gm-upload-accepted"  # sent by the gateway once an upload's first chunk passed its checks
 UPLOAD_VERDICT_WAIT_S = 30.0
 RATE_LIMITED = "rate limit:"  # how the gateway's refusals for going over a hotkey's call budget begin
-RATE_LIMIT_WAIT_S = 30.0      # the longest one call waits out the validator's rate limit
+RATE_LIMIT_WAIT_S = 30.0      # the longest one call waits out the validator's rate limit or unavailability
 _RETRY_IN = re.compile(r"retry in ([0-9.]+)s")
 DEFAULT_CHUNK_BYTES = 1024 * 1024
 # Refusals a retry cannot fix.
@@ -235,15 +235,19 @@ class MinerClient:
 
     @staticmethod
     async def _patiently(attempt: Callable[[], Awaitable[T]]) -> T:
-        """One call, signed anew and sent again while the validator's rate limit says to wait
-        (at most RATE_LIMIT_WAIT_S in all); every other refusal is raised at once."""
+        """One call, signed anew and sent again while the validator's rate limit says to wait, or
+        while it is UNAVAILABLE (restarting, or its NATS/Redis briefly away), with backoff — at most
+        RATE_LIMIT_WAIT_S in all; every other refusal is raised at once."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + RATE_LIMIT_WAIT_S
+        backoff = Backoff(initial_s=0.2, max_s=2.0).delays()
         while True:
             try:
                 return await attempt()
             except GatewayRefused as exc:
                 delay = exc.retry_after_s
+                if delay is None and exc.code == grpc.StatusCode.UNAVAILABLE:
+                    delay = next(backoff)
                 if delay is None or loop.time() + delay > give_up:
                     raise
             await asyncio.sleep(delay * random.uniform(1.0, 1.2))

@@ -76,7 +76,10 @@ async def kill_each_service(options: FaultOptions, data_dir: Path) -> ScenarioRe
     """kill -9 a service at a random point, bring it back, repeat (every service in turn) until the tasks end."""
     rng = random.Random(options.seed)
     harness = RoundHarness(RoundOptions(data_dir=data_dir / "kill", miners=options.miners, tasks=options.rounds,
-                                        concurrent=options.concurrent, timeout_s=options.timeout_s))
+                                        concurrent=options.concurrent, timeout_s=options.timeout_s,
+                                        # As in production (hours against seconds), a delayed task's retry
+                                        # waits longer than a selector restart and its miners' reconnection.
+                                        extra_env={"GRADIENTS_TASK_RETRY_WAIT_HOURS": "2"}))
     started = time.monotonic()
     kills: list[str] = []
     recovered = 0

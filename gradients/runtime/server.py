@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from gradients.runtime import telemetry
 from gradients.runtime.artifacts import ArtifactStore, open_artifact_store
-from gradients.runtime.bus import Consumer, EventBus
+from gradients.runtime.bus import Consumer, EventBus, is_transient
 from gradients.runtime.config import ConfigError, MeshSettings, load_settings
 from gradients.runtime.errors import ServiceError
 from gradients.runtime.outbox import keep_flushing
@@ -176,6 +176,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort(exc.code, exc.message)
             if isinstance(exc, NotImplementedError):
                 await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet")
+            if is_transient(exc):  # NATS or Redis briefly away: the caller should retry, not give up
+                log.warning("%s: backing service unavailable: %s: %s", method, type(exc).__name__, exc)
+                await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                    f"{method}: temporarily unavailable ({type(exc).__name__}: {exc}); retry")
             log.exception("unhandled error in %s", method)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}: {exc}")
 
@@ -315,8 +319,21 @@ class ServiceHost:
         log.info("%s serving on port %d", spec.name, bound)
         return host
 
+    def _dead_loops(self) -> list[str]:
+        """Background loops that ended with an error: the service would look healthy while, say,
+        no timer fires any more; report it and stop SERVING so an orchestrator restarts it."""
+        dead = []
+        for task in self._background:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                dead.append(f"{task.get_name()}: {type(task.exception()).__name__}: {task.exception()}")
+        return dead
+
     async def _update_health(self) -> None:
-        ok = self.ctx.bus.connected and await self.ctx.store.ping()
+        dead = self._dead_loops()
+        if dead and not getattr(self, "_reported_dead", False):
+            self._reported_dead = True
+            log.error("%s: background loop(s) ended with an error: %s", self.spec.name, "; ".join(dead))
+        ok = not dead and self.ctx.bus.connected and await self.ctx.store.ping()
         if ok != self.serving or not hasattr(self, "_health_set"):
             self._health_set = True
             status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING

@@ -94,7 +94,7 @@ class OfferRounds:
         return self.store.key("offer-round", task_id, str(attempt), part)
 
     def _offered_key(self, task_id: str) -> str:
-        """Hotkeys offered this task in any attempt (never offered again)."""
+        """Hotkeys offered this task in any attempt (never offered again, unless the offer never reached them)."""
         return self.store.key("task-offered", task_id)
 
     # ---- entry point ------------------------------------------------------------------------
@@ -256,6 +256,10 @@ class OfferRounds:
                 with contextlib.suppress(Exception):
                     await answers.unsubscribe()
         status = await self.book.close(offer.offer_id, OfferStatus.TIMEOUT if delivered else OfferStatus.UNDELIVERED)
+        if status is OfferStatus.UNDELIVERED:
+            # Never reached the miner (a stale session, e.g. after a selector restart): not its decline,
+            # so a later attempt may offer it again.
+            await self.redis.srem(self._offered_key(task.task_id), standing.hotkey)
         if status.accepted:
             await self._mark_took_part(standing.hotkey)
         log.info("offer %s to %s: %s", offer.offer_id, standing.hotkey, status.value,

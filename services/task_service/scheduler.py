@@ -37,9 +37,12 @@ class TaskScheduler:
         self._tracer = telemetry.tracer("gradients.task_service")
 
     async def run(self) -> None:
-        await self.lifecycle.outbox.flush()  # events a crashed predecessor stored but did not publish
+        flushed = False
         while True:
-            try:
+            try:  # everything inside: one failed tick (Redis briefly away) must not end the loop for good
+                if not flushed:
+                    await self.lifecycle.outbox.flush()  # events a crashed predecessor stored but did not publish
+                    flushed = True
                 await self.fire_due_timers()
                 await self.start_tasks()
                 await self.report_states()

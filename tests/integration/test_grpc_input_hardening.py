@@ -50,3 +50,28 @@ async def test_list_tasks_with_an_unknown_enum_number_is_an_invalid_argument(mes
             assert list(reply.tasks) == []
     finally:
         await host.stop(1)
+
+
+async def test_backing_store_away_is_unavailable_with_a_reason_not_internal(mesh_env, redis_server):
+    """Found by the reliability suite (cluster fault): handlers hitting a Redis or NATS outage answered
+    INTERNAL, so clients gave up; UNAVAILABLE tells them to retry (the miner SDK does)."""
+    import grpc
+
+    from gradients.runtime import ServiceHost
+    from gradients.v1 import task_service_pb2 as ts
+    from gradients.v1 import task_service_pb2_grpc as ts_grpc
+    from services.task_service.service import SPEC
+
+    host = await ServiceHost.start(SPEC, env=mesh_env)
+    try:
+        redis_server.stop()
+        async with grpc.aio.insecure_channel(host.address) as channel:
+            try:
+                await ts_grpc.TaskServiceStub(channel).GetTask(ts.GetTaskRequest(task_id="any"), timeout=30)
+                raise AssertionError("GetTask answered while Redis was down")
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, (exc.code(), exc.details())
+                assert "temporarily unavailable" in exc.details() and "retry" in exc.details()
+    finally:
+        redis_server.restart()
+        await host.stop(1)

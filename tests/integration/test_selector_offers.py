@@ -288,3 +288,32 @@ async def test_the_sdk_reconnects_when_the_gateway_restarts(mesh_env, nats_serve
 
 async def _is_disconnected(client) -> bool:
     return not client.connected
+
+
+async def test_an_offer_that_never_reached_the_miner_does_not_exclude_it_from_the_retry(mesh_env, nats_server):
+    """Found by the reliability suite (kill -9 of the selector): offers to sessions left stale by the
+    restart were undelivered, yet the miners were never offered the task again, so with few miners
+    every later attempt had no candidate and the task FAILED for no miners."""
+    offers_seen: list = []
+    async with selector(mesh_env, ["stale", "live"], OFFER_TIMEOUT_S="1", TEXT_POOL_MIN="2",
+                        TEXT_POOL_MAX="2") as host:
+        stale = dev_keypair("stale").ss58_address
+        registry = host.ctx.state["selector"].registry
+        live = await connect(host, [("live", "accept")], offers_seen)
+        # "stale" looks connected (its session record survived a restart) but no stream serves it.
+        await registry.seen(stale, 7)
+        await registry.open_session(stale, "session-of-a-dead-selector")
+        selected = await EventCollector.start(nats_server.url, events.MINERS_SELECTED)
+        task = make_task()
+        await publish_state(host.ctx.bus, task, pb.LOOKING_FOR_MINERS, version=3)
+        first, _ = await selected.next()
+        assert stale in first.declined and not first.enough
+
+        # The miner reconnects for real; the retry offers it the task.
+        again = await connect(host, [("stale", "accept")], offers_seen)
+        retry = make_task(task_id=task.task_id, attempt=1, miners=first.accepted, hours=1.25)
+        await publish_state(host.ctx.bus, retry, pb.LOOKING_FOR_MINERS, version=6)
+        second, _ = await selected.next()
+        assert stale in second.accepted, (list(second.accepted), list(second.declined))
+        await selected.stop()
+        await stop_all(live + again)
