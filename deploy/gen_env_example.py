@@ -11,8 +11,6 @@ addresses) are listed commented out with the value compose gives them.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import importlib
 import sys
 from pathlib import Path
 
@@ -58,7 +56,7 @@ ACTIVE_EXAMPLES = {
     ),
 }
 
-SERVICES = ("task_service", "selector", "dataset_prep", "eval_worker", "scorer", "chain_bridge")
+from gradients.mesh import SERVICES  # noqa: E402 - after the sys.path insert above
 
 
 def env_value(value: object) -> str:
@@ -74,30 +72,22 @@ def env_value(value: object) -> str:
 
 def settings_rows(cls: type | None) -> list[tuple[str, str, str]]:
     """(env, default as an env value, doc) of each field of a settings dataclass."""
+    from gradients.runtime.config import REQUIRED, settings_fields
+
     if cls is None:
         return []
-    rows = []
-    for f in dataclasses.fields(cls):
-        if "env" not in f.metadata:
-            continue
-        if f.default is not dataclasses.MISSING:
-            default = env_value(f.default)
-        elif f.default_factory is not dataclasses.MISSING:
-            default = env_value(f.default_factory())
-        else:
-            default = ""  # required: the operator must set it
-        rows.append((f.metadata["env"], default, f.metadata.get("doc", "")))
-    return rows
+    # A required setting gets an empty value: the operator must set it.
+    return [(env, "" if default is REQUIRED else env_value(default), doc) for env, default, doc in settings_fields(cls)]
 
 
 def discover() -> list[tuple[str, list[tuple[str, str, str]]]]:
     """[(section title, [(env, default, doc)])]: MeshSettings, then each service's settings."""
+    from gradients.generated import service_specs
     from gradients.runtime.config import MeshSettings
 
     sections = [("Every service (MeshSettings)", settings_rows(MeshSettings))]
-    for name in SERVICES:
-        spec = importlib.import_module(f"services.{name}.service").SPEC
-        sections.append((f"{name} (gRPC port {spec.default_port})", settings_rows(spec.settings_type)))
+    for spec in service_specs():
+        sections.append((f"{spec.name} (gRPC port {spec.default_port})", settings_rows(spec.settings_type)))
     return sections
 
 
@@ -147,16 +137,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if .env.example is stale")
     args = parser.parse_args()
-    text = render()
-    if args.check:
-        if not OUT.exists() or OUT.read_text() != text:
-            print(f"{OUT} is stale: run python deploy/gen_env_example.py", file=sys.stderr)
-            return 1
-        return 0
-    OUT.write_text(text)
-    print(f"wrote {OUT}")
-    return 0
+    from gradients.generated import write_or_check
 
+    return write_or_check(OUT, render(), args.check, "python deploy/gen_env_example.py")
 
 if __name__ == "__main__":
     sys.exit(main())

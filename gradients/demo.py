@@ -22,6 +22,7 @@ import grpc
 
 from gradients.mesh import Mesh, MeshOptions
 from gradients.models import procedural
+from gradients.runtime.auth import dev_keypair
 from gradients.runtime.embedded import spawn
 
 STRATEGIES = ("autotrain-default", "lr-sweep", "random-search")
@@ -60,12 +61,6 @@ class DemoSnapshot:
     leaderboard: list = field(default_factory=list)
     weights: object | None = None
     miners_connected: int = 0
-
-
-def dev_keypair(name: str):
-    from bittensor.sp_core import Keypair
-
-    return Keypair.create_from_uri(f"//{name}")
 
 
 # ---- assets ---------------------------------------------------------------------------

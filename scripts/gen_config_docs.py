@@ -6,17 +6,16 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "docs" / "configuration.md"
-SERVICES = ("task_service", "selector", "dataset_prep", "eval_worker", "scorer", "chain_bridge")
 
 
 def render() -> str:
+    from gradients.generated import service_specs
     from gradients.runtime.config import MeshSettings, settings_reference
 
     lines = ["# Configuration", "",
@@ -24,9 +23,8 @@ def render() -> str:
              "settings from environment variables at start and stops (exit code 2) naming each bad one.", "",
              "## Every service", ""]
     lines += _table(settings_reference(MeshSettings))
-    for name in SERVICES:
-        spec = importlib.import_module(f"services.{name}.service").SPEC
-        lines += ["", f"## {name} (default gRPC port {spec.default_port})", ""]
+    for spec in service_specs():
+        lines += ["", f"## {spec.name} (default gRPC port {spec.default_port})", ""]
         if spec.settings_type is None:
             lines.append("No service-specific settings.")
         else:
@@ -45,17 +43,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
-    text = render()
-    if args.check:
-        if not OUT.exists() or OUT.read_text() != text:
-            print("docs/configuration.md is stale: run scripts/gen_config_docs.py")
-            return 1
-        print("docs/configuration.md is up to date")
-        return 0
-    OUT.write_text(text)
-    print(f"wrote {OUT}")
-    return 0
+    from gradients.generated import write_or_check
 
+    return write_or_check(OUT, render(), args.check, "python scripts/gen_config_docs.py")
 
 if __name__ == "__main__":
     sys.exit(main())

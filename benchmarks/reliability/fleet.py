@@ -18,15 +18,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gradients.runtime.auth import dev_keypair
 from miner_sdk.client import Backoff, GatewayRefused, MinerClient, ReceivedOffer
 
 log = logging.getLogger("gradients.reliability.fleet")
-
-
-def dev_keypair(name: str):
-    from bittensor.sp_core import Keypair
-
-    return Keypair.create_from_uri(f"//{name}")
 
 
 def fleet_names(count: int, prefix: str = "rel-miner") -> list[str]:

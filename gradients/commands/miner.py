@@ -15,9 +15,9 @@ app = typer.Typer(help="Reference miners (see miner_sdk/README.md).", no_args_is
 def load_signer(dev_key: str, wallet_name: str, wallet_hotkey: str, wallet_path: str):
     """A bittensor wallet from disk, or a deterministic dev keypair (`//NAME`) for local meshes."""
     if dev_key:
-        from bittensor.sp_core import Keypair
+        from gradients.runtime.auth import dev_keypair
 
-        return Keypair.create_from_uri(f"//{dev_key}")
+        return dev_keypair(dev_key)
     import bittensor as bt
 
     kwargs = {"name": wallet_name, "hotkey": wallet_hotkey}

@@ -304,6 +304,14 @@ class MinerAuthenticator:
             raise
 
 
+def dev_keypair(name: str):
+    """A deterministic sr25519 keypair (substrate dev derivation `//name`): local meshes, demos
+    and tests sign with it; no chain or wallet needed."""
+    from bittensor.sp_core import Keypair
+
+    return Keypair.create_from_uri(f"//{name}")
+
+
 # ---- registering a service so its handlers see the raw request bytes ------------------------
 
 @dataclass(frozen=True)

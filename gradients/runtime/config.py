@@ -161,21 +161,30 @@ def load_settings(cls: type[T], env: Mapping[str, str] | None = None, **override
     raise ConfigError(problems)
 
 
-def settings_reference(*classes: type) -> list[tuple[str, str, str]]:
-    """(variable, default, description) rows for documentation."""
+REQUIRED = object()  # the default of a setting that has none: the operator must set it
+
+
+def settings_fields(*classes: type) -> list[tuple[str, object, str]]:
+    """(variable, default value or REQUIRED, description) of every setting of the classes."""
     rows = []
     for cls in classes:
         for f in dataclasses.fields(cls):
             if "env" not in f.metadata:
                 continue
             if f.default is not dataclasses.MISSING:
-                default = "" if f.default is None else str(f.default)
+                default = f.default
             elif f.default_factory is not dataclasses.MISSING:
-                default = str(f.default_factory())
+                default = f.default_factory()
             else:
-                default = "(required)"
+                default = REQUIRED
             rows.append((f.metadata["env"], default, f.metadata.get("doc", "")))
     return rows
+
+
+def settings_reference(*classes: type) -> list[tuple[str, str, str]]:
+    """(variable, default, description) rows for documentation."""
+    return [(env, "(required)" if default is REQUIRED else "" if default is None else str(default), doc)
+            for env, default, doc in settings_fields(*classes)]
 
 
 # ---- the settings every service shares ----------------------------------------------

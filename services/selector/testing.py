@@ -11,16 +11,11 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from bittensor.sp_core import Keypair
 
 from gradients.runtime import Consumer, Delivery, EventBus, events
+from gradients.runtime.auth import dev_keypair  # noqa: F401 - tests import it from here too
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import events_pb2 as ev
-
-
-def dev_keypair(name: str) -> Keypair:
-    """A deterministic sr25519 keypair (substrate dev derivation `//name`); no chain needed."""
-    return Keypair.create_from_uri(f"//{name}")
 
 
 def selector_env(
