@@ -168,7 +168,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     job = EvalJob("bench", "INSTRUCT_TEXT", str(base), rows, limits=limits)
-    ours = evaluate_job(job, [Submission(f"m{i}", str(p)) for i, p in enumerate(adapters)])
+    ours = evaluate_job(job, [Submission(f"m{i}", str(p)) for i, p in enumerate(adapters)]).results
     ours_s = time.perf_counter() - t0
     failed = [r.reason for r in ours if not r.ok]
     if failed:

@@ -60,7 +60,7 @@ def main() -> None:
                 result = train(strategy, "instruct", base, train_rows, out, Deadline.after(args.budget), seed=seed)
                 job = EvalJob(task_id=f"{family}-{seed}", task_type="INSTRUCT_TEXT", base_model_dir=str(base),
                               test_rows=test, limits=EvalLimits(isolate=False, torch_threads=1))
-                (evaluation,) = evaluate_job(job, [Submission(strategy, str(result.adapter_dir))])
+                (evaluation,) = evaluate_job(job, [Submission(strategy, str(result.adapter_dir))]).results
                 losses[strategy] = evaluation.loss_test
             default = losses["autotrain-default"]
             winner = min(losses, key=losses.get)

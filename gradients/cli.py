@@ -11,17 +11,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gradients.mesh import SERVICES, Mesh, MeshOptions, check_health, read_state
+from gradients.mesh import SERVICES, Mesh, MeshOptions, OperatorInfo, check_health, fixed_addresses, read_state
 
 app = typer.Typer(help="Gradients Mesh: the validator of a decentralised fine-tuning marketplace.", no_args_is_help=True)
 console = Console()
 
 
 def _register_subcommands() -> None:
-    from gradients.commands import demo, miner, scores
+    from gradients.commands import accounts, demo, miner, scores, task
 
     app.add_typer(miner.app, name="miner")
     app.add_typer(scores.app, name="scores")
+    app.add_typer(task.app, name="task")
+    app.add_typer(accounts.app, name="accounts")
     app.command("demo")(demo.demo)
 
 
@@ -49,6 +51,24 @@ def health_table(title: str, addresses: dict[str, str], status: dict[str, str], 
     return table
 
 
+LOCAL_ACCOUNT = "local"
+
+
+def print_operator_info(info: OperatorInfo, api_key: str) -> None:
+    """Where customers and miners connect, the hotkey miners sign for, and the local key."""
+    def say(text: str) -> None:  # soft_wrap: a piped terminal is 80 columns; keys must stay on one line
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    say(f"customer API (TaskService): {info.customer_address}   export GRADIENTS_VALIDATOR={info.customer_address}")
+    say(f"miner gateway (MinerGateway): {info.miner_gateway_address}")
+    say(f"validator hotkey (miners sign for it): {info.validator_hotkey or 'unknown, see the selector log'}")
+    say(f"  a miner: gradients miner run --validator {info.miner_gateway_address} --validator-hotkey "
+        f"{info.validator_hotkey} --dev-key NAME   (its hotkey must be in GRADIENTS_SELECTOR_ALLOWED_HOTKEYS)")
+    # Only the key's hash is stored, so this is the one time it is shown; the next `up` rotates it.
+    say(f"customer account '{info.local_account}' API key (shown once; each `up` issues a new one):")
+    say(f"  export GRADIENTS_API_KEY={api_key}")
+
+
 class _Stop(Exception):
     pass
 
@@ -64,10 +84,19 @@ def up(
     redis_url: str = typer.Option(os.environ.get("GRADIENTS_REDIS_URL", ""), help="external Redis; empty = embedded"),
     ready_timeout: float = typer.Option(60.0, help="seconds to wait for every service to be SERVING"),
 ) -> None:
-    """Start embedded NATS and Redis (unless URLs are given) and the six services."""
+    """Start embedded NATS and Redis (unless URLs are given) and the six services.
+
+    A service whose GRADIENTS_<SERVICE>_ADDR is set listens on that address's port; the others
+    get free ports. Creates (or re-keys) the customer account `local` and prints its key.
+    """
     otlp = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None
+    try:
+        fixed = fixed_addresses()
+    except ValueError as exc:
+        console.print(f"[bold red]start-up failed:[/bold red] {exc}")
+        raise typer.Exit(1) from None
     mesh = Mesh(MeshOptions(data_dir=data_dir, nats_url=nats_url or None, redis_url=redis_url or None, otlp_endpoint=otlp,
-                            ready_timeout_s=ready_timeout))
+                            ready_timeout_s=ready_timeout, addresses=fixed))
     # Both explicitly: a shell starting us in the background leaves SIGINT ignored.
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
@@ -78,6 +107,10 @@ def up(
             status = mesh.wait_ready()
         console.print(health_table("Gradients mesh is up", mesh.addresses, status, otlp))
         console.print(f"NATS {mesh.nats_url}   Redis {mesh.redis_url}   logs {mesh.data_dir / 'logs'}")
+        api_key = mesh.ensure_account(LOCAL_ACCOUNT)
+        info = mesh.operator_info(LOCAL_ACCOUNT)
+        mesh.publish(info)
+        print_operator_info(info, api_key)
         if otlp:
             console.print(f"traces and metrics → {otlp} (with deploy/'s collector: Jaeger http://localhost:16686, "
                           "Prometheus http://localhost:9090)")
@@ -115,6 +148,9 @@ def status(data_dir: Path = DATA_DIR_OPTION) -> None:
     addresses = {name: info["address"] for name, info in state["services"].items()}
     health = {name: check_health(address) for name, address in addresses.items()}
     console.print(health_table("Gradients mesh status", addresses, health, state.get("otlp_endpoint")))
+    if state.get("customer_address"):
+        console.print(f"customer API {state['customer_address']}   miner gateway {state['miner_gateway_address']}   "
+                      f"validator hotkey {state['validator_hotkey']}", markup=False, highlight=False, soft_wrap=True)
     ok = set(SERVICES) <= set(health) and all(health[name] == "SERVING" for name in SERVICES)
     raise typer.Exit(0 if ok else 1)
 

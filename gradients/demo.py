@@ -28,6 +28,7 @@ from gradients.runtime.embedded import spawn
 STRATEGIES = ("autotrain-default", "lr-sweep", "random-search")
 TYPE_NAMES = {"instruct": "INSTRUCT_TEXT", "dpo": "DPO", "grpo": "GRPO", "image": "IMAGE"}
 TERMINAL = {"SCORED", "FAILED", "CANCELLED"}
+LOCAL_ACCOUNT = "local"
 
 
 @dataclass
@@ -138,14 +139,41 @@ def synthetic_mix(types: tuple[str, ...]) -> str:
     return ",".join(str(share if name in chosen else 0.0) for name in ("INSTRUCT_TEXT", "DPO", "GRPO", "IMAGE"))
 
 
-def mesh_env(options: DemoOptions, pools: Path, validator_ss58: str, miner_hotkeys: list[str]) -> dict[str, str]:
+def covering_seed(types: tuple[str, ...], tasks: int, pools: Path, start: int = 0, tries: int = 1000) -> int:
+    """The first seed >= start whose first `tasks` synthetic draws include every type of `types`.
+
+    It replays task_service's draws (eq 1, then base model, dataset and hours per task, the
+    order `next_tasks_to_start` uses them), so a demo of several types shows each of them.
+    When that cannot be (fewer tasks than types, or no seed found) it is `start`.
+    """
+    import random
+
+    from services.task_service.logic import next_tasks_to_start
+    from services.task_service.settings import load_pools, parse_mix
+
+    wanted = {TYPE_NAMES[t] for t in types}
+    if tasks < len(wanted):
+        return start
+    mix, loaded = parse_mix(synthetic_mix(types)), load_pools(pools)
+    for seed in range(start, start + tries):
+        rng = random.Random(seed)
+        drawn = {next_tasks_to_start([], 0, 1, 1, rng, loaded, mix).synthetic[0].task_type.name for _ in range(tasks)}
+        if wanted <= drawn:
+            return seed
+    return start
+
+
+def mesh_env(options: DemoOptions, pools: Path, validator_ss58: str, miner_hotkeys: list[str],
+             prompt_model: Path | None = None) -> dict[str, str]:
+    """`prompt_model`: the text model that writes image tasks' new prompts (their base is a
+    diffusers pipeline); the demo passes its own small text model, so image tasks run offline."""
     env = {
         "GRADIENTS_TIME_SCALE": str(options.time_scale),
         "GRADIENTS_TASK_SYNTHETIC_ENABLED": "true",
         "GRADIENTS_TASK_SYNTHETIC_POOLS": str(pools),
         "GRADIENTS_TASK_SYNTHETIC_MIX": synthetic_mix(options.types),
         "GRADIENTS_TASK_SYNTHETIC_LIMIT": str(options.tasks),
-        "GRADIENTS_TASK_SYNTHETIC_SEED": str(options.seed),
+        "GRADIENTS_TASK_SYNTHETIC_SEED": str(covering_seed(options.types, options.tasks, pools, options.seed)),
         "GRADIENTS_TASK_MAX_SYNTHETIC": str(options.concurrent),
         "GRADIENTS_TASK_MAX_ACTIVE": str(options.concurrent),
         "GRADIENTS_TASK_RETRY_WAIT_HOURS": "0.2",
@@ -166,6 +194,8 @@ def mesh_env(options: DemoOptions, pools: Path, validator_ss58: str, miner_hotke
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
     }
+    if prompt_model is not None and "image" in options.types:
+        env["GRADIENTS_DATASET_PROMPT_MODEL_PATH"] = str(prompt_model)
     env.update(options.extra_env)
     return env
 
@@ -182,6 +212,7 @@ class Demo:
         self.started = time.monotonic()
         self.names: dict[str, tuple[str, str]] = {}  # hotkey -> (miner name, strategy)
         self.uids: dict[str, int] = {}
+        self.api_key = ""  # of the customer account `local` (shown in the summary, never stored)
 
     def start(self, status=lambda msg: None) -> None:
         opts = self.options
@@ -190,7 +221,7 @@ class Demo:
         base, params_b = build_base_model(opts)
         pools = write_pools(opts, base, params_b)
         keys = [dev_keypair(f"gradients-demo-miner-{i + 1}") for i in range(opts.miners)]
-        env = mesh_env(opts, pools, self.validator.ss58_address, [k.ss58_address for k in keys])
+        env = mesh_env(opts, pools, self.validator.ss58_address, [k.ss58_address for k in keys], prompt_model=base)
         # Ledger uids: miner i is uid i (on a chain the metagraph says).
         self.uids = {k.ss58_address: i for i, k in enumerate(keys)}
         uid_file = opts.data_dir / "ledger-uids.json"
@@ -200,6 +231,9 @@ class Demo:
         self.mesh = Mesh(MeshOptions(data_dir=opts.data_dir / "mesh", otlp_endpoint=opts.otlp_endpoint, extra_env=env))
         self.mesh.start()
         self.mesh.wait_ready()
+        # A customer key for trying the customer CLI against the demo's mesh while it runs.
+        self.api_key = self.mesh.ensure_account(LOCAL_ACCOUNT)
+        self.mesh.publish(self.mesh.operator_info(LOCAL_ACCOUNT))
         status(f"starting {opts.miners} miners…")
         for i, key in enumerate(keys):
             self.spawn_miner(i, key.ss58_address)
@@ -221,13 +255,13 @@ class Demo:
 
     async def snapshot(self) -> DemoSnapshot:
         from gradients.v1 import chain_bridge_pb2, chain_bridge_pb2_grpc, scorer_pb2, scorer_pb2_grpc
-        from gradients.v1 import selector_pb2, selector_pb2_grpc, task_service_pb2, task_service_pb2_grpc
+        from gradients.v1 import selector_pb2, selector_pb2_grpc
 
         snap = DemoSnapshot()
         addresses = self.mesh.addresses
-        async with grpc.aio.insecure_channel(addresses["task_service"]) as ch:
-            snap.tasks = list((await task_service_pb2_grpc.TaskServiceStub(ch).ListTasks(
-                task_service_pb2.ListTasksRequest(page_size=500), timeout=5)).tasks)
+        # The round's tasks are synthetic: no customer account owns them, so TaskService (which
+        # shows an account its own tasks) does not list them; the records do.
+        snap.tasks = await self.mesh.tasks()
         try:
             async with grpc.aio.insecure_channel(addresses["scorer"]) as ch:
                 board = await scorer_pb2_grpc.ScorerStub(ch).GetLeaderboard(scorer_pb2.GetLeaderboardRequest(), timeout=5)

@@ -15,6 +15,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# task_service on its own, as the tests of its lifecycle run it: no customer keys (open mode)
+# and no CreateTask-time checks (those need dataset_prep and real base models).
+TASK_SERVICE_DEV_ENV = {"GRADIENTS_TASK_AUTH": "open", "GRADIENTS_TASK_CHECK_AT_CREATE": "false"}
+
+
 @pytest.fixture
 def nats_server(tmp_path: Path):
     server = embedded.start_nats(tmp_path / "nats-data")
@@ -42,6 +47,9 @@ def mesh_env(nats_server, redis_server, tmp_path: Path) -> dict[str, str]:
         "GRADIENTS_BUS_NAK_DELAY_S": "0.1",
         "GRADIENTS_BUS_MAX_DELIVER": "3",
         "GRADIENTS_SHUTDOWN_GRACE_S": "2",
+        # Tests of single services run task_service in development mode; the customer tests
+        # (test_customer_*.py) set GRADIENTS_TASK_AUTH=required and the checks back on.
+        **TASK_SERVICE_DEV_ENV,
     }
 
 

@@ -12,7 +12,11 @@ byte flipped, a field with the wrong wire type, trailing garbage) and plain rand
 client streams get several of them. Two more cases per method are just under and just over
 gRPC's 4 MiB default message limit. The calls go out as raw bytes (identity serializers).
 MinerGateway methods are called unsigned, signed by an allowed miner over the exact bytes
-(so the payload reaches the handler), and with one btauth header forged.
+(so the payload reaches the handler), and with one btauth header forged. TaskService methods
+(the customer API) are called without a key, with a bad one (unknown, malformed, the real key
+altered, another scheme) and with the valid key of an account the fuzzer creates, so the
+payloads reach the handlers; a call without a valid key must never succeed, one with it must
+never be refused as unauthenticated.
 
 A call is handled when it ends with a deliberate status (see `PROPER`); a server stream
 may also run into the client's short deadline, or be cancelled by the client after a few
@@ -54,6 +58,10 @@ from gradients.mesh import SERVICES, Mesh, MeshOptions, check_health
 CATEGORY = "bad input"
 GRPC_MAX_MESSAGE = 4 * 1024 * 1024          # gRPC's default max receive message size
 SIGNED_SERVICES = ("gradients.v1.MinerGateway",)   # btauth-gated (gradients.runtime.auth)
+CUSTOMER_SERVICES = ("gradients.v1.TaskService",)  # API-key gated (authorization: Bearer, gradients.accounts)
+CUSTOMER_ACCOUNT = "fuzz"
+# Variants that carry no valid credential: an OK answer to one of them is a defect.
+UNCREDENTIALED = frozenset({"unsigned", "forged", "no-key", "bad-key"})
 # Hosted by every process besides its SPEC's services (gradients.runtime.server).
 COMMON_SERVICES = (health_pb2.DESCRIPTOR.services_by_name["Health"],
                    reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"])
@@ -99,8 +107,14 @@ class FuzzTarget:
         return self.method.containing_service.full_name in SIGNED_SERVICES
 
     @property
+    def customer(self) -> bool:
+        return self.method.containing_service.full_name in CUSTOMER_SERVICES
+
+    @property
     def variants(self) -> tuple[str, ...]:
-        return ("unsigned", "signed", "forged") if self.signed else ("plain",)
+        if self.signed:
+            return ("unsigned", "signed", "forged")
+        return ("no-key", "bad-key", "key") if self.customer else ("plain",)
 
 
 def generated_services() -> dict[str, ServiceDescriptor]:
@@ -325,6 +339,27 @@ class Signer:
         return tuple(headers)
 
 
+@dataclass
+class Customer:
+    """Customer metadata for TaskService calls: none, a bad key, or the fuzz account's key."""
+
+    api_key: str
+
+    def metadata(self, variant: str, forgery: tuple[int, str] | None) -> tuple[tuple[str, str], ...]:
+        if variant == "no-key":
+            return ()
+        if variant == "key":
+            return (("authorization", f"Bearer {self.api_key}"),)
+        from gradients.accounts import new_api_key
+
+        index, text = forgery or (0, "")
+        text = text.strip()
+        altered = self.api_key[:-1] + ("A" if self.api_key[-1:] != "A" else "B")
+        value = (f"Bearer {new_api_key()}", f"Bearer {altered}", f"Bearer {text}".strip(), f"Basic {self.api_key}",
+                 text, self.api_key)[index % 6]   # unknown, altered, junk, wrong scheme, raw junk, no scheme
+        return (("authorization", value),) if value else ()
+
+
 def call_client_stream(channel: grpc.Channel, target: FuzzTarget, case: Case, metadata,
                        options: FuzzOptions) -> Outcome:
     """A client-streaming call on the blocking API. grpc.aio's client reports a write that
@@ -374,8 +409,10 @@ async def call_method(channel: grpc.aio.Channel, target: FuzzTarget, case: Case,
 
 
 def is_handled(target: FuzzTarget, variant: str, outcome: Outcome) -> bool:
-    if outcome.code == S.OK and variant in ("unsigned", "forged"):
-        return False  # the gateway answered without a valid signature
+    if outcome.code == S.OK and variant in UNCREDENTIALED:
+        return False  # answered without a valid signature / API key
+    if outcome.code == S.UNAUTHENTICATED and variant == "key":
+        return False  # a valid key refused
     if outcome.code in PROPER:
         return True
     if outcome.code == S.DEADLINE_EXCEEDED and target.method.server_streaming:
@@ -440,7 +477,8 @@ CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_mess
 
 
 async def fuzz_service(service: str, address: str, targets: list[FuzzTarget], signer: Signer, words: list[str],
-                       options: FuzzOptions, report: ServiceReport, drawn: dict[str, list[Case]]) -> None:
+                       options: FuzzOptions, report: ServiceReport, drawn: dict[str, list[Case]],
+                       customer: Customer | None = None) -> None:
     started = time.monotonic()
     blocking = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
     async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
@@ -456,8 +494,12 @@ async def fuzz_service(service: str, address: str, targets: list[FuzzTarget], si
 
             async def one(case: Case, variant: str) -> None:
                 async with limit:
-                    metadata = (signer.metadata(target.path, case.payloads[0], variant, case.forgery)
-                                if target.signed else ())
+                    if target.signed:
+                        metadata = signer.metadata(target.path, case.payloads[0], variant, case.forgery)
+                    elif target.customer and customer is not None:
+                        metadata = customer.metadata(variant, case.forgery)
+                    else:
+                        metadata = ()
                     if target.method.client_streaming:
                         outcome = await asyncio.to_thread(call_client_stream, blocking, target, case, metadata, options)
                     else:
@@ -570,9 +612,10 @@ async def fuzz_mesh(options: FuzzOptions) -> FuzzReport:
         for name, rep in reports.items():
             rep.rss_before_kib = rss_kib(mesh.children[name].process.pid)
         signer = Signer(miner, validator.ss58_address)
+        customer = Customer(await asyncio.to_thread(mesh.ensure_account, CUSTOMER_ACCOUNT))
         drawn: dict[str, list[Case]] = {}
         await asyncio.gather(*(fuzz_service(name, mesh.addresses[name], targets[name], signer, words, options,
-                                            reports[name], drawn) for name in options.services))
+                                            reports[name], drawn, customer) for name in options.services))
         await asyncio.sleep(1.0)  # let a process that is about to die do so
         for name, rep in reports.items():
             child = mesh.children[name]

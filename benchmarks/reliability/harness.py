@@ -5,6 +5,12 @@ child processes (the same `Mesh` as `gradients up`), synthetic instruct tasks ov
 tiny model, and a `Fleet` of fast SDK miners. `audit()` then reads the task records and the
 event log and says what went wrong: tasks stuck or failed without a reason, a task scored
 or evaluated twice, an acknowledged upload that never reached evaluation.
+
+TaskService requires a customer API key (GRADIENTS_TASK_AUTH=required, the production
+default): the harness creates the account `reliability` and `customer_metadata()` carries
+its key for any scenario that calls TaskService. The round's own tasks are synthetic (the
+scheduler makes them; no account owns them), so progress and the audit read the task
+records themselves (`Mesh.tasks`), as an operator would.
 """
 
 from __future__ import annotations
@@ -17,15 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import redis.exceptions
 
 from benchmarks.reliability.fleet import Fleet, build_adapters, dev_keypair, fleet_names, write_uid_file
 from gradients.demo import DemoOptions, build_base_model, mesh_env, write_pools
 from gradients.mesh import SERVICES, Mesh, MeshOptions
 from gradients.runtime import EventBus, events
 from gradients.v1 import common_pb2 as pb
-from gradients.v1 import task_service_pb2, task_service_pb2_grpc
 
 TERMINAL = {pb.SCORED, pb.FAILED, pb.CANCELLED}
+CUSTOMER_ACCOUNT = "reliability"
 ASSET_CACHE = Path(os.environ.get("GM_BENCH_CACHE", Path.home() / ".cache" / "gm" / "eval_bench")) / "reliability"
 
 
@@ -41,6 +48,7 @@ class RoundOptions:
     redis_url: str | None = None
     timeout_s: float = 300.0
     eval_workers: int = 1
+    dataset_replicas: int = 1        # dataset_prep processes on the jobs.prepare work queue
     extra_env: dict[str, str] = field(default_factory=dict)
     # More allowed miners beside the fleet (e.g. hostile ones the scenario drives itself).
     extra_hotkeys: list[str] = field(default_factory=list)
@@ -78,7 +86,8 @@ class RoundHarness:
         self.fleet: Fleet | None = None
         self.validator = dev_keypair("gradients-reliability-validator")
         self.killed: Counter[str] = Counter()   # service -> times killed by the scenario
-        self.extra_workers: list[str] = []
+        self.extra_workers: dict[str, str] = {}  # extra process name -> its service module
+        self.api_key = ""                      # the `reliability` account's key (customer_metadata)
 
     # ---- start / stop ------------------------------------------------------------------
 
@@ -114,7 +123,10 @@ class RoundHarness:
         self.mesh.start()
         for i in range(1, o.eval_workers):
             self.add_eval_worker(f"eval_worker_{i + 1}")
+        for i in range(1, o.dataset_replicas):
+            self.add_replica(f"dataset_prep_{i + 1}", "dataset_prep")
         await asyncio.to_thread(self.mesh.wait_ready)
+        self.api_key = await asyncio.to_thread(self.mesh.ensure_account, CUSTOMER_ACCOUNT)
         adapters = await asyncio.to_thread(build_adapters, self.base_dir, ASSET_CACHE / "adapters-v2", o.miners)
         self.fleet = Fleet(names, self.mesh.addresses["selector"], self.validator.ss58_address, adapters,
                            self.data_dir / "miners")
@@ -122,14 +134,18 @@ class RoundHarness:
 
     def add_eval_worker(self, name: str) -> None:
         """Another eval_worker process on the same work queue."""
+        self.add_replica(name, "eval_worker")
+
+    def add_replica(self, name: str, module: str) -> None:
+        """Another process of service `module` (eval_worker, dataset_prep) on its work queue."""
         from gradients.runtime.embedded import free_port
 
         from gradients import mesh as mesh_module
 
         self.mesh.addresses[name] = f"127.0.0.1:{free_port()}"
         mesh_module.ADDRESS_ENV.setdefault(name, f"GRADIENTS_{name.upper()}_ADDR")
-        self._spawn_as(name, "eval_worker")
-        self.extra_workers.append(name)
+        self._spawn_as(name, module)
+        self.extra_workers[name] = module
 
     def _spawn_as(self, name: str, module: str) -> None:
         import sys
@@ -161,7 +177,7 @@ class RoundHarness:
         self.killed[name] += 1
 
     def respawn(self, name: str) -> None:
-        module = "eval_worker" if name in self.extra_workers else name
+        module = self.extra_workers.get(name, name)
         if module == name:
             self.mesh.spawn(name)
         else:
@@ -174,11 +190,13 @@ class RoundHarness:
 
     # ---- progress ----------------------------------------------------------------------
 
+    def customer_metadata(self) -> tuple[tuple[str, str], ...]:
+        """gRPC metadata of a TaskService call by the harness's customer account."""
+        return (("authorization", f"Bearer {self.api_key}"),)
+
     async def list_tasks(self) -> list:
-        async with grpc.aio.insecure_channel(self.mesh.addresses["task_service"]) as ch:
-            reply = await task_service_pb2_grpc.TaskServiceStub(ch).ListTasks(
-                task_service_pb2.ListTasksRequest(page_size=1000), timeout=5)
-        return list(reply.tasks)
+        """Every task of the round (synthetic ones included), from the task records."""
+        return await self.mesh.tasks()
 
     async def wait_finished(self, timeout_s: float | None = None, on_tick=None) -> list:
         """Until every expected task is terminal (task_service briefly down is tolerated)."""
@@ -187,8 +205,8 @@ class RoundHarness:
         while time.monotonic() < deadline:
             try:
                 tasks = await self.list_tasks()
-            except grpc.aio.AioRpcError:
-                tasks = tasks  # a restart in progress: ask again
+            except (grpc.aio.AioRpcError, redis.exceptions.RedisError, OSError):
+                tasks = tasks  # a restart in progress (Redis, in the fault scenarios): ask again
             if len(tasks) >= self.options.tasks and all(t.state in TERMINAL for t in tasks):
                 return tasks
             if on_tick is not None:
@@ -259,4 +277,4 @@ async def read_events(nats_url: str, subjects) -> dict[str, list]:
     return out
 
 
-__all__ = ["Audit", "RoundHarness", "RoundOptions", "SERVICES", "TERMINAL", "read_events"]
+__all__ = ["CUSTOMER_ACCOUNT", "Audit", "RoundHarness", "RoundOptions", "SERVICES", "TERMINAL", "read_events"]

@@ -21,6 +21,10 @@ their attacks reach the deep layers:
 
 Then "nobody else affected": every honest miner's upload is evaluated ok and ranked, only
 honest miners are credited, no forged call changed anything, the audit is clean.
+
+After the round, on the same mesh, hostile customers attack the customer API (TaskService:
+keys, other accounts' tasks, dataset paths and URLs, uploads, quotas, one request_id sent 20
+times at once): benchmarks/reliability/customers.py, one row per attack kind.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from typing import Awaitable, Callable
 import grpc
 
 from benchmarks.reliability.common import ScenarioDir, ScenarioResult, percentile
+from benchmarks.reliability.customers import CUSTOMER_ROWS, CustomerAttacks, Files, summarise
 from benchmarks.reliability.fleet import dev_keypair, fleet_names
 from benchmarks.reliability.harness import RoundHarness, RoundOptions, read_events
 from gradients.runtime import events
@@ -123,7 +128,8 @@ IN_TASK = tuple(b.miner for b in BAD_UPLOADS) + (COPIER, FLOODER)
 
 ROWS = ("unsigned call", "forged signature", "replayed nonce", "stale timestamp", "wrong receiver", "unknown hotkey",
         "not a miner of the task", "late upload", "pickle upload", "path traversal archive", "symlink archive",
-        "oversized upload", "wrong base architecture", "NaN weights", "copied submission", "flood")
+        "oversized upload", "wrong base architecture", "NaN weights", "copied submission", "flood",
+        *CUSTOMER_ROWS)
 HONEST_ROW = "honest miners unaffected"
 
 
@@ -755,6 +761,26 @@ def check_flood(row: ScenarioResult, hostiles: Hostiles, scored: dict, options: 
         row.problem(f"the flooder was credited: {[(s.task_score, s.reason) for s in lines]}")
 
 
+async def check_customers(rows: dict[str, ScenarioResult], harness: RoundHarness, files: Files) -> None:
+    """The customer attacks (customers.py) on the round's mesh, one row per kind."""
+    attacks = CustomerAttacks(harness.mesh.addresses["task_service"], harness.mesh.redis_url, harness.mesh.nats_url,
+                              harness.mesh.data_dir, str(harness.base_dir), files, harness.list_tasks,
+                              harness.mesh.data_dir / "logs")
+    try:
+        await attacks.run()
+    except Exception as exc:  # noqa: BLE001 - a broken scenario is a problem on every customer row
+        attacks.errors.append(f"the customer attacks stopped: {type(exc).__name__}: {exc}")
+    crashed = harness.crashed()
+    for name, summary in summarise(attacks.attempts).items():
+        row = rows[name]
+        row.tried, row.handled = summary["tried"], summary["handled"]
+        row.crashes = len(crashed)
+        row.figures.update({f"{code}": n for code, n in sorted(summary["codes"].items())})
+        if summary["reason"]:
+            row.figures["reason"] = summary["reason"]
+        row.problems += summary["problems"] + [f"scenario: {e}" for e in attacks.errors] + crashed
+
+
 def check_honest(row: ScenarioResult, hostiles: Hostiles, harness: RoundHarness, audit, finished: dict,
                  evaluated: dict, scored: dict, received: list) -> None:
     fleet = harness.fleet
@@ -826,6 +852,8 @@ async def run(options: HostileOptions | None = None) -> list[ScenarioResult]:
             "GRADIENTS_SELECTOR_MAX_UPLOAD_BYTES": str(GATEWAY_MAX_UPLOAD_BYTES),
             "GRADIENTS_EVAL_MAX_UPLOAD_GB": str(EVAL_MAX_UPLOAD_GB),
         }))
+    files = Files(data_dir / "customers")
+    harness.options.extra_env.update(files.env())
     pwned_before = PWNED_MARKER.exists()
     started = time.monotonic()
     hostiles: Hostiles | None = None
@@ -852,6 +880,7 @@ async def run(options: HostileOptions | None = None) -> list[ScenarioResult]:
         check_uploads(rows, hostiles, evaluated, scored, finished)
         check_copy(rows["copied submission"], hostiles, evaluated, scored, finished)
         check_flood(rows["flood"], hostiles, scored, options)
+        await check_customers(rows, harness, files)
         honest = _row(HONEST_ROW, started)
         check_honest(honest, hostiles, harness, audit, finished, evaluated, scored, stream[events.SUBMISSION_RECEIVED])
         for text in hostiles.errors:

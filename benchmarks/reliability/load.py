@@ -8,8 +8,12 @@ task spends in each state (from the `state_changed` event log), the miner-side t
 minute. Any error is a problem: a miner refused or failing, an honest upload not scored, a
 task not SCORED, an audit finding, a miner dropped, a service that fell over.
 
-    python -m benchmarks.reliability.load            # full size (200 miners × 50 tasks)
+    python -m benchmarks.reliability.load            # full size (200 miners × 50 tasks), 1 then 3 dataset_prep
     python -m benchmarks.reliability.load --ci       # the test's size
+    python -m benchmarks.reliability.load --dataset-replicas 3
+
+At full size the round runs once per dataset_prep replica count (1 and 3: replicas share the
+jobs.prepare work queue) and the last line compares their preparing-data p99.
 """
 
 from __future__ import annotations
@@ -53,7 +57,9 @@ class LoadOptions:
     pool_min: int = 8             # text pool size: the paper's 8-15
     pool_max: int = 15
     eval_workers: int = 2         # eval_worker processes on the one work queue
-    dataset_concurrency: int = 1  # tasks dataset_prep prepares at once
+    dataset_concurrency: int = 1  # tasks one dataset_prep replica prepares at once
+    # One round per entry: dataset_prep processes sharing the jobs.prepare work queue.
+    dataset_replicas: tuple[int, ...] = (1, 3)
     timeout_s: float = 280.0
     sample_every_s: float = 2.0   # how often connected miners are counted
     data_dir: Path | None = None  # None = a temporary folder
@@ -62,11 +68,14 @@ class LoadOptions:
     @classmethod
     def ci(cls, data_dir: Path | None = None) -> "LoadOptions":
         return cls(miners=40, tasks=8, concurrent=8, time_scale=6.0, pool_min=4, pool_max=6, eval_workers=1,
-                   timeout_s=90.0, data_dir=data_dir)
+                   timeout_s=90.0, data_dir=data_dir, dataset_replicas=(1,))
 
     @property
     def name(self) -> str:
         return f"{self.miners} miners × {self.tasks} tasks"
+
+    def round_name(self, replicas: int) -> str:
+        return self.name if len(self.dataset_replicas) == 1 and replicas == 1 else f"{self.name}, {replicas} dataset_prep"
 
     def env(self) -> dict[str, str]:
         return {
@@ -187,18 +196,51 @@ def _p50_p99(figures: dict, name: str, values: list[float]) -> None:
 
 async def run(options: LoadOptions | None = None) -> list[ScenarioResult]:
     options = options or LoadOptions()
-    with tempfile.TemporaryDirectory(prefix="gm-load-") as tmp:
-        return [await run_round(options, Path(options.data_dir) if options.data_dir else Path(tmp))]
+    results = []
+    for replicas in options.dataset_replicas:
+        with tempfile.TemporaryDirectory(prefix="gm-load-") as tmp:
+            root = Path(options.data_dir) if options.data_dir else Path(tmp)
+            data_dir = root / f"replicas-{replicas}" if len(options.dataset_replicas) > 1 else root
+            results.append(await run_round(options, data_dir, replicas))
+    compare_replicas(results, options.dataset_replicas)
+    return results
 
 
-async def run_round(o: LoadOptions, data_dir: Path) -> ScenarioResult:
-    result = ScenarioResult("load", o.name, tried=o.tasks)
+# With 3 replicas sharing the queue, preparing data must wait at most half as long at p99.
+REPLICA_P99_TARGET = 0.5
+
+
+def replica_speedup(p99_one: float, p99_many: float) -> float:
+    """p99 with more replicas as a share of the 1-replica p99 (lower is better)."""
+    return p99_many / p99_one if p99_one > 0 else math.inf
+
+
+def compare_replicas(results: list[ScenarioResult], counts: tuple[int, ...]) -> None:
+    """On the round with the most replicas: its preparing-data p99 against the 1-replica round's."""
+    by_count = dict(zip(counts, results))
+    if 1 not in by_count or len(by_count) < 2:
+        return
+    one = by_count[1].figures.get("preparing_data_p99_s")
+    most = max(by_count)
+    many = by_count[most].figures.get("preparing_data_p99_s")
+    if not isinstance(one, (int, float)) or not isinstance(many, (int, float)):
+        return
+    ratio = replica_speedup(one, many)
+    by_count[most].figures["preparing_data_p99_vs_1_replica"] = _r(ratio)
+    if ratio > REPLICA_P99_TARGET:
+        by_count[most].problem(f"preparing data p99 with {most} replicas is {ratio:.2f}× the 1-replica figure "
+                               f"({many:.1f}s vs {one:.1f}s); the target is at most {REPLICA_P99_TARGET}")
+
+
+async def run_round(o: LoadOptions, data_dir: Path, replicas: int = 1) -> ScenarioResult:
+    result = ScenarioResult("load", o.round_name(replicas), tried=o.tasks)
     # The adapters first: building them must not happen while tasks already wait for miners.
     base, _ = build_base_model(DemoOptions(data_dir=data_dir, rows=o.rows))
     await asyncio.to_thread(build_adapters, base, data_dir / "adapters", o.miners)
     harness = RoundHarness(RoundOptions(data_dir=data_dir, miners=o.miners, tasks=o.tasks, concurrent=o.concurrent,
                                         time_scale=o.time_scale, rows=o.rows, timeout_s=o.timeout_s,
-                                        eval_workers=o.eval_workers, extra_env=o.env()))
+                                        eval_workers=o.eval_workers, dataset_replicas=replicas,
+                                        extra_env=o.env()))
     started = time.monotonic()
     try:
         await harness.start()
@@ -307,6 +349,8 @@ def main() -> None:
     for name in ("miners", "tasks", "concurrent", "eval_workers", "dataset_concurrency", "pool_min", "pool_max"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int)
     parser.add_argument("--time-scale", type=float)
+    parser.add_argument("--dataset-replicas", type=lambda v: tuple(int(x) for x in v.split(",")),
+                        help="comma-separated dataset_prep replica counts, one round each (default 1,3)")
     parser.add_argument("--data-dir", type=Path, help="keep the mesh's logs and data here")
     args = parser.parse_args()
     options = LoadOptions.ci() if args.ci else LoadOptions()

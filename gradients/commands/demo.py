@@ -103,6 +103,9 @@ def demo(
     try:
         with console.status("starting…") as status:
             round_.start(status=lambda msg: status.update(msg))
+        if round_.api_key:  # during the round the customer CLI can be tried against this mesh
+            console.print(f"customer API {round_.mesh.addresses['task_service']}, "
+                          f"export GRADIENTS_API_KEY={round_.api_key}", markup=False, highlight=False, soft_wrap=True)
         with Live(console=console, refresh_per_second=2) as live:
             snap = asyncio.run(run_round(round_, on_update=lambda s: live.update(view(round_, s))))
         print_summary(round_, snap)
@@ -137,3 +140,10 @@ def print_summary(demo: Demo, snap: DemoSnapshot) -> None:
     console.print("Traces: " + (f"exported over OTLP to {otlp} (one trace per task)" if otlp else
                                 "not exported — set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. a Jaeger at localhost:4317) to see one trace per task"))
     console.print(f"Logs: {demo.options.data_dir / 'mesh' / 'logs'}   ledger: {demo.options.data_dir / 'mesh'}")
+    if demo.api_key and demo.mesh is not None and demo.mesh.info is not None:
+        info = demo.mesh.info
+        say = lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True)  # noqa: E731 - keys stay on one line
+        say(f"Customer API {info.customer_address} · miner gateway {info.miner_gateway_address} · validator hotkey "
+            f"{info.validator_hotkey}")
+        say(f"Customer account '{info.local_account}' API key (valid while this mesh runs): "
+            f"export GRADIENTS_API_KEY={demo.api_key}")

@@ -49,3 +49,13 @@ class ResourceExhausted(ServiceError):
 
 class DeadlineExceeded(ServiceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Unavailable(ServiceError):
+    """A service this call needs is away; the caller should retry."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DataLoss(ServiceError):
+    code = grpc.StatusCode.DATA_LOSS

@@ -21,7 +21,8 @@ class StreamDef:
 
 DOMAIN_STREAM = StreamDef("GRADIENTS", ("gradients.>",))
 # Work queue: each message is delivered to exactly one consumer of the durable and
-# removed once acked, so N eval workers share the jobs.
+# removed once acked, so N eval workers (jobs.eval) and N dataset_prep replicas
+# (jobs.prepare) share the jobs.
 JOBS_STREAM = StreamDef("GRADIENTS_JOBS", ("jobs.>",), work_queue=True)
 DEAD_LETTER_STREAM = StreamDef("GRADIENTS_DLQ", ("dlq.>",))
 STREAMS = (DOMAIN_STREAM, JOBS_STREAM, DEAD_LETTER_STREAM)
@@ -33,6 +34,9 @@ DATASET_PREPARED = "gradients.dataset.prepared"
 MINERS_SELECTED = "gradients.miners.selected"
 SUBMISSION_RECEIVED = "gradients.submission.received"
 EVAL_JOB_REQUESTED = "jobs.eval"
+# A task's data preparation as a job: the task's PREPARING_DATA transition itself, enqueued
+# by dataset_prep (msg id `prepare:<task_id>`) and taken by any one of its replicas.
+DATASET_PREPARE_REQUESTED = "jobs.prepare"
 EVAL_COMPLETED = "gradients.eval.completed"
 TASK_SCORED = "gradients.task.scored"
 SCORES_UPDATED = "gradients.scores.updated"
@@ -46,6 +50,7 @@ EVENT_TYPES: dict[str, type[Message]] = {
     MINERS_SELECTED: ev.MinersSelected,
     SUBMISSION_RECEIVED: ev.SubmissionReceived,
     EVAL_JOB_REQUESTED: ev.EvalJobRequested,
+    DATASET_PREPARE_REQUESTED: ev.TaskStateChanged,
     EVAL_COMPLETED: ev.EvalCompleted,
     TASK_SCORED: ev.TaskScored,
     SCORES_UPDATED: ev.ScoresUpdated,

@@ -99,7 +99,7 @@ class EvaluationCriteria(_message.Message):
     def __init__(self, test_weight: _Optional[float] = ..., reward_functions: _Optional[_Iterable[_Union[RewardFunction, _Mapping]]] = ..., dpo_beta: _Optional[float] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("task_id", "type", "state", "organic", "base_model", "base_model_params_b", "dataset", "hours", "evaluation", "created_at", "deadline", "failure_reason", "delay_attempts", "miner_hotkeys", "splits", "version", "account", "progress", "trace_parent", "initial_hours")
+    __slots__ = ("task_id", "type", "state", "organic", "base_model", "base_model_params_b", "dataset", "hours", "evaluation", "created_at", "deadline", "failure_reason", "delay_attempts", "miner_hotkeys", "splits", "version", "account", "progress", "trace_parent", "initial_hours", "result_model_name")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +120,7 @@ class Task(_message.Message):
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     TRACE_PARENT_FIELD_NUMBER: _ClassVar[int]
     INITIAL_HOURS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     type: TaskType
     state: TaskState
@@ -140,7 +141,8 @@ class Task(_message.Message):
     progress: str
     trace_parent: str
     initial_hours: float
-    def __init__(self, task_id: _Optional[str] = ..., type: _Optional[_Union[TaskType, str]] = ..., state: _Optional[_Union[TaskState, str]] = ..., organic: _Optional[bool] = ..., base_model: _Optional[str] = ..., base_model_params_b: _Optional[float] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., hours: _Optional[float] = ..., evaluation: _Optional[_Union[EvaluationCriteria, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failure_reason: _Optional[str] = ..., delay_attempts: _Optional[int] = ..., miner_hotkeys: _Optional[_Iterable[str]] = ..., splits: _Optional[_Union[DatasetSplits, _Mapping]] = ..., version: _Optional[int] = ..., account: _Optional[str] = ..., progress: _Optional[str] = ..., trace_parent: _Optional[str] = ..., initial_hours: _Optional[float] = ...) -> None: ...
+    result_model_name: str
+    def __init__(self, task_id: _Optional[str] = ..., type: _Optional[_Union[TaskType, str]] = ..., state: _Optional[_Union[TaskState, str]] = ..., organic: _Optional[bool] = ..., base_model: _Optional[str] = ..., base_model_params_b: _Optional[float] = ..., dataset: _Optional[_Union[DatasetSpec, _Mapping]] = ..., hours: _Optional[float] = ..., evaluation: _Optional[_Union[EvaluationCriteria, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failure_reason: _Optional[str] = ..., delay_attempts: _Optional[int] = ..., miner_hotkeys: _Optional[_Iterable[str]] = ..., splits: _Optional[_Union[DatasetSplits, _Mapping]] = ..., version: _Optional[int] = ..., account: _Optional[str] = ..., progress: _Optional[str] = ..., trace_parent: _Optional[str] = ..., initial_hours: _Optional[float] = ..., result_model_name: _Optional[str] = ...) -> None: ...
 
 class SplitInfo(_message.Message):
     __slots__ = ("artifact", "sha256", "rows")

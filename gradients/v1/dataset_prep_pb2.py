@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from gradients.v1 import common_pb2 as gradients_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fgradients/v1/dataset_prep.proto\x12\x0cgradients.v1\x1a\x19gradients/v1/common.proto\"#\n\x10GetSplitsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t2W\n\x0b\x44\x61tasetPrep\x12H\n\tGetSplits\x12\x1e.gradients.v1.GetSplitsRequest\x1a\x1b.gradients.v1.DatasetSplitsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fgradients/v1/dataset_prep.proto\x12\x0cgradients.v1\x1a\x19gradients/v1/common.proto\"#\n\x10GetSplitsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"i\n\x15InspectDatasetRequest\x12$\n\x04type\x18\x01 \x01(\x0e\x32\x16.gradients.v1.TaskType\x12*\n\x07\x64\x61taset\x18\x02 \x01(\x0b\x32\x19.gradients.v1.DatasetSpec\"G\n\x16InspectDatasetResponse\x12\x0c\n\x04rows\x18\x01 \x01(\x03\x12\x0f\n\x07\x63olumns\x18\x02 \x03(\t\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t2\xb4\x01\n\x0b\x44\x61tasetPrep\x12H\n\tGetSplits\x12\x1e.gradients.v1.GetSplitsRequest\x1a\x1b.gradients.v1.DatasetSplits\x12[\n\x0eInspectDataset\x12#.gradients.v1.InspectDatasetRequest\x1a$.gradients.v1.InspectDatasetResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETSPLITSREQUEST']._serialized_start=76
   _globals['_GETSPLITSREQUEST']._serialized_end=111
-  _globals['_DATASETPREP']._serialized_start=113
-  _globals['_DATASETPREP']._serialized_end=200
+  _globals['_INSPECTDATASETREQUEST']._serialized_start=113
+  _globals['_INSPECTDATASETREQUEST']._serialized_end=218
+  _globals['_INSPECTDATASETRESPONSE']._serialized_start=220
+  _globals['_INSPECTDATASETRESPONSE']._serialized_end=291
+  _globals['_DATASETPREP']._serialized_start=294
+  _globals['_DATASETPREP']._serialized_end=474
 # @@protoc_insertion_point(module_scope)

@@ -40,6 +40,11 @@ class DatasetPrepStub:
                 request_serializer=gradients_dot_v1_dot_dataset__prep__pb2.GetSplitsRequest.SerializeToString,
                 response_deserializer=gradients_dot_v1_dot_common__pb2.DatasetSplits.FromString,
                 _registered_method=True)
+        self.InspectDataset = channel.unary_unary(
+                '/gradients.v1.DatasetPrep/InspectDataset',
+                request_serializer=gradients_dot_v1_dot_dataset__prep__pb2.InspectDatasetRequest.SerializeToString,
+                response_deserializer=gradients_dot_v1_dot_dataset__prep__pb2.InspectDatasetResponse.FromString,
+                _registered_method=True)
 
 
 class DatasetPrepServicer:
@@ -51,6 +56,15 @@ class DatasetPrepServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InspectDataset(self, request, context):
+        """Checks a customer's dataset before a task is stored (task_service's CreateTask): the
+        source is allowed and readable, the column mapping fits the type, enough rows.
+        INVALID_ARGUMENT naming the field otherwise; never quotes the data.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DatasetPrepServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +72,11 @@ def add_DatasetPrepServicer_to_server(servicer, server):
                     servicer.GetSplits,
                     request_deserializer=gradients_dot_v1_dot_dataset__prep__pb2.GetSplitsRequest.FromString,
                     response_serializer=gradients_dot_v1_dot_common__pb2.DatasetSplits.SerializeToString,
+            ),
+            'InspectDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.InspectDataset,
+                    request_deserializer=gradients_dot_v1_dot_dataset__prep__pb2.InspectDatasetRequest.FromString,
+                    response_serializer=gradients_dot_v1_dot_dataset__prep__pb2.InspectDatasetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +106,33 @@ class DatasetPrep:
             '/gradients.v1.DatasetPrep/GetSplits',
             gradients_dot_v1_dot_dataset__prep__pb2.GetSplitsRequest.SerializeToString,
             gradients_dot_v1_dot_common__pb2.DatasetSplits.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InspectDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradients.v1.DatasetPrep/InspectDataset',
+            gradients_dot_v1_dot_dataset__prep__pb2.InspectDatasetRequest.SerializeToString,
+            gradients_dot_v1_dot_dataset__prep__pb2.InspectDatasetResponse.FromString,
             options,
             channel_credentials,
             insecure,

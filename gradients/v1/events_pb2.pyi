@@ -91,7 +91,7 @@ class EvalJobRequested(_message.Message):
     def __init__(self, task: _Optional[_Union[_common_pb2.Task, _Mapping]] = ..., submissions: _Optional[_Iterable[_Union[_common_pb2.Submission, _Mapping]]] = ...) -> None: ...
 
 class EvalCompleted(_message.Message):
-    __slots__ = ("task_id", "type", "results", "worker", "base_model_params_b", "hours", "completed_at", "ok", "failure_reason")
+    __slots__ = ("task_id", "type", "results", "worker", "base_model_params_b", "hours", "completed_at", "ok", "failure_reason", "baseline")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +101,7 @@ class EvalCompleted(_message.Message):
     COMPLETED_AT_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     type: _common_pb2.TaskType
     results: _containers.RepeatedCompositeFieldContainer[_common_pb2.EvaluationResult]
@@ -110,7 +111,8 @@ class EvalCompleted(_message.Message):
     completed_at: _timestamp_pb2.Timestamp
     ok: bool
     failure_reason: str
-    def __init__(self, task_id: _Optional[str] = ..., type: _Optional[_Union[_common_pb2.TaskType, str]] = ..., results: _Optional[_Iterable[_Union[_common_pb2.EvaluationResult, _Mapping]]] = ..., worker: _Optional[str] = ..., base_model_params_b: _Optional[float] = ..., hours: _Optional[float] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ok: _Optional[bool] = ..., failure_reason: _Optional[str] = ...) -> None: ...
+    baseline: _common_pb2.EvaluationResult
+    def __init__(self, task_id: _Optional[str] = ..., type: _Optional[_Union[_common_pb2.TaskType, str]] = ..., results: _Optional[_Iterable[_Union[_common_pb2.EvaluationResult, _Mapping]]] = ..., worker: _Optional[str] = ..., base_model_params_b: _Optional[float] = ..., hours: _Optional[float] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ok: _Optional[bool] = ..., failure_reason: _Optional[str] = ..., baseline: _Optional[_Union[_common_pb2.EvaluationResult, _Mapping]] = ...) -> None: ...
 
 class TaskScored(_message.Message):
     __slots__ = ("task_id", "scores", "task_weight", "rank1_confidence", "scoring_config_version", "scored_at")

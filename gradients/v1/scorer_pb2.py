@@ -26,7 +26,7 @@ from gradients.v1 import common_pb2 as gradients_dot_v1_dot_common__pb2
 from gradients.v1 import events_pb2 as gradients_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19gradients/v1/scorer.proto\x12\x0cgradients.v1\x1a\x19gradients/v1/common.proto\x1a\x19gradients/v1/events.proto\"&\n\x15GetLeaderboardRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"m\n\x0bLeaderboard\x12.\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1d.gradients.v1.MinerFinalScore\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x1e\n\x16scoring_config_version\x18\x03 \x01(\t\"\'\n\x14GetTaskResultRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\xa2\x01\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12#\n\x06scores\x18\x02 \x03(\x0b\x32\x13.gradients.v1.Score\x12/\n\x07results\x18\x03 \x03(\x0b\x32\x1e.gradients.v1.EvaluationResult\x12\x13\n\x0btask_weight\x18\x04 \x01(\x01\x12\x18\n\x10rank1_confidence\x18\x05 \x01(\x01\"0\n\x18\x45xplainMinerScoreRequest\x12\x14\n\x0cminer_hotkey\x18\x01 \x01(\t\"\x88\x01\n\x12WindowContribution\x12\x0e\n\x06window\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x0f\n\x07raw_sum\x18\x03 \x01(\x01\x12\x12\n\nnormalised\x18\x04 \x01(\x01\x12-\n\x05tasks\x18\x05 \x03(\x0b\x32\x1e.gradients.v1.TaskContribution\"5\n\x10TaskContribution\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x64justed\x18\x02 \x01(\x01\"\x8d\x01\n\x15MinerScoreExplanation\x12\x14\n\x0cminer_hotkey\x18\x01 \x01(\t\x12\x31\n\x07windows\x18\x02 \x03(\x0b\x32 .gradients.v1.WindowContribution\x12\x16\n\x0etemporal_score\x18\x03 \x01(\x01\x12\x13\n\x0b\x66inal_score\x18\x04 \x01(\x01\x32\x8b\x02\n\x06Scorer\x12P\n\x0eGetLeaderboard\x12#.gradients.v1.GetLeaderboardRequest\x1a\x19.gradients.v1.Leaderboard\x12M\n\rGetTaskResult\x12\".gradients.v1.GetTaskResultRequest\x1a\x18.gradients.v1.TaskResult\x12`\n\x11\x45xplainMinerScore\x12&.gradients.v1.ExplainMinerScoreRequest\x1a#.gradients.v1.MinerScoreExplanationb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19gradients/v1/scorer.proto\x12\x0cgradients.v1\x1a\x19gradients/v1/common.proto\x1a\x19gradients/v1/events.proto\"&\n\x15GetLeaderboardRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"m\n\x0bLeaderboard\x12.\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1d.gradients.v1.MinerFinalScore\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x1e\n\x16scoring_config_version\x18\x03 \x01(\t\"\'\n\x14GetTaskResultRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\xbc\x01\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12#\n\x06scores\x18\x02 \x03(\x0b\x32\x13.gradients.v1.Score\x12/\n\x07results\x18\x03 \x03(\x0b\x32\x1e.gradients.v1.EvaluationResult\x12\x13\n\x0btask_weight\x18\x04 \x01(\x01\x12\x1d\n\x10rank1_confidence\x18\x05 \x01(\x01H\x00\x88\x01\x01\x42\x13\n\x11_rank1_confidence\"0\n\x18\x45xplainMinerScoreRequest\x12\x14\n\x0cminer_hotkey\x18\x01 \x01(\t\"\x88\x01\n\x12WindowContribution\x12\x0e\n\x06window\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x0f\n\x07raw_sum\x18\x03 \x01(\x01\x12\x12\n\nnormalised\x18\x04 \x01(\x01\x12-\n\x05tasks\x18\x05 \x03(\x0b\x32\x1e.gradients.v1.TaskContribution\"5\n\x10TaskContribution\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x64justed\x18\x02 \x01(\x01\"\x8d\x01\n\x15MinerScoreExplanation\x12\x14\n\x0cminer_hotkey\x18\x01 \x01(\t\x12\x31\n\x07windows\x18\x02 \x03(\x0b\x32 .gradients.v1.WindowContribution\x12\x16\n\x0etemporal_score\x18\x03 \x01(\x01\x12\x13\n\x0b\x66inal_score\x18\x04 \x01(\x01\x32\x8b\x02\n\x06Scorer\x12P\n\x0eGetLeaderboard\x12#.gradients.v1.GetLeaderboardRequest\x1a\x19.gradients.v1.Leaderboard\x12M\n\rGetTaskResult\x12\".gradients.v1.GetTaskResultRequest\x1a\x18.gradients.v1.TaskResult\x12`\n\x11\x45xplainMinerScore\x12&.gradients.v1.ExplainMinerScoreRequest\x1a#.gradients.v1.MinerScoreExplanationb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,15 +40,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETTASKRESULTREQUEST']._serialized_start=248
   _globals['_GETTASKRESULTREQUEST']._serialized_end=287
   _globals['_TASKRESULT']._serialized_start=290
-  _globals['_TASKRESULT']._serialized_end=452
-  _globals['_EXPLAINMINERSCOREREQUEST']._serialized_start=454
-  _globals['_EXPLAINMINERSCOREREQUEST']._serialized_end=502
-  _globals['_WINDOWCONTRIBUTION']._serialized_start=505
-  _globals['_WINDOWCONTRIBUTION']._serialized_end=641
-  _globals['_TASKCONTRIBUTION']._serialized_start=643
-  _globals['_TASKCONTRIBUTION']._serialized_end=696
-  _globals['_MINERSCOREEXPLANATION']._serialized_start=699
-  _globals['_MINERSCOREEXPLANATION']._serialized_end=840
-  _globals['_SCORER']._serialized_start=843
-  _globals['_SCORER']._serialized_end=1110
+  _globals['_TASKRESULT']._serialized_end=478
+  _globals['_EXPLAINMINERSCOREREQUEST']._serialized_start=480
+  _globals['_EXPLAINMINERSCOREREQUEST']._serialized_end=528
+  _globals['_WINDOWCONTRIBUTION']._serialized_start=531
+  _globals['_WINDOWCONTRIBUTION']._serialized_end=667
+  _globals['_TASKCONTRIBUTION']._serialized_start=669
+  _globals['_TASKCONTRIBUTION']._serialized_end=722
+  _globals['_MINERSCOREEXPLANATION']._serialized_start=725
+  _globals['_MINERSCOREEXPLANATION']._serialized_end=866
+  _globals['_SCORER']._serialized_start=869
+  _globals['_SCORER']._serialized_end=1136
 # @@protoc_insertion_point(module_scope)

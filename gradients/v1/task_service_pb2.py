@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from gradients.v1 import common_pb2 as gradients_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fgradients/v1/task_service.proto\x12\x0cgradients.v1\x1a\x19gradients/v1/common.proto\"*\n\tImageItem\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ption\x18\x02 \x01(\t\"\xab\x02\n\x11\x43reateTaskRequest\x12$\n\x04type\x18\x01 \x01(\x0e\x32\x16.gradients.v1.TaskType\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x1b\n\x13\x62\x61se_model_params_b\x18\x03 \x01(\x01\x12*\n\x07\x64\x61taset\x18\x04 \x01(\x0b\x32\x19.gradients.v1.DatasetSpec\x12\r\n\x05hours\x18\x05 \x01(\x01\x12\x36\n\x10reward_functions\x18\x06 \x03(\x0b\x32\x1c.gradients.v1.RewardFunction\x12\'\n\x06images\x18\x07 \x03(\x0b\x32\x17.gradients.v1.ImageItem\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\t \x01(\t\"6\n\x12\x43reateTaskResponse\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.gradients.v1.Task\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\x87\x01\n\x10ListTasksRequest\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.gradients.v1.TaskState\x12$\n\x04type\x18\x02 \x01(\x0e\x32\x16.gradients.v1.TaskType\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"O\n\x11ListTasksResponse\x12!\n\x05tasks\x18\x01 \x03(\x0b\x32\x12.gradients.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"4\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"#\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"N\n\nTaskUpdate\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.gradients.v1.Task\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t2\xf5\x02\n\x0bTaskService\x12O\n\nCreateTask\x12\x1f.gradients.v1.CreateTaskRequest\x1a .gradients.v1.CreateTaskResponse\x12;\n\x07GetTask\x12\x1c.gradients.v1.GetTaskRequest\x1a\x12.gradients.v1.Task\x12L\n\tListTasks\x12\x1e.gradients.v1.ListTasksRequest\x1a\x1f.gradients.v1.ListTasksResponse\x12\x41\n\nCancelTask\x12\x1f.gradients.v1.CancelTaskRequest\x1a\x12.gradients.v1.Task\x12G\n\tWatchTask\x12\x1e.gradients.v1.WatchTaskRequest\x1a\x18.gradients.v1.TaskUpdate0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fgradients/v1/task_service.proto\x12\x0cgradients.v1\x1a\x19gradients/v1/common.proto\"*\n\tImageItem\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ption\x18\x02 \x01(\t\"\xc6\x02\n\x11\x43reateTaskRequest\x12$\n\x04type\x18\x01 \x01(\x0e\x32\x16.gradients.v1.TaskType\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x1b\n\x13\x62\x61se_model_params_b\x18\x03 \x01(\x01\x12*\n\x07\x64\x61taset\x18\x04 \x01(\x0b\x32\x19.gradients.v1.DatasetSpec\x12\r\n\x05hours\x18\x05 \x01(\x01\x12\x36\n\x10reward_functions\x18\x06 \x03(\x0b\x32\x1c.gradients.v1.RewardFunction\x12\'\n\x06images\x18\x07 \x03(\x0b\x32\x17.gradients.v1.ImageItem\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\t \x01(\t\x12\x19\n\x11result_model_name\x18\n \x01(\t\"6\n\x12\x43reateTaskResponse\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.gradients.v1.Task\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\x87\x01\n\x10ListTasksRequest\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.gradients.v1.TaskState\x12$\n\x04type\x18\x02 \x01(\x0e\x32\x16.gradients.v1.TaskType\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"O\n\x11ListTasksResponse\x12!\n\x05tasks\x18\x01 \x03(\x0b\x32\x12.gradients.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"4\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"#\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"N\n\nTaskUpdate\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.gradients.v1.Task\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"b\n\x0c\x44\x61tasetChunk\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"X\n\x15UploadDatasetResponse\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\"#\n\x10GetResultRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"<\n\x0bSplitLosses\x12\x0c\n\x04test\x18\x01 \x01(\x01\x12\r\n\x05synth\x18\x02 \x01(\x01\x12\x10\n\x08weighted\x18\x03 \x01(\x01\"\xbc\x01\n\x0cMinerOutcome\x12\x14\n\x0cminer_hotkey\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\x16\n\x0e\x66\x61ilure_reason\x18\x04 \x01(\t\x12)\n\x06losses\x18\x05 \x01(\x0b\x32\x19.gradients.v1.SplitLosses\x12\x12\n\ntask_score\x18\x06 \x01(\x01\x12\x11\n\tduplicate\x18\x07 \x01(\x08\x12\x12\n\nsuspicious\x18\x08 \x01(\x08\"\xe4\x03\n\x12\x43ustomerTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.gradients.v1.TaskState\x12\x15\n\rwinner_hotkey\x18\x03 \x01(\t\x12)\n\x06winner\x18\x04 \x01(\x0b\x32\x19.gradients.v1.SplitLosses\x12\'\n\x04\x62\x61se\x18\x05 \x01(\x0b\x32\x19.gradients.v1.SplitLosses\x12\x10\n\x08has_base\x18\x06 \x01(\x08\x12\x13\n\x0bimprovement\x18\x07 \x01(\x01\x12\x1d\n\x10rank1_confidence\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12*\n\x06miners\x18\t \x03(\x0b\x32\x1a.gradients.v1.MinerOutcome\x12\x13\n\x0bwinner_kind\x18\n \x01(\t\x12\x15\n\rwinner_sha256\x18\x0b \x01(\t\x12\x19\n\x11winner_size_bytes\x18\x0c \x01(\x03\x12\x19\n\x11result_model_name\x18\r \x01(\t\x12\x19\n\x11pushed_repository\x18\x0e \x01(\t\x12\x12\n\npush_error\x18\x0f \x01(\t\x12\x12\n\nbase_model\x18\x10 \x01(\tB\x13\n\x11_rank1_confidence\"(\n\x15\x44ownloadResultRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"s\n\x0bResultChunk\x12\x10\n\x08\x66ilename\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x12\n\nbase_model\x18\x05 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x32\xf0\x04\n\x0bTaskService\x12O\n\nCreateTask\x12\x1f.gradients.v1.CreateTaskRequest\x1a .gradients.v1.CreateTaskResponse\x12;\n\x07GetTask\x12\x1c.gradients.v1.GetTaskRequest\x1a\x12.gradients.v1.Task\x12L\n\tListTasks\x12\x1e.gradients.v1.ListTasksRequest\x1a\x1f.gradients.v1.ListTasksResponse\x12\x41\n\nCancelTask\x12\x1f.gradients.v1.CancelTaskRequest\x1a\x12.gradients.v1.Task\x12G\n\tWatchTask\x12\x1e.gradients.v1.WatchTaskRequest\x1a\x18.gradients.v1.TaskUpdate0\x01\x12R\n\rUploadDataset\x12\x1a.gradients.v1.DatasetChunk\x1a#.gradients.v1.UploadDatasetResponse(\x01\x12Q\n\rGetTaskResult\x12\x1e.gradients.v1.GetResultRequest\x1a .gradients.v1.CustomerTaskResult\x12R\n\x0e\x44ownloadResult\x12#.gradients.v1.DownloadResultRequest\x1a\x19.gradients.v1.ResultChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,21 +35,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMAGEITEM']._serialized_start=76
   _globals['_IMAGEITEM']._serialized_end=118
   _globals['_CREATETASKREQUEST']._serialized_start=121
-  _globals['_CREATETASKREQUEST']._serialized_end=420
-  _globals['_CREATETASKRESPONSE']._serialized_start=422
-  _globals['_CREATETASKRESPONSE']._serialized_end=476
-  _globals['_GETTASKREQUEST']._serialized_start=478
-  _globals['_GETTASKREQUEST']._serialized_end=511
-  _globals['_LISTTASKSREQUEST']._serialized_start=514
-  _globals['_LISTTASKSREQUEST']._serialized_end=649
-  _globals['_LISTTASKSRESPONSE']._serialized_start=651
-  _globals['_LISTTASKSRESPONSE']._serialized_end=730
-  _globals['_CANCELTASKREQUEST']._serialized_start=732
-  _globals['_CANCELTASKREQUEST']._serialized_end=784
-  _globals['_WATCHTASKREQUEST']._serialized_start=786
-  _globals['_WATCHTASKREQUEST']._serialized_end=821
-  _globals['_TASKUPDATE']._serialized_start=823
-  _globals['_TASKUPDATE']._serialized_end=901
-  _globals['_TASKSERVICE']._serialized_start=904
-  _globals['_TASKSERVICE']._serialized_end=1277
+  _globals['_CREATETASKREQUEST']._serialized_end=447
+  _globals['_CREATETASKRESPONSE']._serialized_start=449
+  _globals['_CREATETASKRESPONSE']._serialized_end=503
+  _globals['_GETTASKREQUEST']._serialized_start=505
+  _globals['_GETTASKREQUEST']._serialized_end=538
+  _globals['_LISTTASKSREQUEST']._serialized_start=541
+  _globals['_LISTTASKSREQUEST']._serialized_end=676
+  _globals['_LISTTASKSRESPONSE']._serialized_start=678
+  _globals['_LISTTASKSRESPONSE']._serialized_end=757
+  _globals['_CANCELTASKREQUEST']._serialized_start=759
+  _globals['_CANCELTASKREQUEST']._serialized_end=811
+  _globals['_WATCHTASKREQUEST']._serialized_start=813
+  _globals['_WATCHTASKREQUEST']._serialized_end=848
+  _globals['_TASKUPDATE']._serialized_start=850
+  _globals['_TASKUPDATE']._serialized_end=928
+  _globals['_DATASETCHUNK']._serialized_start=930
+  _globals['_DATASETCHUNK']._serialized_end=1028
+  _globals['_UPLOADDATASETRESPONSE']._serialized_start=1030
+  _globals['_UPLOADDATASETRESPONSE']._serialized_end=1118
+  _globals['_GETRESULTREQUEST']._serialized_start=1120
+  _globals['_GETRESULTREQUEST']._serialized_end=1155
+  _globals['_SPLITLOSSES']._serialized_start=1157
+  _globals['_SPLITLOSSES']._serialized_end=1217
+  _globals['_MINEROUTCOME']._serialized_start=1220
+  _globals['_MINEROUTCOME']._serialized_end=1408
+  _globals['_CUSTOMERTASKRESULT']._serialized_start=1411
+  _globals['_CUSTOMERTASKRESULT']._serialized_end=1895
+  _globals['_DOWNLOADRESULTREQUEST']._serialized_start=1897
+  _globals['_DOWNLOADRESULTREQUEST']._serialized_end=1937
+  _globals['_RESULTCHUNK']._serialized_start=1939
+  _globals['_RESULTCHUNK']._serialized_end=2054
+  _globals['_TASKSERVICE']._serialized_start=2057
+  _globals['_TASKSERVICE']._serialized_end=2681
 # @@protoc_insertion_point(module_scope)

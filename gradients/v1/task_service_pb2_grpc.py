@@ -61,6 +61,21 @@ class TaskServiceStub:
                 request_serializer=gradients_dot_v1_dot_task__service__pb2.WatchTaskRequest.SerializeToString,
                 response_deserializer=gradients_dot_v1_dot_task__service__pb2.TaskUpdate.FromString,
                 _registered_method=True)
+        self.UploadDataset = channel.stream_unary(
+                '/gradients.v1.TaskService/UploadDataset',
+                request_serializer=gradients_dot_v1_dot_task__service__pb2.DatasetChunk.SerializeToString,
+                response_deserializer=gradients_dot_v1_dot_task__service__pb2.UploadDatasetResponse.FromString,
+                _registered_method=True)
+        self.GetTaskResult = channel.unary_unary(
+                '/gradients.v1.TaskService/GetTaskResult',
+                request_serializer=gradients_dot_v1_dot_task__service__pb2.GetResultRequest.SerializeToString,
+                response_deserializer=gradients_dot_v1_dot_task__service__pb2.CustomerTaskResult.FromString,
+                _registered_method=True)
+        self.DownloadResult = channel.unary_stream(
+                '/gradients.v1.TaskService/DownloadResult',
+                request_serializer=gradients_dot_v1_dot_task__service__pb2.DownloadResultRequest.SerializeToString,
+                response_deserializer=gradients_dot_v1_dot_task__service__pb2.ResultChunk.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -97,6 +112,28 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadDataset(self, request_iterator, context):
+        """Streams a customer's dataset file into the artifact store; the first chunk carries the
+        metadata (name, format, size, sha256). Answers the `upload:<sha256>` URI for CreateTask.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTaskResult(self, request, context):
+        """The outcome of an ended task: the winner against the base model and the other miners.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadResult(self, request, context):
+        """Streams the winning submission (the miner's upload archive, a tar); first chunk = metadata.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +161,21 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.WatchTask,
                     request_deserializer=gradients_dot_v1_dot_task__service__pb2.WatchTaskRequest.FromString,
                     response_serializer=gradients_dot_v1_dot_task__service__pb2.TaskUpdate.SerializeToString,
+            ),
+            'UploadDataset': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadDataset,
+                    request_deserializer=gradients_dot_v1_dot_task__service__pb2.DatasetChunk.FromString,
+                    response_serializer=gradients_dot_v1_dot_task__service__pb2.UploadDatasetResponse.SerializeToString,
+            ),
+            'GetTaskResult': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTaskResult,
+                    request_deserializer=gradients_dot_v1_dot_task__service__pb2.GetResultRequest.FromString,
+                    response_serializer=gradients_dot_v1_dot_task__service__pb2.CustomerTaskResult.SerializeToString,
+            ),
+            'DownloadResult': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadResult,
+                    request_deserializer=gradients_dot_v1_dot_task__service__pb2.DownloadResultRequest.FromString,
+                    response_serializer=gradients_dot_v1_dot_task__service__pb2.ResultChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -262,6 +314,87 @@ class TaskService:
             '/gradients.v1.TaskService/WatchTask',
             gradients_dot_v1_dot_task__service__pb2.WatchTaskRequest.SerializeToString,
             gradients_dot_v1_dot_task__service__pb2.TaskUpdate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadDataset(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/gradients.v1.TaskService/UploadDataset',
+            gradients_dot_v1_dot_task__service__pb2.DatasetChunk.SerializeToString,
+            gradients_dot_v1_dot_task__service__pb2.UploadDatasetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTaskResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gradients.v1.TaskService/GetTaskResult',
+            gradients_dot_v1_dot_task__service__pb2.GetResultRequest.SerializeToString,
+            gradients_dot_v1_dot_task__service__pb2.CustomerTaskResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gradients.v1.TaskService/DownloadResult',
+            gradients_dot_v1_dot_task__service__pb2.DownloadResultRequest.SerializeToString,
+            gradients_dot_v1_dot_task__service__pb2.ResultChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,9 +43,10 @@ class RowRequest:
     task: str  # what to write, in words
     temperature: float
     variant: int = 0  # tells repeated requests for one source apart (seeds)
+    seed: int = 0  # the task's seed (synthesis.task_seed): another task, other rows
 
     def fingerprint(self) -> str:
-        data = [self.source, list(self.keys), self.task, self.temperature, self.variant]
+        data = [self.source, list(self.keys), self.task, self.temperature, self.variant, self.seed]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -236,7 +237,7 @@ class OpenAICompatibleGenerator:
         if self.config.json_mode:
             body["response_format"] = {"type": "json_object"}
         if self.config.seed is not None:
-            body["seed"] = self.config.seed + request.variant
+            body["seed"] = (self.config.seed + request.seed + request.variant) % 2**31
         headers = {"Content-Type": "application/json"}
         if self.config.api_key:
             headers["Authorization"] = f"Bearer {self.config.api_key}"
@@ -280,6 +281,37 @@ class LocalGeneratorConfig:
     fallback_max_new_tokens: int = 48
     fallback_min_new_tokens: int = 4
     fallback_attempts: int = 3
+    # Rows per `model.generate` call, and its token budget: rows x (longest prompt + new
+    # tokens) of one call stays within batch_tokens (one row always fits). batch_rows=1 is
+    # the one-row-per-call baseline of benchmarks/synthetic_generation.py.
+    batch_rows: int = 32
+    batch_tokens: int = 16384
+
+    def __post_init__(self) -> None:
+        if self.batch_rows < 1 or self.batch_tokens < 1:
+            raise ValueError("batch_rows and batch_tokens must be >= 1")
+
+
+def plan_batches(lengths: Sequence[int], max_new_tokens: int, batch_rows: int, batch_tokens: int) -> list[list[int]]:
+    """Indices of `lengths` (prompt tokens per row) grouped into generate calls.
+
+    Rows are taken shortest first (ties in input order), so a call pads little; a call holds
+    at most `batch_rows` rows and rows x (its longest prompt + max_new_tokens) <= batch_tokens,
+    except that a row too long for the budget still gets a call of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        # Sorted ascending: this row is the longest of the call it joins.
+        cost = (len(current) + 1) * (lengths[index] + max_new_tokens)
+        if current and (len(current) >= batch_rows or cost > batch_tokens):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
 
 
 @dataclass
@@ -297,32 +329,39 @@ class _Sampler:
             )
         return "\n\n".join(m["content"] for m in messages) + "\n\n"
 
-    def sample(
-        self,
-        messages: list[dict[str, str]],
-        temperature: float,
-        seed: int,
-        max_new_tokens: int,
-        min_new_tokens: int = 0,
-    ) -> str:
-        import torch
-
-        text = self.prompt_text(messages)
+    def encode(self, messages: list[dict[str, str]], max_new_tokens: int) -> list[int]:
         has_template = bool(getattr(self.tokenizer, "chat_template", None))
-        encoded = self.tokenizer(text, return_tensors="pt", add_special_tokens=not has_template)
+        ids = self.tokenizer(self.prompt_text(messages), add_special_tokens=not has_template)["input_ids"]
         limit = getattr(self.model.config, "max_position_embeddings", None)
-        if limit and encoded["input_ids"].shape[1] + max_new_tokens > limit:
+        if limit and len(ids) + max_new_tokens > limit:
             # Keep the tail: the example and the generation prompt matter most.
             keep = limit - max_new_tokens
             if keep <= 0:
                 raise ValueError(f"max_new_tokens {max_new_tokens} exceeds the context {limit}")
-            encoded = {k: v[:, -keep:] for k, v in encoded.items()}
-        encoded = {k: v.to(self.device) for k, v in encoded.items()}
+            ids = ids[-keep:]
+        return list(ids)
+
+    def sample_batch(
+        self,
+        prompts: Sequence[list[int]],
+        temperature: float,
+        seed: int,
+        max_new_tokens: int,
+        min_new_tokens: int = 0,
+    ) -> list[str]:
+        """One `generate` call for several encoded prompts, left-padded to one length."""
+        import torch
+
         pad = self.tokenizer.pad_token_id
+        pad = pad if pad is not None else self.tokenizer.eos_token_id
+        width = max(len(p) for p in prompts)
+        # Left padding: every row's generation starts right after its own prompt.
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], dtype=torch.long)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
         options: dict[str, Any] = dict(
             max_new_tokens=max_new_tokens,
             min_new_tokens=min_new_tokens,
-            pad_token_id=pad if pad is not None else self.tokenizer.eos_token_id,
+            pad_token_id=pad,
         )
         if temperature > 0:
             options.update(do_sample=True, temperature=temperature, top_p=self.top_p)
@@ -331,13 +370,32 @@ class _Sampler:
         # One generation at a time: torch's global RNG is seeded per call for determinism.
         with self.lock, torch.no_grad():
             torch.manual_seed(seed)
-            output = self.model.generate(**encoded, **options)
-        new_tokens = output[0, encoded["input_ids"].shape[1] :]
-        return self.tokenizer.decode(new_tokens, skip_special_tokens=True)
+            output = self.model.generate(
+                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), **options
+            )
+        return [self.tokenizer.decode(row[width:], skip_special_tokens=True) for row in output]
+
+
+@dataclass
+class _Job:
+    """One prompt of a batched stage: which request (and key) it serves, its seed parts."""
+
+    row: int
+    messages: list[dict[str, str]]
+    temperature: float
+    seed_parts: tuple
+    key: str = ""
 
 
 class LocalTransformersGenerator:
-    """A local causal LM (AutoModelForCausalLM), sampled with a fixed seed per request."""
+    """A local causal LM (AutoModelForCausalLM), many rows per `generate` call.
+
+    Requests are taken in chunks of `batch_rows` (in order: progress and the failure run
+    advance per chunk); within a chunk every stage (JSON attempts, then the field-by-field
+    fallback) samples its prompts in token-bounded, left-padded batches of equal τ. A batch's
+    seed is derived from the configured seed and its rows' fingerprints, so the same requests
+    give the same rows.
+    """
 
     def __init__(self, config: LocalGeneratorConfig):
         import torch
@@ -352,9 +410,10 @@ class LocalTransformersGenerator:
         model.eval()
         self._sampler = _Sampler(tokenizer, model, config.device, config.top_p)
         self.stats = GenerationStats()
+        self.calls = 0  # model.generate calls so far (the benchmark reports rows per call)
 
-    def _seed(self, request: RowRequest, *parts: object) -> int:
-        text = ":".join([str(self.config.seed), request.fingerprint(), *map(str, parts)])
+    def _seed(self, *parts: object) -> int:
+        text = ":".join([str(self.config.seed), *map(str, parts)])
         return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
 
     def generate(
@@ -363,59 +422,96 @@ class LocalTransformersGenerator:
         self.stats = GenerationStats()
         run = FailureRun(self.config.max_consecutive_failures, self.name)
         results: list[dict[str, str] | None] = []
-        for done, request in enumerate(requests, start=1):
-            results.append(self._one(request, run))
-            if run.aborted:
-                raise GenerationAborted(run.reason or "")
+        size = self.config.batch_rows
+        for start in range(0, len(requests), size):
+            chunk = requests[start : start + size]
+            answers, errors = self._chunk(chunk)
+            for answer, error in zip(answers, errors, strict=True):
+                results.append(answer)
+                if answer is None:
+                    run.failure(f"malformed answer: {error}")
+                else:
+                    run.success()
+                if run.aborted:
+                    raise GenerationAborted(run.reason or "")
             if on_progress:
-                on_progress(done, len(requests))
+                on_progress(len(results), len(requests))
         return results
 
-    def _one(self, request: RowRequest, run: FailureRun) -> dict[str, str] | None:
-        last_error = ""
+    def _chunk(self, requests: Sequence[RowRequest]) -> tuple[list[dict[str, str] | None], list[str]]:
+        answers: list[dict[str, str] | None] = [None] * len(requests)
+        errors = [""] * len(requests)
+        fingerprints = [r.fingerprint() for r in requests]
         for attempt in range(self.config.attempts_per_row):
-            self.stats.attempts += 1
-            text = self._sampler.sample(
-                chat_messages(request),
-                request.temperature,
-                self._seed(request, "json", attempt),
-                self.config.max_new_tokens,
-            )
-            try:
-                answer = parse_answer(text, request.keys)
-            except MalformedAnswer as err:
-                self.stats.malformed += 1
-                last_error = str(err)
-                continue
-            run.success()
-            return answer
-        answer = self._field_by_field(request) if self.config.field_fallback else None
-        if answer is None:
-            self.stats.dropped_rows += 1
-            run.failure(f"malformed answer: {last_error}")
-            return None
-        self.stats.fallback_rows += 1
-        run.success()
-        return answer
+            jobs = [
+                _Job(i, chat_messages(r), r.temperature, (fingerprints[i], "json", attempt))
+                for i, r in enumerate(requests)
+                if answers[i] is None
+            ]
+            if not jobs:
+                break
+            self.stats.attempts += len(jobs)
+            for job, text in zip(jobs, self._sample(jobs, self.config.max_new_tokens), strict=True):
+                try:
+                    answers[job.row] = parse_answer(text, requests[job.row].keys)
+                except MalformedAnswer as err:
+                    self.stats.malformed += 1
+                    errors[job.row] = str(err)
+        missing = [i for i, a in enumerate(answers) if a is None]
+        if self.config.field_fallback and missing:
+            rebuilt = self._field_by_field([requests[i] for i in missing], [fingerprints[i] for i in missing])
+            for i, answer in zip(missing, rebuilt, strict=True):
+                answers[i] = answer
+                if answer is not None:
+                    self.stats.fallback_rows += 1
+        self.stats.dropped_rows += sum(1 for a in answers if a is None)
+        return answers, errors
 
-    def _field_by_field(self, request: RowRequest) -> dict[str, str] | None:
-        """Build the answer one key at a time from plain generated text."""
-        answer = {}
-        for key in request.keys:
-            for attempt in range(self.config.fallback_attempts):
-                text = self._sampler.sample(
-                    _field_messages(request, key),
-                    request.temperature,
-                    self._seed(request, "field", key, attempt),
-                    self.config.fallback_max_new_tokens,
-                    self.config.fallback_min_new_tokens,
-                ).strip()
-                if text:
-                    answer[key] = text
-                    break
-            else:
-                return None
-        return answer
+    def _field_by_field(self, requests: Sequence[RowRequest], fingerprints: Sequence[str]) -> list[dict[str, str] | None]:
+        """Build the answers one key at a time from plain generated text (all rows batched)."""
+        partial: list[dict[str, str]] = [{} for _ in requests]
+        for attempt in range(self.config.fallback_attempts):
+            jobs = [
+                _Job(i, _field_messages(r, key), r.temperature, (fingerprints[i], "field", key, attempt), key)
+                for i, r in enumerate(requests)
+                for key in r.keys
+                if key not in partial[i]
+            ]
+            if not jobs:
+                break
+            texts = self._sample(
+                jobs, self.config.fallback_max_new_tokens, self.config.fallback_min_new_tokens
+            )
+            for job, text in zip(jobs, texts, strict=True):
+                if text.strip():
+                    partial[job.row][job.key] = text.strip()
+        return [
+            {key: p[key] for key in r.keys} if all(key in p for key in r.keys) else None
+            for r, p in zip(requests, partial, strict=True)
+        ]
+
+    def _sample(self, jobs: Sequence[_Job], max_new_tokens: int, min_new_tokens: int = 0) -> list[str]:
+        """Texts for `jobs` in their order: batched by τ, then by the token budget."""
+        out = [""] * len(jobs)
+        encoded = [self._sampler.encode(job.messages, max_new_tokens) for job in jobs]
+        by_temperature: dict[float, list[int]] = {}
+        for index, job in enumerate(jobs):
+            by_temperature.setdefault(job.temperature, []).append(index)
+        for temperature, members in by_temperature.items():
+            plan = plan_batches(
+                [len(encoded[i]) for i in members], max_new_tokens,
+                self.config.batch_rows, self.config.batch_tokens,
+            )
+            for batch in plan:
+                chosen = [members[b] for b in batch]
+                seed = self._seed(*(part for i in chosen for part in jobs[i].seed_parts))
+                texts = self._sampler.sample_batch(
+                    [encoded[i] for i in chosen], temperature, seed, max_new_tokens, min_new_tokens
+                )
+                self.calls += 1
+                for i, text in zip(chosen, texts, strict=True):
+                    out[i] = text
+        return out
 
 
 def _field_messages(request: RowRequest, key: str) -> list[dict[str, str]]:

@@ -1,12 +1,21 @@
-"""dataset_prep's consumer: a task entering PREPARING_DATA gets its D_train, D_test, D_synth.
+"""dataset_prep's consumers: a task entering PREPARING_DATA gets its D_train, D_test, D_synth.
 
-Flow per task (FLOW.md step 2): map the Task onto a pipeline `DatasetSpec`, run
-`prepare_dataset` in a worker thread (the bus heart-beats the message meanwhile), store
-each split in the artifact store, then store the `DatasetPrepared` result in Redis together
-with its outbound event (outbox) and publish it as `prepared:<task_id>`.
+Two steps, so that preparation scales out:
+1. `handle` (durable `dataset_prep-preparing` on gradients.task.state_changed) turns a task's
+   PREPARING_DATA transition into a job on the `jobs.prepare` work queue (stream
+   GRADIENTS_JOBS), message id `prepare:<task_id>`: enqueued once however often the
+   transition is redelivered.
+2. `handle_job` (durable `dataset_prep-workers` on jobs.prepare, GRADIENTS_DATASET_CONCURRENCY
+   pull loops per replica): each job goes to one replica. It maps the Task onto a pipeline
+   `DatasetSpec`, runs `prepare_dataset` in a worker thread (the bus heart-beats the job
+   meanwhile), stores each split in the artifact store, then stores the `DatasetPrepared`
+   result in Redis together with its outbound event (outbox) and publishes it as
+   `prepared:<task_id>`. A replica killed mid-job never acks it: after the ack wait the job
+   goes to another replica, which prepares it again (same task seed, same splits).
 
-Idempotent: a redelivered event whose result is stored re-publishes that result under the
-same message id (JetStream drops the duplicate) instead of preparing again.
+Idempotent: a job or transition whose result is stored re-publishes that result under the
+same message id (JetStream drops the duplicate) instead of preparing again, and the result
+is stored only if none is (SET NX): two replicas finishing one task store it once.
 
 A dataset that cannot be used (DatasetRejected), aborted generation, an unusable dataset
 spec or no available generator give `ok=false` with the reason; task_service then FAILS the
@@ -22,7 +31,9 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import shutil
+import socket
 import threading
 import time
 import uuid
@@ -49,10 +60,12 @@ from services.dataset_prep.loading import LoadOptions
 from services.dataset_prep.pipeline import DatasetSpec, GeneratorSet, PreparedDataset, prepare_dataset
 from services.dataset_prep.schema import ColumnMapping, TaskKind
 from services.dataset_prep.settings import DatasetPrepSettings, is_diffusers_folder, is_transformers_folder
+from services.dataset_prep.sources import resolve_task_dataset
 
 log = logging.getLogger(__name__)
 
-DURABLE = "dataset_prep-preparing"
+DURABLE = "dataset_prep-preparing"  # PREPARING_DATA transitions -> jobs
+WORK_DURABLE = "dataset_prep-workers"  # the jobs, shared by every replica
 RESULT_PREFIX = "dataset-prepared"
 IMAGE_LIST_FORMAT = "image_list"
 IMAGE_LIST_PREFIX = "images:"
@@ -88,6 +101,10 @@ TASK_FAILURES = (DatasetRejected, GenerationAborted, TaskDataError, GeneratorUna
 
 def prepared_msg_id(task_id: str) -> str:
     return f"prepared:{task_id}"
+
+
+def prepare_job_msg_id(task_id: str) -> str:
+    return f"prepare:{task_id}"
 
 
 def result_key(store: Store, task_id: str) -> str:
@@ -259,6 +276,8 @@ def _local_config(settings: DatasetPrepSettings, path: str) -> LocalGeneratorCon
         device=device,
         dtype=resolved_dtype(settings, device),
         fallback_max_new_tokens=settings.local_fallback_max_new_tokens,
+        batch_rows=settings.local_batch_rows,
+        batch_tokens=settings.local_batch_tokens,
     )
 
 
@@ -277,11 +296,22 @@ def _openai_config(settings: DatasetPrepSettings, model: str) -> OpenAIGenerator
 
 
 def task_generators(task: pb.Task, settings: DatasetPrepSettings, cache: GeneratorCache) -> GeneratorSet:
-    """G (strong), the weak model (DPO rejected) and the image pipeline for this task, lazily."""
+    """G (strong), the weak model (DPO rejected) and the image pipeline for this task, lazily.
+
+    An image task's base is a diffusers pipeline: its new prompts come from the prompt model
+    (GRADIENTS_DATASET_PROMPT_MODEL_PATH, else the text model), never from the base.
+    """
     base = task.base_model
     if settings.generator == "openai":
         text = LazyGenerator("text", _openai_config(settings, settings.openai_model), cache)
         weak = LazyGenerator("weak", _openai_config(settings, settings.openai_weak_model or settings.openai_model), cache)
+    elif task.type == pb.IMAGE:
+        path = settings.prompt_model_path or settings.text_model_path
+        missing = (f"the base model {base!r} is an image pipeline; image prompts need a text model: set "
+                   "GRADIENTS_DATASET_PROMPT_MODEL_PATH (or GRADIENTS_DATASET_TEXT_MODEL_PATH) or use "
+                   "GRADIENTS_DATASET_GENERATOR=openai")
+        text = LazyGenerator("prompt", _local_config(settings, path) if path else None, cache, missing)
+        weak = LazyGenerator("weak", None, cache, "image tasks have no rejected answers")
     else:
         path = settings.text_model_path or (base if is_transformers_folder(base) else "")
         missing = (f"the base model {base!r} is not a local transformers model folder; set "
@@ -357,7 +387,7 @@ def prepare_task(task: pb.Task, settings: DatasetPrepSettings, cache: GeneratorC
     try:
         spec = dataset_spec(task, work_dir)
         generators = task_generators(task, settings, cache)
-        dataset = prepare_dataset(spec, generators, settings.prep_config(), on_progress)
+        dataset = prepare_dataset(spec, generators, settings.prep_config(task.task_id), on_progress)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     blobs = []
@@ -383,22 +413,45 @@ class DatasetPrepHandler:
         self.outbox = Outbox(ctx.store, ctx.bus, "dataset_prep")
         self.cache = GeneratorCache(self.settings.generator_cache)
         self.work_root = Path(ctx.mesh.data_dir) / "dataset_prep"
+        self.replica = f"{socket.gethostname()}:{os.getpid()}"
         self._tracer = telemetry.tracer("gradients.dataset_prep")
 
+    async def _republish(self, task_id: str) -> bool:
+        """True when the task's result is stored: it is (re-)published, nothing else to do."""
+        stored = await stored_result(self.ctx.store, task_id)
+        if stored is None:
+            return False
+        await self.outbox.flush()
+        await self.ctx.bus.publish(events.DATASET_PREPARED, stored, msg_id=prepared_msg_id(task_id))
+        return True
+
     async def handle(self, event: ev.TaskStateChanged, delivery: Delivery) -> None:
+        """A PREPARING_DATA transition becomes a job on the work queue (once per task)."""
         if event.to_state != pb.PREPARING_DATA:
             return
+        task_id = event.task_id or event.task.task_id
+        if await self._republish(task_id):
+            return  # redelivered after the result was stored: make sure it went out, once
+        await self.ctx.bus.publish(events.DATASET_PREPARE_REQUESTED, event, msg_id=prepare_job_msg_id(task_id))
+
+    async def handle_job(self, event: ev.TaskStateChanged, delivery: Delivery) -> None:
+        """One preparation job, on whichever replica took it from the work queue."""
         task = event.task
         task_id = event.task_id or task.task_id
-        stored = await stored_result(self.ctx.store, task_id)
-        if stored is not None:
-            # Redelivered after the result was stored: make sure it went out, once.
-            await self.outbox.flush()
-            await self.ctx.bus.publish(events.DATASET_PREPARED, stored, msg_id=prepared_msg_id(task_id))
+        if await self._republish(task_id):
             return
+        log.info("task %s: preparing on replica %s (delivery %d)", task_id, self.replica, delivery.num_delivered,
+                 extra={"task_id": task_id})
         result = await self.prepare(task, delivery)
+        key = result_key(self.ctx.store, task_id)
+        # First result wins: another replica may have finished the same job meanwhile
+        # (its ack wait ran out while this one still worked); that one is then re-published.
+        if not await self.ctx.store.redis.set(key, result.SerializeToString(), nx=True):
+            log.info("task %s: result already stored by another replica; publishing that one", task_id,
+                     extra={"task_id": task_id})
+            await self._republish(task_id)
+            return
         async with self.ctx.store.redis.pipeline(transaction=True) as pipe:
-            pipe.set(result_key(self.ctx.store, task_id), result.SerializeToString())
             self.outbox.add(pipe, events.DATASET_PREPARED, result, prepared_msg_id(task_id), task.trace_parent)
             await pipe.execute()
         await self.outbox.flush()
@@ -415,6 +468,8 @@ class DatasetPrepHandler:
         ) as span:
             failure = ""
             try:
+                # The dataset (and base model) as local sources, through the customer source policy.
+                task = await resolve_task_dataset(self.ctx, task, work_dir)
                 prep = await asyncio.to_thread(prepare_task, task, self.settings, self.cache, work_dir, reporter)
             except TASK_FAILURES as exc:
                 failure = getattr(exc, "reason", None) or str(exc)
@@ -464,4 +519,8 @@ class DatasetPrepHandler:
 
 def consumers(ctx: ServiceContext) -> list[Consumer]:
     handler: DatasetPrepHandler = ctx.state["prep_handler"]
-    return [Consumer(DURABLE, events.TASK_STATE_CHANGED, handler.handle, concurrency=ctx.settings.concurrency)]
+    return [
+        Consumer(DURABLE, events.TASK_STATE_CHANGED, handler.handle),
+        Consumer(WORK_DURABLE, events.DATASET_PREPARE_REQUESTED, handler.handle_job,
+                 concurrency=ctx.settings.concurrency),
+    ]

@@ -4,7 +4,13 @@ Generators (§3.3, G(x, τ)): `local` samples a local `transformers` causal LM (
 default; empty path = the task's own base model when it is a local model folder), `openai`
 calls an OpenAI-compatible chat-completions endpoint (vLLM, TGI, a hosted API). DPO rejected
 answers come from a weaker model (default: the same one). Image tasks draw new images with a
-diffusers pipeline (empty path = the task's base model when it is a diffusers folder).
+diffusers pipeline (empty path = the task's base model when it is a diffusers folder); their
+new prompts come from a text model configured here (GRADIENTS_DATASET_PROMPT_MODEL_PATH, else
+the text model), never from the task's base, which is a diffusers pipeline. The local backend
+writes many rows per model call (GRADIENTS_DATASET_LOCAL_BATCH_ROWS / _BATCH_TOKENS).
+
+Replicas: any number of dataset_prep processes share the `jobs.prepare` work queue; each runs
+GRADIENTS_DATASET_CONCURRENCY preparations at once.
 
 With GRADIENTS_DATASET_SYNTHETIC=false no synthetic rows are generated: D_synth is empty
 (its artifact holds zero rows), no generator is loaded, and evaluation falls back to
@@ -13,6 +19,7 @@ L_test alone for the synthetic term.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +28,7 @@ from services.dataset_prep.images import ImageSizing
 from services.dataset_prep.pipeline import PrepConfig
 from services.dataset_prep.schema import RejectionLimits
 from services.dataset_prep.splits import SplitConfig
-from services.dataset_prep.synthesis import SynthesisConfig
+from services.dataset_prep.synthesis import SynthesisConfig, task_seed
 
 
 def _device_check(value: str) -> str | None:
@@ -36,6 +43,19 @@ def _fraction(value: float) -> str | None:
 
 def _multiple_of_64(value: int) -> str | None:
     return None if value >= 64 and value % 64 == 0 else "must be a positive multiple of 64"
+
+
+def split_roots(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _roots_check(value: str) -> str | None:
+    for root in split_roots(value):
+        if not os.path.isabs(root):
+            return f"{root!r} is not an absolute path"
+        if os.path.realpath(root) == os.path.abspath(os.sep):
+            return "must not include the file-system root"
+    return None
 
 
 def is_transformers_folder(path: str | Path) -> bool:
@@ -62,6 +82,11 @@ class DatasetPrepSettings:
     )
     weak_model_path: str = setting(
         "GRADIENTS_DATASET_WEAK_MODEL_PATH", "", "local: weaker model for DPO rejected answers (empty = the text model)",
+    )
+    prompt_model_path: str = setting(
+        "GRADIENTS_DATASET_PROMPT_MODEL_PATH", "",
+        "local: causal LM that writes image tasks' new prompts (an image task's base is a diffusers pipeline; "
+        "empty = GRADIENTS_DATASET_TEXT_MODEL_PATH)",
     )
     openai_base_url: str = setting(
         "GRADIENTS_DATASET_OPENAI_BASE_URL", "", "openai: endpoint base URL, e.g. http://127.0.0.1:8000/v1",
@@ -99,6 +124,14 @@ class DatasetPrepSettings:
     local_fallback_max_new_tokens: int = setting(
         "GRADIENTS_DATASET_LOCAL_FALLBACK_MAX_NEW_TOKENS", 48, "local: tokens per field in the field-by-field fallback",
         check=positive,
+    )
+    local_batch_rows: int = setting(
+        "GRADIENTS_DATASET_LOCAL_BATCH_ROWS", 32, "local: rows generated per model call (1 = one row per call)",
+        check=positive,
+    )
+    local_batch_tokens: int = setting(
+        "GRADIENTS_DATASET_LOCAL_BATCH_TOKENS", 16384,
+        "local: token budget of one model call, rows x (longest prompt + new tokens)", check=positive,
     )
     device: str = setting(
         "GRADIENTS_DATASET_DEVICE", "auto", "device of local models: auto (cuda when present), cpu, cuda, cuda:<n>, mps",
@@ -141,8 +174,22 @@ class DatasetPrepSettings:
         "GRADIENTS_DATASET_SYNTH_SOURCE", "dataset",
         "rows G rewrites: dataset (the paper's sample of D) or test (the reference validator)", check=one_of("dataset", "test"),
     )
+    # ---- where customers' datasets may come from (gradients.sources)
+    dataset_local_roots: str = setting(
+        "GRADIENTS_DATASET_LOCAL_ROOTS", "",
+        "comma-separated absolute folders under which customers' tasks may name local dataset paths "
+        "(empty = none; symlinks are resolved before the check)",
+        check=_roots_check,
+    )
+    allow_http: bool = setting(
+        "GRADIENTS_DATASET_ALLOW_HTTP", False,
+        "customers may name http(s) dataset URLs (public addresses only, every redirect checked)",
+    )
     # ---- service
-    concurrency: int = setting("GRADIENTS_DATASET_CONCURRENCY", 1, "tasks prepared at once by this process", check=positive)
+    concurrency: int = setting(
+        "GRADIENTS_DATASET_CONCURRENCY", 1,
+        "preparations this replica runs at once (replicas share the jobs.prepare work queue)", check=positive,
+    )
     progress_interval_s: float = setting(
         "GRADIENTS_DATASET_PROGRESS_INTERVAL_S", 0.5, "least seconds between progress events of one stage", check=non_negative,
     )
@@ -165,7 +212,8 @@ class DatasetPrepSettings:
             if not self.openai_model:
                 out.append("GRADIENTS_DATASET_OPENAI_MODEL is required when GRADIENTS_DATASET_GENERATOR=openai")
         for env, path in (("GRADIENTS_DATASET_TEXT_MODEL_PATH", self.text_model_path),
-                          ("GRADIENTS_DATASET_WEAK_MODEL_PATH", self.weak_model_path)):
+                          ("GRADIENTS_DATASET_WEAK_MODEL_PATH", self.weak_model_path),
+                          ("GRADIENTS_DATASET_PROMPT_MODEL_PATH", self.prompt_model_path)):
             if path and not is_transformers_folder(path):
                 out.append(f"{env}={path!r}: not a folder holding a transformers model (config.json)")
         if self.image_pipeline_path and not is_diffusers_folder(self.image_pipeline_path):
@@ -173,13 +221,20 @@ class DatasetPrepSettings:
                        "not a diffusers pipeline folder (model_index.json)")
         return out
 
-    def prep_config(self) -> PrepConfig:
+    @property
+    def local_roots(self) -> list[str]:
+        """GRADIENTS_DATASET_LOCAL_ROOTS as a list."""
+        return split_roots(self.dataset_local_roots)
+
+    def prep_config(self, task_id: str = "") -> PrepConfig:
+        """The pipeline's configuration; with a task id, generation uses that task's seed."""
         return PrepConfig(
             split=SplitConfig(seed=self.split_seed, synth_cap=self.max_synth_rows if self.synthetic else 0,
                               synth_source=self.synth_source),  # type: ignore[arg-type]
             limits=RejectionLimits(min_rows=self.min_rows, max_empty_fraction=self.max_empty_fraction),
             synthesis=SynthesisConfig(text_temperature=self.text_temperature,
                                       image_prompt_temperature=self.image_temperature,
-                                      image_max_side=self.image_max_side, seed=self.generation_seed),
+                                      image_max_side=self.image_max_side,
+                                      seed=task_seed(self.generation_seed, task_id)),
             image_sizing=ImageSizing(max_side=self.image_max_side),
         )

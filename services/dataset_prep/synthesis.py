@@ -14,6 +14,7 @@ Rows whose generation failed are dropped here; leakage checks happen in `pipelin
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -87,8 +88,18 @@ def _chat_key(index: int, role: str) -> str:
     return f"turn_{index + 1}_{role}"
 
 
+def task_seed(base_seed: int, task_id: str) -> int:
+    """The generation seed of one task: the configured seed mixed with the task id, so two
+    tasks over one dataset get different synthetic rows and a re-run of a task the same."""
+    if not task_id:
+        return base_seed
+    digest = hashlib.sha256(f"{base_seed}:{task_id}".encode()).hexdigest()
+    return int(digest[:8], 16)
+
+
 def _text_request(
-    kind: TaskKind, schema: DatasetSchema, row: dict[str, Any], temperature: float, variant: int
+    kind: TaskKind, schema: DatasetSchema, row: dict[str, Any], temperature: float, variant: int,
+    seed: int = 0,
 ) -> RowRequest:
     if kind is TaskKind.INSTRUCT:
         shown = {f: row[f] for f in ("instruction", "input", "output") if row.get(f, "").strip()}
@@ -104,7 +115,7 @@ def _text_request(
         shown = {"prompt": row["prompt"]}
     else:
         shown = {"caption": row["caption"]}
-    return RowRequest(shown, tuple(shown), TASK_TEXT[kind], temperature, variant)
+    return RowRequest(shown, tuple(shown), TASK_TEXT[kind], temperature, variant, seed)
 
 
 def _assemble(
@@ -144,7 +155,7 @@ def synthesise_text(
     if kind is TaskKind.DPO and weak_generator is None:
         raise ValueError("dpo synthesis needs a weak generator for the rejected responses")
     requests = [
-        _text_request(kind, schema, row, config.text_temperature, v)
+        _text_request(kind, schema, row, config.text_temperature, v, config.seed)
         for row, v in zip(sources, _variants(sources), strict=True)
     ]
     answers = generator.generate(requests, _stage(on_progress, "synthesise"))
@@ -159,7 +170,8 @@ def synthesise_text(
     assert weak_generator is not None
     weak_requests = [
         RowRequest(
-            {"prompt": row["prompt"]}, ("response",), DPO_REJECTED_TASK, config.text_temperature, i
+            {"prompt": row["prompt"]}, ("response",), DPO_REJECTED_TASK, config.text_temperature, i,
+            config.seed,
         )
         for row, i in rows
     ]
@@ -186,7 +198,7 @@ def synthesise_images(
     """
     schema = DatasetSchema(TaskKind.IMAGE, ("image", "caption"))
     requests = [
-        _text_request(TaskKind.IMAGE, schema, row, config.image_prompt_temperature, v)
+        _text_request(TaskKind.IMAGE, schema, row, config.image_prompt_temperature, v, config.seed)
         for row, v in zip(sources, _variants(sources), strict=True)
     ]
     captions = text_generator.generate(requests, _stage(on_progress, "synthesise"))

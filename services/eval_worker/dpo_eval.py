@@ -5,16 +5,18 @@ log pi(y) is the summed log-probability of the answer tokens (answer + eos) give
 The reference is the base: `__base__` rows in the same mixed batches for adapter groups, the
 adapter disabled for a lone adapter, the base model itself for a full model, always on the same
 batches as the policy, so the base submitted as-is (or an all-zero LoRA) scores exactly ln 2.
+The baseline (the base model itself, with `baseline`) is its own reference: its loss is computed
+from the reference numbers on both sides, which is ln 2 per example by construction.
 """
 
 from __future__ import annotations
 
 import math
 
-from services.eval_worker.job import EvalJob
+from services.eval_worker.job import BASELINE_HOTKEY, EvalJob
 from services.eval_worker.model_loading import load_tokenizer, resolve_device
 from services.eval_worker.text_data import preference_examples
-from services.eval_worker.text_eval import MemberResult, batch_plan, group_nll, load_group
+from services.eval_worker.text_eval import MemberResult, base_nll, batch_plan, group_nll, load_group
 from services.eval_worker.validation import ValidatedSubmission
 
 
@@ -33,7 +35,18 @@ def dpo_loss(
     return neg_log_sigmoid(beta * margin)
 
 
-def evaluate_dpo_group(job: EvalJob, members: list[ValidatedSubmission]) -> dict[str, MemberResult]:
+def pair_losses(policy: list[tuple[float, int]], ref: list[tuple[float, int]], beta: float) -> list[float]:
+    """Per-pair DPO losses from (sum_nll, n) of the sequences chosen_0, rejected_0, chosen_1, ..."""
+    # log pi(y) = -(summed NLL of y's tokens)
+    return [
+        dpo_loss(-policy[2 * i][0], -policy[2 * i + 1][0], -ref[2 * i][0], -ref[2 * i + 1][0], beta)
+        for i in range(len(policy) // 2)
+    ]
+
+
+def evaluate_dpo_group(
+    job: EvalJob, members: list[ValidatedSubmission], baseline: bool = False
+) -> dict[str, MemberResult]:
     device = resolve_device(job.device)
     tokenizer = load_tokenizer(job.base_model_dir)
     max_len = job.limits.max_seq_len
@@ -44,18 +57,17 @@ def evaluate_dpo_group(job: EvalJob, members: list[ValidatedSubmission]) -> dict
         sequences += [chosen, rejected]
     group = load_group(job, members, device, need_base=True)
     results = {h: MemberResult(ok=False, reason=r) for h, r in group.failures.items()}
-    if not group.owners:
-        return results
-    nll = group_nll(group, sequences, tokenizer.pad_token_id, device, batch_plan(job), with_reference=True)
-    ref = nll.reference
-    assert ref is not None
-    for hotkey, member in nll.members.items():
-        losses = []
-        for i in range(len(rows)):
-            # log pi(y) = -(summed NLL of y's tokens)
-            losses.append(
-                dpo_loss(-member[2 * i][0], -member[2 * i + 1][0], -ref[2 * i][0], -ref[2 * i + 1][0], job.dpo_beta)
-            )
-        n_test = len(job.test_rows)
-        results[hotkey] = MemberResult(ok=True, test=losses[:n_test], synth=losses[n_test:])
+    n_test = len(job.test_rows)
+    if group.owners:
+        nll = group_nll(group, sequences, tokenizer.pad_token_id, device, batch_plan(job), with_reference=True)
+        ref = nll.reference
+        assert ref is not None
+        for hotkey, member in nll.members.items():
+            losses = pair_losses(member, ref, job.dpo_beta)
+            results[hotkey] = MemberResult(ok=True, test=losses[:n_test], synth=losses[n_test:])
+    elif baseline:
+        ref = base_nll(group, sequences, tokenizer.pad_token_id, device, batch_plan(job))
+    if baseline:
+        losses = pair_losses(ref, ref, job.dpo_beta)  # policy = reference: ln 2 each
+        results[BASELINE_HOTKEY] = MemberResult(ok=True, test=losses[:n_test], synth=losses[n_test:])
     return results

@@ -15,6 +15,10 @@ completions of all submissions. Per prompt:
 the set score is the mean over prompts, and loss = -score (lower is better, like every type).
 A reward function that fails (timeout, sandbox violation, error) contributes 0 to every
 submission, and the reason is attached to every result as a warning.
+
+The baseline (the base model, with `baseline`) samples with the same seeds: `__base__` rows in a
+mixed group's batches, otherwise the group's base view (adapter disabled, or the loaded base);
+its KL to itself is 0, and its completions are rewarded in the same sandbox runs as the members'.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import hashlib
 import math
 from typing import Any, Sequence
 
-from services.eval_worker.job import EvalJob
+from services.eval_worker.job import BASELINE_HOTKEY, EvalJob
 from services.eval_worker.model_loading import BASE_ADAPTER, load_tokenizer, resolve_device
 from services.eval_worker.rewards import run_reward, weighted_rewards
 from services.eval_worker.text_data import IGNORE_INDEX, TokenizedExample, generation_prompt_ids
@@ -154,7 +158,9 @@ def completion_kls(
     return {hotkey: [k3_kl(m[0], b[0]) for m, b in zip(member, base)]}
 
 
-def evaluate_grpo_group(job: EvalJob, members: list[ValidatedSubmission]) -> dict[str, MemberResult]:
+def evaluate_grpo_group(
+    job: EvalJob, members: list[ValidatedSubmission], baseline: bool = False
+) -> dict[str, MemberResult]:
     """Completions (text) and their KL for every member, prompt and generation."""
     device = resolve_device(job.device)
     tokenizer = load_tokenizer(job.base_model_dir)
@@ -164,31 +170,49 @@ def evaluate_grpo_group(job: EvalJob, members: list[ValidatedSubmission]) -> dic
     prompts = [generation_prompt_ids(tokenizer, row, prompt_cap) for row in rows]
     group = load_group(job, members, device, need_base=True)
     results = {h: MemberResult(ok=False, reason=r) for h, r in group.failures.items()}
-    if not group.owners:
+    if not group.owners and not baseline:
         return results
     plan = batch_plan(job)
     hotkeys = list(group.owners)
-    slots = [(h, p, j) for h in hotkeys for p in range(len(rows)) for j in range(opts.num_generations)]
-    completions = sample_completions(
-        group.model,
-        [prompts[p] for _, p, _ in slots],
-        [group.owners[h] for h, _, _ in slots],
-        [generation_seed(opts.seed, p, j) for _, p, j in slots],
-        opts.max_new_tokens,
-        opts.temperature,
-        tokenizer.eos_token_id,
-        tokenizer.pad_token_id,
-        device,
-        plan,
-    )
-    examples: dict[str, list[TokenizedExample]] = {h: [] for h in hotkeys}
-    texts: dict[str, list[str]] = {h: [] for h in hotkeys}
-    for (h, p, _), completion in zip(slots, completions):
+    owners: dict[str, str | None] = dict(group.owners)
+    # The base rides in the mixed batches as `__base__`; otherwise it samples on its own below.
+    base_in_batches = baseline and group.mixed
+    if base_in_batches:
+        hotkeys.append(BASELINE_HOTKEY)
+        owners[BASELINE_HOTKEY] = BASE_ADAPTER
+
+    def sample(model, who: list[str]) -> list[tuple[str, int, list[int]]]:
+        slots = [(h, p, j) for h in who for p in range(len(rows)) for j in range(opts.num_generations)]
+        completions = sample_completions(
+            model,
+            [prompts[p] for _, p, _ in slots],
+            [owners.get(h) for h, _, _ in slots],
+            [generation_seed(opts.seed, p, j) for _, p, j in slots],
+            opts.max_new_tokens,
+            opts.temperature,
+            tokenizer.eos_token_id,
+            tokenizer.pad_token_id,
+            device,
+            plan,
+        )
+        return [(h, p, c) for (h, p, _), c in zip(slots, completions)]
+
+    sampled = sample(group.model, hotkeys) if hotkeys else []
+    if baseline and not base_in_batches:
+        with group.base_view() as base:
+            sampled += sample(base, [BASELINE_HOTKEY])
+    everyone = hotkeys + ([BASELINE_HOTKEY] if baseline and not base_in_batches else [])
+    examples: dict[str, list[TokenizedExample]] = {h: [] for h in everyone}
+    texts: dict[str, list[str]] = {h: [] for h in everyone}
+    for h, p, completion in sampled:
         examples[h].append(_completion_example(prompts[p], completion))
         body = completion[:-1] if completion and completion[-1] == tokenizer.eos_token_id else completion
         texts[h].append(tokenizer.decode(body, skip_special_tokens=True))
-    kls = completion_kls(group, examples, tokenizer.pad_token_id, device, plan)
-    for h in hotkeys:
+    members_only = {h: ex for h, ex in examples.items() if h != BASELINE_HOTKEY}
+    kls = completion_kls(group, members_only, tokenizer.pad_token_id, device, plan) if members_only else {}
+    if baseline:
+        kls[BASELINE_HOTKEY] = [0.0] * len(examples[BASELINE_HOTKEY])  # KL(base || base) = 0
+    for h in everyone:
         # Flat lists in (prompt, generation) order; score_grpo turns them into per-prompt losses.
         results[h] = MemberResult(ok=True, extras={"completions": texts[h], "kl": kls[h]})
     return results

@@ -20,6 +20,7 @@ from gradients.runtime import metrics
 from gradients.runtime import Consumer, Delivery, ServiceContext, events, telemetry
 from gradients.runtime.bus import is_transient
 from gradients.runtime.outbox import Outbox
+from gradients.sources import SourceRefused, hf_cache_dir, resolve_model
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import events_pb2 as ev
 from miner_sdk.archive import UnsafeArchive, safe_extract
@@ -91,26 +92,30 @@ class EvalJobHandler:
             with telemetry.tracer("gradients.eval_worker").start_as_current_span(
                 "evaluate submissions", attributes={"task.id": task.task_id, "task.type": pb.TaskType.Name(task.type),
                                                     "submissions": len(prepared)}):
-                results = await asyncio.to_thread(evaluate_job, job, prepared) if prepared else []
+                # Even with no usable upload: the base model's own losses are still reported.
+                outcome = await asyncio.to_thread(evaluate_job, job, prepared)
         except JobFailed as exc:
             completed.ok = False
             completed.failure_reason = str(exc)
             completed.completed_at.GetCurrentTime()
             return completed
-        by_hotkey = {r.hotkey: r for r in [*results, *refused]}
+        by_hotkey = {r.hotkey: r for r in [*outcome.results, *refused]}
         for sub in submissions:
             result = to_proto(by_hotkey[sub.miner_hotkey], sub)
             completed.results.append(result)
-            outcome = f"loss {result.loss_weighted:.5f}" if result.ok else f"failed: {result.failure_reason}"
-            log.info("task %s: submission of %s %s", task.task_id, sub.miner_hotkey, outcome,
+            line = f"loss {result.loss_weighted:.5f}" if result.ok else f"failed: {result.failure_reason}"
+            log.info("task %s: submission of %s %s", task.task_id, sub.miner_hotkey, line,
                      extra={"task_id": task.task_id, "miner_hotkey": sub.miner_hotkey})
+        # Mean losses only: the base's per-example numbers would double the event for nothing.
+        completed.baseline.CopyFrom(to_proto(outcome.baseline, pb.Submission(), per_example=False))
         completed.completed_at.GetCurrentTime()
         return completed
 
     async def build_job(self, task: pb.Task, workdir: Path) -> EvalJob:
-        base = Path(task.base_model)
-        if not base.is_dir():
-            raise JobFailed(f"base model {task.base_model!r} is not a local model folder")
+        try:  # a local folder, or a Hub id's snapshot in the local Hugging Face cache
+            base = await asyncio.to_thread(resolve_model, task.base_model, hf_cache_dir(self.ctx.mesh.data_dir))
+        except SourceRefused as exc:
+            raise JobFailed(f"base model: {exc.reason}") from None
         if not task.splits.test.artifact:
             raise JobFailed("the task has no test split")
         image_root = workdir / "images"
@@ -178,7 +183,8 @@ def _finite(value: float | None) -> float:
     return float(value) if value is not None else 0.0
 
 
-def to_proto(result: SubmissionEval, sub: pb.Submission) -> pb.EvaluationResult:
+def to_proto(result: SubmissionEval, sub: pb.Submission, per_example: bool = True) -> pb.EvaluationResult:
+    """The event's form of one result; the baseline passes an empty Submission (hotkey "")."""
     return pb.EvaluationResult(
         miner_hotkey=sub.miner_hotkey,
         ok=result.ok,
@@ -186,8 +192,8 @@ def to_proto(result: SubmissionEval, sub: pb.Submission) -> pb.EvaluationResult:
         loss_test=_finite(result.loss_test),
         loss_synth=_finite(result.loss_synth if result.loss_synth is not None else result.loss_test),
         loss_weighted=_finite(result.loss_weighted),
-        per_example_test=result.per_example_test,
-        per_example_synth=result.per_example_synth,
+        per_example_test=result.per_example_test if per_example else [],
+        per_example_synth=result.per_example_synth if per_example else [],
         upload_seq=sub.upload_seq,
         reward=_finite(result.score_weighted),
     )

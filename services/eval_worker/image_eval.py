@@ -10,7 +10,8 @@ For each test row (image I, prompt p), each denoise strength s in `strengths` an
 Noise is identical for every submission and for both conditions. Per image: the mean over
 strengths and seeds; per-example loss = delta*L_text + (1-delta)*L_no-text with delta = 0.25.
 Submissions are LoRAs loaded into the one pipeline with diffusers' `load_lora_weights` and
-swapped (`set_adapters`, then `delete_adapters`) one after the other.
+swapped (`set_adapters`, then `delete_adapters`) one after the other. The baseline (with
+`baseline`) is the same pipeline scored before any LoRA is loaded into it.
 Supported bases: Stable-Diffusion-style pipelines (UNet + one CLIP text encoder).
 """
 
@@ -20,7 +21,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from services.eval_worker.job import EvalJob, ImageOptions
+from services.eval_worker.job import BASELINE_HOTKEY, EvalJob, ImageOptions
 from services.eval_worker.model_loading import dtype_for, resolve_device
 from services.eval_worker.text_eval import MemberResult
 from services.eval_worker.validation import ValidatedSubmission
@@ -150,10 +151,28 @@ def combine(text: list[float], plain: list[float], opts: ImageOptions) -> list[f
     return [opts.text_weight * t + (1 - opts.text_weight) * p for t, p in zip(text, plain)]
 
 
-def evaluate_image_group(job: EvalJob, members: list[ValidatedSubmission]) -> dict[str, MemberResult]:
+def _member_result(job: EvalJob, n_test: int, text: list[float], plain: list[float]) -> MemberResult:
+    per_image = combine(text, plain, job.image)
+    return MemberResult(
+        ok=True,
+        test=per_image[:n_test],
+        synth=per_image[n_test:],
+        extras={
+            "loss_text": sum(text[:n_test]) / n_test,
+            "loss_no_text": sum(plain[:n_test]) / n_test,
+        },
+    )
+
+
+def evaluate_image_group(
+    job: EvalJob, members: list[ValidatedSubmission], baseline: bool = False
+) -> dict[str, MemberResult]:
     device = resolve_device(job.device)
     scorer = ImageScorer(job, device)
     results: dict[str, MemberResult] = {}
+    if baseline:
+        # First, while no LoRA has touched the pipeline: the base model as it is.
+        results[BASELINE_HOTKEY] = _member_result(job, scorer.n_test, *scorer.score())
     for index, member in enumerate(members):
         name = f"sub{index}"
         try:
@@ -168,15 +187,5 @@ def evaluate_image_group(job: EvalJob, members: list[ValidatedSubmission]) -> di
             continue
         text, plain = scorer.score()
         scorer.pipe.delete_adapters([name])
-        per_image = combine(text, plain, job.image)
-        n = scorer.n_test
-        results[member.hotkey] = MemberResult(
-            ok=True,
-            test=per_image[:n],
-            synth=per_image[n:],
-            extras={
-                "loss_text": sum(text[:n]) / n,
-                "loss_no_text": sum(plain[:n]) / n,
-            },
-        )
+        results[member.hotkey] = _member_result(job, scorer.n_test, text, plain)
     return results

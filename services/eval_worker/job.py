@@ -6,6 +6,10 @@ LoRA adapters of a text task share one child process and one copy of the base mo
 model or an adapter that cannot join a mixed batch gets its own child), runs each group in an
 isolated child process, retries the members of a crashed group one by one, and turns the raw
 per-example numbers into `SubmissionEval`s. Lower `loss_weighted` is better for every type.
+
+The base model itself is evaluated as one more member of the first group that loads it (adapter
+disabled, no extra load) and comes back as `JobOutcome.baseline`; a job without any such group
+(no valid submission, or text full models only) evaluates the base in a child of its own.
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ TEXT_TASK_TYPES = ("INSTRUCT_TEXT", "CHAT", "DPO", "GRPO")
 
 GiB = 1024**3
 MiB = 1024**2
+
+# The base model's own result: no miner hotkey (run_job refuses submissions without one, so
+# the key never collides with a member in a group's results).
+BASELINE_HOTKEY = ""
 
 
 @dataclass(frozen=True)
@@ -201,8 +209,17 @@ def failed(hotkey: str, reason: str, kind: str = "") -> SubmissionEval:
     return SubmissionEval(hotkey=hotkey, ok=False, reason=reason, kind=kind)
 
 
-def evaluate_job(job: EvalJob, submissions: list[Submission]) -> list[SubmissionEval]:
-    """Score every submission of one task; one result per submission, in input order."""
+@dataclass
+class JobOutcome:
+    """results: one per submission, in input order. baseline: the base model evaluated exactly
+    like a submission (hotkey "", kind "base"; ok=False with a reason if it could not be)."""
+
+    results: list[SubmissionEval]
+    baseline: SubmissionEval
+
+
+def evaluate_job(job: EvalJob, submissions: list[Submission]) -> JobOutcome:
+    """Score every submission of one task, and the base model alongside."""
     from services.eval_worker.orchestration import run_job
 
     return run_job(job, submissions)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Protocol
 
 from services.eval_worker.isolation import ChildLimits, ChildOutcome, run_in_child, run_in_process
-from services.eval_worker.job import EvalJob, Submission, SubmissionEval, failed
+from services.eval_worker.job import BASELINE_HOTKEY, EvalJob, JobOutcome, Submission, SubmissionEval, failed
 from services.eval_worker.text_eval import MemberResult
 from services.eval_worker.validation import (
     SubmissionRefused,
@@ -15,26 +15,34 @@ from services.eval_worker.validation import (
     validate_submission,
 )
 
-GroupFn = Callable[[EvalJob, list[ValidatedSubmission]], dict[str, MemberResult]]
+
+class GroupFn(Protocol):
+    """Evaluates one group in a child; with baseline, also the base model under BASELINE_HOTKEY."""
+
+    def __call__(
+        self, job: EvalJob, members: list[ValidatedSubmission], baseline: bool = False
+    ) -> dict[str, MemberResult]: ...
 
 
-def evaluate_group(job: EvalJob, members: list[ValidatedSubmission]) -> dict[str, MemberResult]:
+def evaluate_group(
+    job: EvalJob, members: list[ValidatedSubmission], baseline: bool = False
+) -> dict[str, MemberResult]:
     """Evaluate one group with its base model loaded once (runs inside the child)."""
     if job.task_type in ("INSTRUCT_TEXT", "CHAT"):
         from services.eval_worker.text_eval import evaluate_text_group
 
-        return evaluate_text_group(job, members)
+        return evaluate_text_group(job, members, baseline)
     if job.task_type == "DPO":
         from services.eval_worker.dpo_eval import evaluate_dpo_group
 
-        return evaluate_dpo_group(job, members)
+        return evaluate_dpo_group(job, members, baseline)
     if job.task_type == "GRPO":
         from services.eval_worker.grpo_eval import evaluate_grpo_group
 
-        return evaluate_grpo_group(job, members)
+        return evaluate_grpo_group(job, members, baseline)
     from services.eval_worker.image_eval import evaluate_image_group
 
-    return evaluate_image_group(job, members)
+    return evaluate_image_group(job, members, baseline)
 
 
 def plan_groups(job: EvalJob, accepted: list[ValidatedSubmission]) -> list[list[ValidatedSubmission]]:
@@ -49,6 +57,18 @@ def plan_groups(job: EvalJob, accepted: list[ValidatedSubmission]) -> list[list[
     return groups + [[v] for v in alone]
 
 
+def baseline_group(job: EvalJob, groups: list[list[ValidatedSubmission]]) -> int | None:
+    """Index of the first group whose child loads the base anyway, so the baseline costs no load.
+
+    Adapter groups always load the base; DPO and GRPO load it for a full model too (reference,
+    KL); a text full-model group does not, so the baseline then gets a child of its own (None).
+    """
+    for i, group in enumerate(groups):
+        if job.task_type in ("DPO", "GRPO") or any(m.kind == "adapter" for m in group):
+            return i
+    return None
+
+
 def _child_limits(job: EvalJob) -> ChildLimits:
     from services.eval_worker.model_loading import resolve_device
 
@@ -61,24 +81,31 @@ def _child_limits(job: EvalJob) -> ChildLimits:
 
 
 def run_groups(
-    job: EvalJob, groups: list[list[ValidatedSubmission]], group_fn: GroupFn = evaluate_group
+    job: EvalJob, groups: list[list[ValidatedSubmission]], group_fn: GroupFn = evaluate_group,
+    with_baseline: bool = True,
 ) -> dict[str, MemberResult]:
-    """Each group in its own child; the members of a failed group are retried one per child."""
+    """Each group in its own child; the members of a failed group are retried one per child.
+
+    With with_baseline, the result also holds the base model under BASELINE_HOTKEY: computed in
+    the group `baseline_group` picks, or (none, or that group failed) in a child of its own.
+    """
     limits = _child_limits(job) if job.limits.isolate else None
 
-    def run(members: list[ValidatedSubmission]) -> ChildOutcome:
+    def run(members: list[ValidatedSubmission], baseline: bool = False) -> ChildOutcome:
         if limits is None:
-            return run_in_process(group_fn, (job, members))
-        return run_in_child(group_fn, (job, members), limits)
+            return run_in_process(group_fn, (job, members, baseline))
+        return run_in_child(group_fn, (job, members, baseline), limits)
 
+    missing = MemberResult(ok=False, reason="the evaluation returned no result")
+    carrier = baseline_group(job, groups) if with_baseline else None
     results: dict[str, MemberResult] = {}
-    for group in groups:
-        outcome = run(group)
+    for index, group in enumerate(groups):
+        outcome = run(group, baseline=index == carrier)
         if outcome.ok:
             for member in group:
-                results[member.hotkey] = outcome.value.get(
-                    member.hotkey, MemberResult(ok=False, reason="the evaluation returned no result")
-                )
+                results[member.hotkey] = outcome.value.get(member.hotkey, missing)
+            if index == carrier and BASELINE_HOTKEY in outcome.value:
+                results[BASELINE_HOTKEY] = outcome.value[BASELINE_HOTKEY]
             continue
         if len(group) == 1:
             results[group[0].hotkey] = MemberResult(ok=False, reason=outcome.reason)
@@ -87,11 +114,15 @@ def run_groups(
         for member in group:
             single = run([member])
             if single.ok:
-                results[member.hotkey] = single.value.get(
-                    member.hotkey, MemberResult(ok=False, reason="the evaluation returned no result")
-                )
+                results[member.hotkey] = single.value.get(member.hotkey, missing)
             else:
                 results[member.hotkey] = MemberResult(ok=False, reason=single.reason)
+    if with_baseline and BASELINE_HOTKEY not in results:
+        # No group carried it (or its group crashed, possibly because of it): the base alone.
+        alone = run([], baseline=True)
+        results[BASELINE_HOTKEY] = alone.value.get(BASELINE_HOTKEY, missing) if alone.ok else MemberResult(
+            ok=False, reason=alone.reason
+        )
     return results
 
 
@@ -132,7 +163,7 @@ def assemble(job: EvalJob, hotkey: str, kind: str, result: MemberResult) -> Subm
     return out
 
 
-def run_job(job: EvalJob, submissions: list[Submission], group_fn: GroupFn = evaluate_group) -> list[SubmissionEval]:
+def run_job(job: EvalJob, submissions: list[Submission], group_fn: GroupFn = evaluate_group) -> JobOutcome:
     hotkeys = [s.hotkey for s in submissions]
     if len(set(hotkeys)) != len(hotkeys):
         raise ValueError("submissions must have distinct hotkeys")
@@ -140,6 +171,9 @@ def run_job(job: EvalJob, submissions: list[Submission], group_fn: GroupFn = eva
     refused: dict[str, SubmissionEval] = {}
     accepted: list[ValidatedSubmission] = []
     for sub in submissions:
+        if sub.hotkey == BASELINE_HOTKEY:  # that key is the base model's
+            refused[sub.hotkey] = failed(sub.hotkey, "refused: the submission has no miner hotkey")
+            continue
         try:
             accepted.append(validate_submission(sub, base, job.task_type, job.limits))
         except SubmissionRefused as exc:
@@ -148,13 +182,15 @@ def run_job(job: EvalJob, submissions: list[Submission], group_fn: GroupFn = eva
             refused[sub.hotkey] = failed(sub.hotkey, f"refused: upload unreadable ({exc})")
         except Exception as exc:  # a malformed upload must never fail the whole job
             refused[sub.hotkey] = failed(sub.hotkey, f"refused: invalid upload ({type(exc).__name__}: {exc})")
-    raw = run_groups(job, plan_groups(job, accepted), group_fn) if accepted else {}
+    raw = run_groups(job, plan_groups(job, accepted), group_fn)
     if job.task_type == "GRPO":
         from services.eval_worker.grpo_eval import score_grpo
 
+        # The baseline's completions go through the same sandboxed reward runs as the members'.
         raw = score_grpo(job, raw)
     kinds = {v.hotkey: v.kind for v in accepted}
-    return [
+    results = [
         refused[h] if h in refused else assemble(job, h, kinds[h], raw[h])
         for h in hotkeys
     ]
+    return JobOutcome(results, assemble(job, BASELINE_HOTKEY, "base", raw[BASELINE_HOTKEY]))

@@ -336,7 +336,7 @@ def fit_tiny_vae(pipeline_dir: str | Path, rows: list[dict], steps: int = 100, l
 # ---------------------------------------------------------------------------------------
 
 
-def fault_injecting_group(job, members):
+def fault_injecting_group(job, members, baseline=False):
     """The real group evaluation, except that a member whose hotkey starts with
     'crash' kills the process (SIGSEGV), 'hang' never returns and 'oom' allocates 16 GiB.
     Runs in the evaluation child like `orchestration.evaluate_group`."""
@@ -353,4 +353,4 @@ def fault_injecting_group(job, members):
             hog[-1] = 1
     from services.eval_worker.orchestration import evaluate_group
 
-    return evaluate_group(job, members)
+    return evaluate_group(job, members, baseline)

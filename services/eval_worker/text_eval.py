@@ -11,10 +11,11 @@ Per-example loss = mean token cross-entropy over the example's completion tokens
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-from services.eval_worker.job import EvalJob
+from services.eval_worker.job import BASELINE_HOTKEY, EvalJob
 from services.eval_worker.model_loading import (
     BASE_ADAPTER,
     attach_lora_adapters,
@@ -182,6 +183,23 @@ class LoadedGroup:
     mixed: bool  # adapters selected per row with adapter_names
     base_model: Any = None  # full-model groups that also need the base (DPO reference, GRPO KL)
 
+    @contextmanager
+    def base_view(self) -> Iterator[Any]:
+        """The base model, without loading anything: the separately loaded base of a full-model
+        group, the group's PeftModel with its adapters disabled, or the bare base (nothing attached)."""
+        if self.base_model is not None:
+            yield self.base_model
+            return
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel):
+            with self.model.disable_adapter():
+                yield self.model
+            return
+        if self.owners:
+            raise ValueError("this full-model group did not load the base model (need_base)")
+        yield self.model
+
 
 def load_group(job: EvalJob, members: list[ValidatedSubmission], device: str, need_base: bool = False) -> LoadedGroup:
     if len(members) == 1 and members[0].kind == "full":
@@ -218,30 +236,45 @@ def group_nll(
         )
     (hotkey,) = group.owners
     member = sequence_nll(group.model, sequences, [None], pad_id, device, plan)[None]
-    reference = None
-    if with_reference:
-        # Same batches as the member pass, so identical weights give bit-identical numbers.
-        if group.base_model is not None:
-            reference = sequence_nll(group.base_model, sequences, [None], pad_id, device, plan)[None]
-        else:
-            with group.model.disable_adapter():
-                reference = sequence_nll(group.model, sequences, [None], pad_id, device, plan)[None]
+    reference = base_nll(group, sequences, pad_id, device, plan) if with_reference else None
     return GroupNll({hotkey: member}, reference)
 
 
-def evaluate_text_group(job: EvalJob, members: list[ValidatedSubmission]) -> dict[str, MemberResult]:
-    """Instruct/chat: per-example completion cross-entropy on D_test and D_synth for each member."""
+def base_nll(
+    group: LoadedGroup, sequences: Sequence[TokenizedExample], pad_id: int, device: str, plan: BatchPlan
+) -> list[tuple[float, int]]:
+    """NLL of every sequence under the base alone (batched like a lone member's pass, so identical
+    weights give bit-identical numbers)."""
+    with group.base_view() as base:
+        return sequence_nll(base, sequences, [None], pad_id, device, plan)[None]
+
+
+def evaluate_text_group(
+    job: EvalJob, members: list[ValidatedSubmission], baseline: bool = False
+) -> dict[str, MemberResult]:
+    """Instruct/chat: per-example completion cross-entropy on D_test and D_synth for each member.
+
+    With baseline, the base model too (under BASELINE_HOTKEY): `__base__` rows in the members'
+    mixed batches, the adapter disabled for a lone adapter, or the bare base when no member is left.
+    """
     device = resolve_device(job.device)
     tokenizer = load_tokenizer(job.base_model_dir)
     max_len = job.limits.max_seq_len
     test = text_examples(tokenizer, job.task_type, job.test_rows, max_len)
     synth = text_examples(tokenizer, job.task_type, job.synth_rows, max_len)
-    group = load_group(job, members, device)
+    group = load_group(job, members, device, need_base=baseline)
     results = {h: MemberResult(ok=False, reason=r) for h, r in group.failures.items()}
-    if not group.owners:
-        return results
-    nll = group_nll(group, test + synth, tokenizer.pad_token_id, device, batch_plan(job))
-    for hotkey, member_nll in nll.members.items():
-        losses = mean_token_losses(member_nll)
-        results[hotkey] = MemberResult(ok=True, test=losses[: len(test)], synth=losses[len(test):])
+    plan = batch_plan(job)
+    reference = None
+    if group.owners:
+        nll = group_nll(group, test + synth, tokenizer.pad_token_id, device, plan, with_reference=baseline)
+        for hotkey, member_nll in nll.members.items():
+            losses = mean_token_losses(member_nll)
+            results[hotkey] = MemberResult(ok=True, test=losses[: len(test)], synth=losses[len(test):])
+        reference = nll.reference
+    elif baseline:
+        reference = base_nll(group, test + synth, tokenizer.pad_token_id, device, plan)
+    if reference is not None:
+        losses = mean_token_losses(reference)
+        results[BASELINE_HOTKEY] = MemberResult(ok=True, test=losses[: len(test)], synth=losses[len(test):])
     return results

@@ -13,14 +13,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import events_pb2 as ev
+from gradients.v1 import scorer_pb2 as sc
 from services.scorer.logic import SubmissionResult, TaskInfo, TaskScoreResult
 from services.scorer.scoring_config import ScoringConfig
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 MICROS = 1_000_000
-# A TaskScored / TaskResult carries NaN when no rank-1 confidence could be computed (fewer
-# than two credited submissions, or no per-example losses): 0.0 would read as "certainly not".
-NO_CONFIDENCE = float("nan")
+# TaskScored.rank1_confidence and TaskResult.rank1_confidence are proto3 `optional`: left unset
+# when no rank-1 confidence could be computed (fewer than two credited submissions, or no
+# per-example losses); 0.0 would read as "certainly not", and NaN breaks JSON and comparisons.
 
 
 # --------------------------------------------------------------------------- time
@@ -154,8 +155,17 @@ def score_protos(result: TaskScoreResult) -> list[pb.Score]:
     ]
 
 
-def confidence_value(result: TaskScoreResult) -> float:
-    return NO_CONFIDENCE if result.rank1_confidence is None else result.rank1_confidence
+def confidence_kwargs(result: TaskScoreResult) -> dict[str, float]:
+    """The rank1_confidence field for a TaskScored / TaskResult: absent when undefined (None)."""
+    return {} if result.rank1_confidence is None else {"rank1_confidence": result.rank1_confidence}
+
+
+def stored_confidence(message: ev.TaskScored | sc.TaskResult) -> float | None:
+    """The rank-1 confidence a stored message carries; None when absent. Records written before
+    the field was optional carry NaN for "none", which reads as absent too."""
+    if not message.HasField("rank1_confidence") or math.isnan(message.rank1_confidence):
+        return None
+    return message.rank1_confidence
 
 
 def task_scored(result: TaskScoreResult, scored_at_us: int) -> ev.TaskScored:
@@ -163,7 +173,7 @@ def task_scored(result: TaskScoreResult, scored_at_us: int) -> ev.TaskScored:
         task_id=result.task_id,
         scores=score_protos(result),
         task_weight=result.task_weight,
-        rank1_confidence=confidence_value(result),
         scoring_config_version=result.config_version,
         scored_at=micros_to_timestamp(scored_at_us),
+        **confidence_kwargs(result),
     )

@@ -23,7 +23,7 @@ from gradients.runtime.outbox import Outbox
 from gradients.v1 import events_pb2 as ev
 from gradients.v1 import scorer_pb2 as sc
 from services.scorer.conversion import (
-    confidence_value,
+    confidence_kwargs,
     live_now_micros,
     micros_to_seconds,
     micros_to_timestamp,
@@ -150,7 +150,7 @@ class ScoreKeeper:
         pipe.xadd(repo.log_key, entry.fields())
         repo.results.put(pipe, result.task_id, sc.TaskResult(
             task_id=result.task_id, scores=score_protos(result), results=list(task.event.results),
-            task_weight=result.task_weight, rank1_confidence=confidence_value(result),
+            task_weight=result.task_weight, **confidence_kwargs(result),
         ))
         pipe.hset(repo.records_key, result.task_id, encode_record(task.record))
         pipe.zadd(repo.record_times_key, {result.task_id: task.record.completed_at})

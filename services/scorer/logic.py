@@ -168,19 +168,30 @@ def find_duplicates(results: Sequence[SubmissionResult], epsilon: float) -> dict
     return duplicates
 
 
+def eq10_sigma(l_test: Sequence[float]) -> float | None:
+    """σ(L_test) of eq 10: the POPULATION standard deviation (ddof = 0, as np.std).
+
+    None with fewer than two losses: the spread of one submission is undefined (np.std would
+    say 0, which would flag any single submission whose L_synth exceeds its L_test).
+    """
+    if len(l_test) < 2:
+        return None
+    return float(np.std(np.asarray(l_test, dtype=np.float64)))
+
+
 def suspicious_flags(l_test: Sequence[float], l_synth: Sequence[float | None], alpha: float) -> list[bool]:
     """Eq 10: L_synth > L_test + α·σ(L_test).
 
-    σ is the POPULATION standard deviation (ddof = 0, as np.std) of L_test over the credited
-    submissions of the task (valid, not duplicates): the set that is ranked. A missing L_synth
-    is never suspicious. This only flags: the reference validator flags such models and does
-    not zero their score, and neither do we.
+    σ is `eq10_sigma` of L_test over the credited submissions of the task (valid, not
+    duplicates): the set that is ranked. With fewer than two of them σ is undefined and nothing
+    is flagged. A missing L_synth is never suspicious. This only flags: the reference validator
+    flags such models and does not zero their score, and neither do we.
     """
     if len(l_test) != len(l_synth):
         raise ValueError(f"l_test and l_synth must have equal length, got {len(l_test)} and {len(l_synth)}")
-    if not l_test:
-        return []
-    sigma = float(np.std(np.asarray(l_test, dtype=np.float64)))
+    sigma = eq10_sigma(l_test)
+    if sigma is None:
+        return [False] * len(l_test)
     return [s is not None and s > t + alpha * sigma for t, s in zip(l_test, l_synth)]
 
 
@@ -258,7 +269,11 @@ def _task_seed(config: ScoringConfig, task_id: str) -> list[int]:
 
 
 def _rank1_confidence(first: SubmissionResult, second: SubmissionResult, task: TaskInfo, config: ScoringConfig) -> float | None:
-    """None when the two lack comparable per-example losses (then eq 11 applies unchanged)."""
+    """None when the two lack comparable per-example losses (then eq 11 applies unchanged).
+
+    (score_task does not call it with fewer than two credited submissions: then the confidence
+    is None too, never NaN; TaskScored and TaskResult leave their optional field unset.)
+    """
     if not first.per_example_test or len(first.per_example_test) != len(second.per_example_test):
         return None
     use_synth = bool(first.per_example_synth) and len(first.per_example_synth) == len(second.per_example_synth)
@@ -326,7 +341,7 @@ class TaskScoreResult:
     task_id: str
     completed_at: float
     task_weight: float
-    rank1_confidence: float | None
+    rank1_confidence: float | None  # None: fewer than two credited, or no comparable per-example losses
     config_version: str
     miners: tuple[MinerTaskScore, ...]  # credited by rank, then failed/duplicates by hotkey
 
@@ -616,6 +631,7 @@ __all__ = [
     "WindowExplanation",
     "build_score_table",
     "compute_weights_digest",
+    "eq10_sigma",
     "explain_miner",
     "final_scores",
     "final_transform",

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 
 from gradients.v1 import events_pb2 as ev
-from services.scorer.conversion import confidence_value, micros_to_seconds
+from services.scorer.conversion import micros_to_seconds, stored_confidence
 from services.scorer.logic import ScoredTask, TaskScoreResult
 
 
@@ -110,8 +110,11 @@ def scored_differences(stored: ev.TaskScored, recomputed: TaskScoreResult) -> li
         problems.append(f"config version {stored.scoring_config_version!r} != {recomputed.config_version!r}")
     if not _same_float(stored.task_weight, recomputed.task_weight):
         problems.append(f"task_weight {stored.task_weight!r} != {recomputed.task_weight!r}")
-    if not _same_float(stored.rank1_confidence, confidence_value(recomputed)):
-        problems.append(f"rank1_confidence {stored.rank1_confidence!r} != {confidence_value(recomputed)!r}")
+    live_confidence, again_confidence = stored_confidence(stored), recomputed.rank1_confidence
+    if (live_confidence is None) != (again_confidence is None) or (
+        live_confidence is not None and not _same_float(live_confidence, again_confidence)
+    ):
+        problems.append(f"rank1_confidence {live_confidence!r} != {again_confidence!r}")
     live = {s.miner_hotkey: s for s in stored.scores}
     again = recomputed.by_hotkey()
     for hotkey in sorted(set(live) | set(again)):

@@ -9,6 +9,8 @@ from gradients.runtime import Consumer, Delivery, ServiceContext, events
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import events_pb2 as ev
 from services.task_service.lifecycle import TaskLifecycle, Trigger
+from services.task_service.publish import WinnerPublisher
+from services.task_service.results import ResultStore
 from services.task_service.logic import TaskState, TaskType, allocate_hours, decide_after_offers
 
 
@@ -27,6 +29,8 @@ class TaskEventHandlers:
         self.lifecycle = lifecycle
         self.settings = ctx.settings
         self.rng = random.Random(self.settings.synthetic_seed)
+        self.results = ResultStore(ctx.store)
+        self.publisher = WinnerPublisher(ctx, lifecycle, self.results)
 
     async def on_dataset_prepared(self, event: ev.DatasetPrepared, delivery: Delivery) -> None:
         if not event.ok:
@@ -101,9 +105,17 @@ class TaskEventHandlers:
                 event.task_id, pb.FAILED, expect_from=(pb.EVALUATING,),
                 reason=f"evaluation: {event.failure_reason}", trigger=_trigger(delivery),
             )
+            return
+        # Kept for the customer's result (the base model's losses come only from here).
+        trigger = _trigger(delivery)
+        await self.ctx.store.apply_once(trigger.scope, trigger.event_id,
+                                        lambda pipe: self.results.put_evaluation(pipe, event))
 
     async def on_task_scored(self, event: ev.TaskScored, delivery: Delivery) -> None:
-        await self.lifecycle.transition(event.task_id, pb.SCORED, expect_from=(pb.EVALUATING,), trigger=_trigger(delivery))
+        await self.lifecycle.transition(
+            event.task_id, pb.SCORED, expect_from=(pb.EVALUATING,), trigger=_trigger(delivery),
+            extra=lambda pipe, task: self.results.put_scored(pipe, event),
+        )
 
 
 def consumers(ctx: ServiceContext) -> list[Consumer]:
@@ -114,4 +126,5 @@ def consumers(ctx: ServiceContext) -> list[Consumer]:
         Consumer("task_service-submissions", events.SUBMISSION_RECEIVED, h.on_submission_received),
         Consumer("task_service-eval-completed", events.EVAL_COMPLETED, h.on_eval_completed),
         Consumer("task_service-task-scored", events.TASK_SCORED, h.on_task_scored),
+        Consumer("task_service-publish-winner", events.TASK_STATE_CHANGED, h.publisher.handle),
     ]

@@ -18,7 +18,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from redis.asyncio.client import Pipeline
 from redis.exceptions import WatchError
 
-from gradients.runtime import NotFound, ServiceContext, events
+from gradients.accounts import Account, AccountStore, check_quota
+from gradients.runtime import NotFound, ResourceExhausted, ServiceContext, events
 from gradients.runtime.outbox import Outbox
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import events_pb2 as ev
@@ -59,22 +60,73 @@ class TaskLifecycle:
         self.ctx = ctx
         self.tasks = TaskRepository(ctx.store)
         self.outbox = Outbox(ctx.store, ctx.bus, "task_service")
+        self.accounts = AccountStore(ctx.store)
 
     # ---- creation --------------------------------------------------------------------
 
-    async def create(self, task: pb.Task, request_id: str = "") -> pb.Task:
-        """Store a new PENDING task and queue `task.created`; idempotent on request_id."""
+    async def task_for_request(self, account: str, request_id: str) -> pb.Task | None:
+        """The task an earlier CreateTask with this idempotency key made, if any."""
+        existing = await self.ctx.store.redis.get(self.tasks.request_key(account, request_id))
+        return None if existing is None else await self.tasks.get(existing.decode())
+
+    async def _quota_inputs(self, account: Account, pipe: Pipeline | None = None) -> tuple[int, list[float]]:
+        redis = pipe if pipe is not None else self.ctx.store.redis
+        ids = [m.decode() for m in await redis.smembers(self.accounts.tasks_key(account.name))]
+        raws = await redis.mget([self.tasks.key(i) for i in ids]) if ids else []
+        live = sum(1 for r in raws if r is not None and pb.Task.FromString(r).state in LIVE_STATES)
+        created = [score for _, score in await redis.zrange(self.accounts.created_key(account.name), 0, -1,
+                                                             withscores=True)]
+        return live, created
+
+    async def check_quota(self, account: Account | None, pipe: Pipeline | None = None) -> None:
+        """RESOURCE_EXHAUSTED, saying when to retry, when the account may not create a task now."""
+        if account is None or not (account.max_concurrent_tasks or account.tasks_per_hour):
+            return
+        live, created = await self._quota_inputs(account, pipe)
+        decision = check_quota(account, live, created, time.time())
+        if not decision.allowed:
+            raise ResourceExhausted(decision.reason)
+
+    async def create(self, task: pb.Task, request_id: str = "", quota_account: Account | None = None) -> pb.Task:
+        """Store a new PENDING task and queue `task.created`.
+
+        One transaction, watched: the idempotency key, the account's quota counts and the task
+        are read and written together, so concurrent calls with one request_id make one task
+        and concurrent calls cannot overrun a quota.
+        """
         task.state = pb.PENDING
         task.version = 1
         redis = self.ctx.store.redis
-        async with redis.pipeline(transaction=True) as pipe:
-            self.tasks.put(pipe, task.task_id, task)
-            pipe.sadd(self.tasks.state_index(pb.PENDING), task.task_id)
-            if request_id:
-                pipe.set(self.tasks.request_key(request_id), task.task_id)
-            self.outbox.add(pipe, events.TASK_CREATED, ev.TaskCreated(task=task), f"task-created:{task.task_id}",
-                            task.trace_parent)
-            await pipe.execute()
+        request_key = self.tasks.request_key(task.account, request_id) if request_id else None
+        watched = [k for k in (request_key,) if k]
+        if task.account:
+            watched += [self.accounts.tasks_key(task.account), self.accounts.created_key(task.account)]
+        while True:
+            async with redis.pipeline(transaction=True) as pipe:
+                try:
+                    if watched:
+                        await pipe.watch(*watched)
+                    if request_key and (existing := await pipe.get(request_key)) is not None:
+                        await pipe.reset()
+                        found = await self.tasks.get(existing.decode())
+                        if found is not None:
+                            return found
+                        raise NotFound(f"the task of request {request_id} no longer exists")
+                    await self.check_quota(quota_account, pipe)
+                    pipe.multi()
+                    self.tasks.put(pipe, task.task_id, task)
+                    pipe.sadd(self.tasks.state_index(pb.PENDING), task.task_id)
+                    if request_key:
+                        pipe.set(request_key, task.task_id)
+                    if task.account:
+                        pipe.sadd(self.accounts.tasks_key(task.account), task.task_id)
+                        pipe.zadd(self.accounts.created_key(task.account), {task.task_id: time.time()})
+                    self.outbox.add(pipe, events.TASK_CREATED, ev.TaskCreated(task=task), f"task-created:{task.task_id}",
+                                    task.trace_parent)
+                    await pipe.execute()
+                    break
+                except WatchError:
+                    continue
         await self.outbox.flush()
         return task
 

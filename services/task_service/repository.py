@@ -10,9 +10,16 @@ class TaskRepository(ProtoRepository[pb.Task]):
     def __init__(self, store: Store):
         super().__init__(store, "task", pb.Task)
 
-    def request_key(self, request_id: str) -> str:
-        """Maps a client's idempotency key to the task it created."""
-        return self.store.key("task-request", request_id)
+    def request_key(self, account: str, request_id: str) -> str:
+        """Maps a client's idempotency key (per account) to the task it created."""
+        return self.store.key("task-request", account, request_id)
+
+    async def many(self, ids: list[str]) -> list[pb.Task]:
+        """The tasks of `ids` that exist, in one round trip."""
+        if not ids:
+            return []
+        raws = await self.store.redis.mget([self.key(i) for i in ids])
+        return [pb.Task.FromString(r) for r in raws if r is not None]
 
     def state_index(self, state: int) -> str:
         """Set of task ids currently in `state`."""

@@ -1,16 +1,45 @@
-"""gRPC TaskService: the customer-facing task API."""
+"""gRPC TaskService: the customer-facing task API.
+
+Every call is authenticated by the customer's API key (`authorization: Bearer <key>`), and a
+task is visible only to the account that created it: another account's task is NOT_FOUND,
+as if it did not exist. With GRADIENTS_TASK_AUTH=open (local development) no key is needed
+and every task is visible.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 
-from gradients.runtime import FailedPrecondition, InvalidArgument, NotFound, ServiceContext, events, telemetry
+import grpc
+
+from gradients.accounts import Account, AccountStore, bearer_key
+from gradients.runtime import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServiceContext,
+    Unauthenticated,
+    Unavailable,
+    events,
+    telemetry,
+)
 from gradients.v1 import common_pb2 as pb
+from gradients.v1 import dataset_prep_pb2 as dp
+from gradients.v1 import dataset_prep_pb2_grpc as dp_grpc
 from gradients.v1 import events_pb2 as ev
 from gradients.v1 import task_service_pb2 as ts
 from gradients.v1 import task_service_pb2_grpc as ts_grpc
+from services.task_service.datasets import DatasetUploads
 from services.task_service.lifecycle import TaskLifecycle, now_ts
+from services.task_service.models import ModelRefused, inspect_base_model
+from services.task_service.results import ResultStore, build_result
+
+log = logging.getLogger(__name__)
+OPEN_ACCOUNT = Account("open")  # the caller of an open (development) mesh
+DOWNLOAD_CHUNK = 1 << 20
 
 TERMINAL = (pb.SCORED, pb.FAILED, pb.CANCELLED)
 BUILTIN_REWARDS = {"format", "length", "exact_match", "numeric_match", "keyword"}
@@ -25,6 +54,12 @@ MAX_PAGE = 500
 MAX_REWARD_CODE_CHARS = 64 * 1024
 
 
+def _is_repo_id(value: str) -> bool:
+    import re
+
+    return bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}", value))
+
+
 def validate_create(request: ts.CreateTaskRequest) -> None:
     """INVALID_ARGUMENT naming the first bad field."""
     if request.type not in pb.TaskType.values() or request.type == pb.TASK_TYPE_UNSPECIFIED:
@@ -34,6 +69,8 @@ def validate_create(request: ts.CreateTaskRequest) -> None:
         raise InvalidArgument("base_model", "is required")
     if request.base_model_params_b < 0:
         raise InvalidArgument("base_model_params_b", "must be >= 0")
+    if request.result_model_name and not _is_repo_id(request.result_model_name):
+        raise InvalidArgument("result_model_name", "must be a Hugging Face repository id such as org/name")
     if request.hours < 0 or request.hours > 48:
         raise InvalidArgument("hours", "must be between 0 (allocate per eq 4) and 48")
     if request.type == pb.IMAGE:
@@ -79,47 +116,124 @@ def validate_create(request: ts.CreateTaskRequest) -> None:
 class TaskServicer(ts_grpc.TaskServiceServicer):
     def __init__(self, ctx: ServiceContext):
         self.ctx = ctx
+        self.settings = ctx.settings
         self.lifecycle: TaskLifecycle = ctx.state["lifecycle"]
         self.tasks = self.lifecycle.tasks
+        self.accounts = AccountStore(ctx.store)
+        self.results = ResultStore(ctx.store)
+        self.uploads = DatasetUploads(ctx, self.accounts)
+        self.open = self.settings.auth == "open"
+
+    # ---- who is calling ----------------------------------------------------------------
+
+    async def _caller(self, context) -> Account:
+        """The account of the call's API key; UNAUTHENTICATED without a valid one."""
+        metadata = dict(context.invocation_metadata() or ())
+        key = bearer_key(str(metadata.get("authorization", "")))
+        if key:
+            account = await self.accounts.authenticate(key)
+            if account is not None:
+                return account
+            if not self.open:
+                raise Unauthenticated("the API key is not valid (unknown or revoked)")
+        if self.open:
+            return OPEN_ACCOUNT
+        raise Unauthenticated("an API key is required: send metadata 'authorization: Bearer <key>' "
+                              "(operators create keys with `gradients accounts create`)")
+
+    async def _visible_task(self, account: Account, task_id: str) -> pb.Task:
+        """The task when this account may see it; NOT_FOUND otherwise (existence is not revealed)."""
+        if not task_id:
+            raise InvalidArgument("task_id", "is required")
+        task = await self.tasks.get(task_id)
+        if task is None or not self._may_see(account, task):
+            raise NotFound(f"task {task_id} not found")
+        return task
+
+    def _may_see(self, account: Account, task: pb.Task) -> bool:
+        return (self.open and account is OPEN_ACCOUNT) or (task.organic and task.account == account.name)
+
+    # ---- datasets ----------------------------------------------------------------------
+
+    async def UploadDataset(self, request_iterator, context) -> ts.UploadDatasetResponse:
+        account = await self._caller(context)
+        return await self.uploads.receive(account, request_iterator, self.settings.max_dataset_bytes)
+
+    async def _inspect_dataset(self, account: Account, request: ts.CreateTaskRequest, dataset: pb.DatasetSpec) -> None:
+        """dataset_prep reads the dataset now, so a bad one is refused here and not hours later."""
+        if dataset.uri.startswith("upload:") and not await self.uploads.owned(account, dataset.uri):
+            raise InvalidArgument("dataset.uri", "no dataset was uploaded under this digest by this account")
+        if not self.settings.check_at_create:
+            return
+        stub = dp_grpc.DatasetPrepStub(self.ctx.channel(self.ctx.mesh.dataset_prep_addr))
+        try:
+            await stub.InspectDataset(dp.InspectDatasetRequest(type=request.type, dataset=dataset),
+                                      timeout=self.settings.inspect_timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidArgument(*_split_field(exc.details() or "dataset: refused")) from None
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise Unavailable("the dataset check (dataset_prep) is not reachable right now; retry") from None
+            log.warning("InspectDataset answered %s", exc.code().name)
+            raise Unavailable(f"the dataset check failed ({exc.code().name}); retry") from None
+
+    # ---- tasks -------------------------------------------------------------------------
 
     async def CreateTask(self, request: ts.CreateTaskRequest, context) -> ts.CreateTaskResponse:
+        account = await self._caller(context)
         validate_create(request)
+        owner = "" if account is OPEN_ACCOUNT else account.name
         if request.request_id:
-            existing = await self.ctx.store.redis.get(self.tasks.request_key(request.request_id))
-            if existing and (task := await self.tasks.get(existing.decode())) is not None:
-                return ts.CreateTaskResponse(task=task)
+            existing = await self.lifecycle.task_for_request(owner, request.request_id)
+            if existing is not None:
+                return ts.CreateTaskResponse(task=existing)
+        # Quotas first: a customer over them gets the answer before any expensive check.
+        await self.lifecycle.check_quota(account if owner else None)
         dataset = pb.DatasetSpec()
         dataset.CopyFrom(request.dataset)
+        dataset.row_count = 0  # filled in by dataset_prep
         if request.type == pb.IMAGE and request.images and not dataset.uri:
             dataset.format = "image_list"
             dataset.uri = "images:" + ";".join(f"{i.path}|{i.caption}" for i in request.images)
+        model = None
+        if self.settings.check_at_create:
+            try:
+                model = await asyncio.to_thread(inspect_base_model, request.base_model, self.ctx.mesh.data_dir)
+            except ModelRefused as exc:
+                raise InvalidArgument("base_model", exc.reason) from None
+        if model is not None:
+            wants = "diffusion" if request.type == pb.IMAGE else "text"
+            if model.kind != wants:
+                raise InvalidArgument("base_model", f"is a {model.kind} model; a {pb.TaskType.Name(request.type)} "
+                                                    f"task needs a {wants} model")
+        await self._inspect_dataset(account, request, dataset)
+        params_b = request.base_model_params_b or (model.params_b if model and model.params_b else 0.0)
         task = pb.Task(
             task_id=str(uuid.uuid4()),
             type=request.type,
             organic=True,
             base_model=request.base_model,
-            base_model_params_b=request.base_model_params_b,
+            base_model_params_b=params_b,
             dataset=dataset,
             hours=request.hours,
             initial_hours=request.hours,
             created_at=now_ts(),
-            account=request.account,
+            account=owner,
+            result_model_name=request.result_model_name,
             trace_parent=telemetry.inject_headers({}).get("traceparent", ""),
         )
         task.evaluation.reward_functions.extend(request.reward_functions)
         task.evaluation.test_weight = 0.25 if request.type == pb.IMAGE else 0.7
         task.evaluation.dpo_beta = 0.1
-        return ts.CreateTaskResponse(task=await self.lifecycle.create(task, request.request_id))
+        created = await self.lifecycle.create(task, request.request_id, quota_account=account if owner else None)
+        return ts.CreateTaskResponse(task=created)
 
     async def GetTask(self, request: ts.GetTaskRequest, context) -> pb.Task:
-        if not request.task_id:
-            raise InvalidArgument("task_id", "is required")
-        task = await self.tasks.get(request.task_id)
-        if task is None:
-            raise NotFound(f"task {request.task_id} not found")
-        return task
+        account = await self._caller(context)
+        return await self._visible_task(account, request.task_id)
 
     async def ListTasks(self, request: ts.ListTasksRequest, context) -> ts.ListTasksResponse:
+        account = await self._caller(context)
         if request.page_size < 0:
             raise InvalidArgument("page_size", "must be >= 0")
         if request.state not in pb.TaskState.values():  # proto3 enums carry any int32
@@ -131,28 +245,30 @@ class TaskServicer(ts_grpc.TaskServiceServicer):
             offset = int(request.page_token or 0)
         except ValueError:
             raise InvalidArgument("page_token", "is not a token returned by ListTasks") from None
-        if request.state:
-            ids = await self.lifecycle.ids_in(request.state)
-            tasks = [t for t in [await self.tasks.get(i) for i in ids] if t]
+        if account is OPEN_ACCOUNT:
+            ids = await self.lifecycle.ids_in(request.state) if request.state else await self.tasks.ids()
         else:
-            tasks = await self.tasks.all()
-        if request.type:
-            tasks = [t for t in tasks if t.type == request.type]
+            ids = await self.accounts.task_ids(account.name)
+        tasks = await self.tasks.many(ids)
+        tasks = [t for t in tasks if (not request.state or t.state == request.state)
+                 and (not request.type or t.type == request.type) and self._may_see(account, t)]
         tasks.sort(key=lambda t: (t.created_at.ToNanoseconds(), t.task_id))
         page = tasks[offset:offset + size]
         next_token = str(offset + size) if offset + size < len(tasks) else ""
         return ts.ListTasksResponse(tasks=page, next_page_token=next_token)
 
     async def CancelTask(self, request: ts.CancelTaskRequest, context) -> pb.Task:
-        task = await self.GetTask(ts.GetTaskRequest(task_id=request.task_id), context)
+        account = await self._caller(context)
+        task = await self._visible_task(account, request.task_id)
         if task.state in TERMINAL:
             raise FailedPrecondition(f"task {task.task_id} is already {pb.TaskState.Name(task.state)}")
         moved = await self.lifecycle.transition(task.task_id, pb.CANCELLED, reason=request.reason or "cancelled")
-        return moved or await self.GetTask(ts.GetTaskRequest(task_id=request.task_id), context)
+        return moved or await self._visible_task(account, request.task_id)
 
     async def WatchTask(self, request: ts.WatchTaskRequest, context):
         """The current task, then every state change and progress report until it ends."""
-        task = await self.GetTask(ts.GetTaskRequest(task_id=request.task_id), context)
+        account = await self._caller(context)
+        task = await self._visible_task(account, request.task_id)
         queue: asyncio.Queue = asyncio.Queue()
 
         async def on_message(msg) -> None:
@@ -182,3 +298,51 @@ class TaskServicer(ts_grpc.TaskServiceServicer):
         finally:
             for sub in subs:
                 await sub.unsubscribe()
+
+    # ---- results -----------------------------------------------------------------------
+
+    async def GetTaskResult(self, request: ts.GetResultRequest, context) -> ts.CustomerTaskResult:
+        account = await self._caller(context)
+        task = await self._visible_task(account, request.task_id)
+        if task.state != pb.SCORED:
+            # Losses say something about the hidden test split: nothing before the task ends.
+            why = f": {task.failure_reason}" if task.state == pb.FAILED and task.failure_reason else ""
+            raise FailedPrecondition(f"task {task.task_id} is {pb.TaskState.Name(task.state)}{why}; "
+                                     "a result exists once it is SCORED")
+        record = await self.results.get(task.task_id)
+        submissions = await self.lifecycle.submissions(task.task_id)
+        return build_result(task, record, submissions)
+
+    async def DownloadResult(self, request: ts.DownloadResultRequest, context):
+        result = await self.GetTaskResult(ts.GetResultRequest(task_id=request.task_id), context)
+        if not result.winner_hotkey:
+            raise FailedPrecondition(f"task {request.task_id} has no winning submission to download")
+        submissions = {s.miner_hotkey: s for s in await self.lifecycle.submissions(request.task_id)}
+        winner = submissions[result.winner_hotkey]
+        path = await self.uploads.fetch_verified(winner.artifact, winner.sha256)
+        try:
+            first = True
+            with path.open("rb") as handle:
+                while True:
+                    data = await asyncio.to_thread(handle.read, DOWNLOAD_CHUNK)
+                    if not data and not first:
+                        break
+                    chunk = ts.ResultChunk(data=data)
+                    if first:
+                        chunk.filename = f"{request.task_id}-winner.tar"
+                        chunk.kind = winner.kind or "adapter"
+                        chunk.size_bytes = path.stat().st_size
+                        chunk.sha256 = winner.sha256
+                        chunk.base_model = result.base_model
+                        first = False
+                    yield chunk
+                    if not data:
+                        break
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def _split_field(details: str) -> tuple[str, str]:
+    """InvalidArgument's "field: problem" back into its parts."""
+    field, sep, problem = details.partition(": ")
+    return (field, problem) if sep and " " not in field else ("dataset", details)

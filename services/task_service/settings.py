@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from gradients.runtime.config import non_negative, positive, setting
+from gradients.runtime.config import non_negative, one_of, positive, setting
 from services.task_service.logic import DatasetRef, DelayPolicy, SyntheticMix, SyntheticPools, TaskType
 
 
@@ -69,6 +69,26 @@ class TaskServiceSettings:
     retry_wait_hours: float = setting("GRADIENTS_TASK_RETRY_WAIT_HOURS", 0.25, "wait (nominal hours) before a DELAYED task looks for miners again", check=non_negative)
     submission_grace_s: float = setting("GRADIENTS_TASK_SUBMISSION_GRACE_S", 2.0, "seconds after the deadline for in-flight upload events", check=non_negative)
     tick_s: float = setting("GRADIENTS_TASK_TICK_S", 0.5, "scheduler and timer period (seconds)", check=positive)
+    # ---- customers
+    auth: str = setting(
+        "GRADIENTS_TASK_AUTH", "required",
+        "customer API keys: required (production) or open (local development: no key needed, every task visible)",
+        check=one_of("required", "open"),
+    )
+    check_at_create: bool = setting(
+        "GRADIENTS_TASK_CHECK_AT_CREATE", True,
+        "CreateTask checks the base model and (with dataset_prep's InspectDataset) the dataset before storing a task",
+    )
+    inspect_timeout_s: float = setting(
+        "GRADIENTS_TASK_INSPECT_TIMEOUT_S", 120.0, "seconds CreateTask waits for the dataset check", check=positive,
+    )
+    max_dataset_bytes: int = setting(
+        "GRADIENTS_TASK_MAX_DATASET_BYTES", 2 * 1024**3, "largest dataset a customer may upload (bytes)", check=positive,
+    )
+    hf_token: str = setting(
+        "GRADIENTS_TASK_HF_TOKEN", "",
+        "Hugging Face token for pushing winners to the customer's result_model_name (empty = no push; download only)",
+    )
 
     def delay_policy(self) -> DelayPolicy:
         return DelayPolicy(c_hours=self.delay_c_hours, max_attempts=self.max_delays,

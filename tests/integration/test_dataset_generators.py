@@ -15,6 +15,7 @@ import json
 import re
 import socket
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -65,7 +66,14 @@ class ChatCompletionsServer:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                status, payload = server.answer(self.path, dict(self.headers), body)
+                with server.lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    status, payload = server.answer(self.path, dict(self.headers), body)
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -84,6 +92,8 @@ class ChatCompletionsServer:
             self.requests: list[dict] = []
             self.attempts: Counter[str] = Counter()
             self.down = False
+            self.in_flight = 0
+            self.max_in_flight = 0
 
     def answer(self, path: str, headers: dict, body: dict) -> tuple[int, dict]:
         prompt = body["messages"][-1]["content"]
@@ -100,6 +110,9 @@ class ChatCompletionsServer:
             return 404, {"error": {"message": f"no route {path}"}}
         if self.down:
             return 500, {"error": {"message": "overloaded"}}
+        delay = re.search(r"SLOW(\d+)", marker)
+        if delay:  # answers out of request order: SLOW<ms>
+            time.sleep(int(delay.group(1)) / 1000)
         model = body["model"]
         good = {k: f"{model} variant of {source.get(k) or source.get('prompt')}" for k in keys}
         if "MALFORMED" in marker:
@@ -255,6 +268,22 @@ def test_retries_drop_malformed_rows_and_keep_the_schema(api, tmp_path):
         assert request["body"]["temperature"] == 0.6
         assert request["body"]["max_tokens"] == 256
         assert request["keys"] == ["instruction", "output"]
+
+
+def test_requests_are_bounded_and_answers_keep_the_request_order(api):
+    from services.dataset_prep.generators import RowRequest
+
+    # Early requests answer last (SLOW<ms> decreasing): completion order is the reverse.
+    requests = [RowRequest({"prompt": f"p{i} SLOW{(12 - i) * 15}"}, ("prompt",), "Reword.", 0.6, i)
+                for i in range(12)]
+    progress: list[tuple[int, int]] = []
+    gen = generator(api, max_concurrency=3)
+    answers = gen.generate(requests, lambda done, total: progress.append((done, total)))
+    assert [a["prompt"] for a in answers] == [f"strong-model variant of p{i} SLOW{(12 - i) * 15}" for i in range(12)]
+    assert api.max_in_flight == 3  # never more than the setting, and it was used
+    assert progress == [(i, 12) for i in range(1, 13)]
+    # The same requests again: the same answers in the same order.
+    assert gen.generate(requests) == answers
 
 
 def test_configured_temperature_is_sent(api, tmp_path):

@@ -1,5 +1,8 @@
 """A reduced `gradients demo` (2 tasks, 3 miners, tiny models): the whole flow, end to end.
 
+One text task and one image task (the draw is seeded so that both types come up): the image
+task's prompts come from the demo's small text model, its images from the tiny diffusers base.
+
 Real processes throughout: embedded NATS and Redis, the six services, three reference
 miners, spans exported over OTLP to a receiver on loopback.
 """
@@ -37,7 +40,7 @@ async def read_all(bus: EventBus, subject: str) -> list:
 def test_reduced_round_end_to_end(tmp_path):
     with ThreadedOtlpReceiver() as receiver:
         demo = Demo(DemoOptions(data_dir=tmp_path / "demo", miners=3, tasks=2, time_scale=12.0, timeout_s=420,
-                                otlp_endpoint=receiver.endpoint))
+                                types=("instruct", "image"), otlp_endpoint=receiver.endpoint))
         try:
             demo.start()
             snap = asyncio.run(run_round(demo))
@@ -47,6 +50,9 @@ def test_reduced_round_end_to_end(tmp_path):
         tasks = {t.task_id: t for t in snap.tasks}
         assert len(tasks) == 2 and all(t.state == pb.SCORED for t in tasks.values()), \
             [(t.task_id, pb.TaskState.Name(t.state), t.failure_reason) for t in tasks.values()]
+        assert sorted(pb.TaskType.Name(t.type) for t in tasks.values()) == ["IMAGE", "INSTRUCT_TEXT"]
+        image = next(t for t in tasks.values() if t.type == pb.IMAGE)
+        assert image.splits.synth.rows > 0 and list(image.splits.schema) == ["image", "caption"]
 
         # Every stage's event was seen for every task.
         for subject in (events.TASK_CREATED, events.DATASET_PREPARED, events.MINERS_SELECTED, events.EVAL_COMPLETED,

@@ -73,6 +73,11 @@ async def test_job_from_the_queue_is_scored_and_hostile_upload_fails_with_reason
     assert len(results["m-untouched"].per_example_test) == 6
     for r in (results["m-untouched"], results["m-noisy"]):
         assert r.loss_weighted == pytest.approx(0.7 * r.loss_test + 0.3 * r.loss_synth, rel=1e-6)
+    # The base model itself, scored in the same group; means only, no per-example losses.
+    base = completed.baseline
+    assert base.ok and base.miner_hotkey == "" and not base.per_example_test and not base.per_example_synth
+    assert base.loss_weighted == pytest.approx(results["m-untouched"].loss_weighted, abs=1e-5)
+    assert base.loss_weighted == pytest.approx(0.7 * base.loss_test + 0.3 * base.loss_synth, rel=1e-6)
     await bus.stop(1)
     await host.stop(1)
 

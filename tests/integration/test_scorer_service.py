@@ -234,3 +234,35 @@ async def test_duplicate_and_redelivered_eval_completed_score_once(scorer):
     assert len(await repo.computations()) == 1
     msgs = [ev.TaskScored.FromString(m.data) for m in await drain(scored_sub)]
     assert [m.task_id for m in msgs] == [event.task_id]
+
+
+async def test_one_valid_submission_has_no_confidence_and_the_baseline_is_ignored(scorer):
+    host, stub, bus, repo, env = scorer
+    scored_sub = await bus.js.pull_subscribe(events.TASK_SCORED, durable="test-task-scored-single")
+    keeper = host.ctx.state["keeper"]
+    event = ev.EvalCompleted(
+        task_id="task-single", type=pb.INSTRUCT_TEXT, worker="w1", base_model_params_b=1.0, hours=1.0, ok=True,
+        results=[
+            # L_synth far above L_test: with σ undefined (one credited submission) not suspicious.
+            pb.EvaluationResult(miner_hotkey=MINERS[0], ok=True, loss_test=1.0, loss_synth=5.0, loss_weighted=2.2,
+                                per_example_test=[1.0, 1.0], per_example_synth=[5.0], upload_seq=1),
+            pb.EvaluationResult(miner_hotkey=MINERS[1], ok=False, failure_reason="pickled code in upload", upload_seq=2),
+        ],
+        # The base model's own losses (for task_service): not a submission, never scored.
+        baseline=pb.EvaluationResult(miner_hotkey="", ok=True, loss_test=3.0, loss_synth=3.0, loss_weighted=3.0),
+    )
+    event.completed_at.GetCurrentTime()
+    await bus.publish(events.EVAL_COMPLETED, event, msg_id=f"eval:{event.task_id}")
+
+    async def published() -> bool:
+        return await repo.result(event.task_id) is not None and not await keeper.store.redis.hlen(keeper.outbox.key)
+
+    assert await wait_for(published, 15)
+    (msg,) = await drain(scored_sub)
+    scored = ev.TaskScored.FromString(msg.data)
+    assert not scored.HasField("rank1_confidence")
+    assert [(s.miner_hotkey, s.rank, s.task_score, s.suspicious) for s in scored.scores] == [
+        (MINERS[0], 1, 3.0, False), (MINERS[1], 0, -1.0, False)]
+    result = await stub.GetTaskResult(sc.GetTaskResultRequest(task_id="task-single"))
+    assert not result.HasField("rank1_confidence")
+    assert [r.miner_hotkey for r in result.results] == [MINERS[0], MINERS[1]]

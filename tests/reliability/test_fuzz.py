@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 import gradients.v1
 from benchmarks.reliability.fuzz import FuzzOptions, fuzz_mesh
 from gradients.v1 import miner_gateway_pb2 as gw
+from gradients.v1 import task_service_pb2 as ts
 
 pytestmark = [pytest.mark.reliability]
 
@@ -59,3 +60,16 @@ async def test_every_method_answers_bad_input_with_a_proper_status(tmp_path: Pat
         assert "unsigned:OK" not in stats.codes and "forged:OK" not in stats.codes, (path, stats.codes)
         assert "signed:UNAUTHENTICATED" not in stats.codes, (path, stats.codes)
         assert "signed:PERMISSION_DENIED" not in stats.codes, (path, stats.codes)
+
+    # TaskService (the customer API, new methods included): without a valid key nothing is
+    # answered OK, and the fuzz account's valid key is never refused as unauthenticated.
+    customer = {path: stats for path, stats in report.services["task_service"].methods.items()
+                if path.startswith("/gradients.v1.TaskService/")}
+    declared = {m.name for m in ts.DESCRIPTOR.services_by_name["TaskService"].methods}
+    assert {"UploadDataset", "GetTaskResult", "DownloadResult"} <= declared
+    assert {p.rsplit("/", 1)[1] for p in customer} == declared, list(customer)
+    for path, stats in customer.items():
+        assert stats.codes["no-key:UNAUTHENTICATED"] > 0 and stats.codes["bad-key:UNAUTHENTICATED"] > 0, (path, stats.codes)
+        assert "no-key:OK" not in stats.codes and "bad-key:OK" not in stats.codes, (path, stats.codes)
+        assert "key:UNAUTHENTICATED" not in stats.codes, (path, stats.codes)
+        assert sum(n for k, n in stats.codes.items() if k.startswith("key:")) > 0, (path, stats.codes)

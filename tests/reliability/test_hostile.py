@@ -29,6 +29,17 @@ REASONS = {
     "NaN weights": "contains NaN or Inf values",
     "copied submission": "duplicate of",
     "flood": "rate limit",
+    # Customers (benchmarks/reliability/customers.py), on the customer API after the round.
+    "no API key": "an API key is required",
+    "bad API key": "API key is not valid",
+    "revoked API key": "API key is not valid",
+    "another account's task": "not found",
+    "dataset path outside the roots": "dataset.uri",
+    "dataset URL not public": "non-public address",
+    "oversized dataset upload": "dataset limit",
+    "sha256-mismatched upload": "sha256",
+    "quota exceeded": "retry",
+    "20 CreateTask, one request_id": "1 task(s) for 20 calls",
 }
 
 
@@ -52,6 +63,15 @@ async def test_hostile_miners_are_refused_or_penalised_and_nobody_else_is_affect
     assert results["wrong base architecture"].tried == 3     # another model's LoRA, a full model, rank 65536
     assert results["oversized upload"].tried == 3            # announced over the cap, lied about, over the eval cap
     assert results["replayed nonce"].tried == 4              # every method but OpenSession
+
+    # Every TaskService method refuses each missing / bad / revoked key; every kind of dataset
+    # source attack and upload attack was tried (benchmarks/reliability/customers.py).
+    assert results["no API key"].tried == 8 and results["revoked API key"].tried == 8
+    assert results["bad API key"].tried == 32                     # 4 kinds of bad key × 8 methods
+    assert results["another account's task"].tried == 12         # 5 methods × (a customer's, a synthetic task) + 2
+    assert results["dataset path outside the roots"].tried == 6 and results["dataset URL not public"].tried == 5
+    assert results["oversized dataset upload"].tried == 3 and results["sha256-mismatched upload"].tried == 2
+    assert results["quota exceeded"].tried == 2 and results["20 CreateTask, one request_id"].tried == 1
 
     flood = results["flood"]
     assert flood.tried >= 200, flood.summary()

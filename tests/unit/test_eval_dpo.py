@@ -55,8 +55,8 @@ def test_base_as_is_scores_exactly_ln2_and_trained_scores_lower(work):
     rows = dpo_rows()
     job = EvalJob("d", "DPO", str(work / "base"), rows[:8], rows[8:],
                   limits=EvalLimits(isolate=False, torch_threads=1))
-    results = {r.hotkey: r for r in evaluate_job(job, [Submission(n, str(work / n)) for n in
-                                                       ["trained", "zero", "random", "full"]])}
+    outcome = evaluate_job(job, [Submission(n, str(work / n)) for n in ["trained", "zero", "random", "full"]])
+    results = {r.hotkey: r for r in outcome.results}
     assert all(r.ok for r in results.values())
     for name in ("zero", "full"):  # an all-zero LoRA (mixed batch) and the base as a full model
         r = results[name]
@@ -66,3 +66,18 @@ def test_base_as_is_scores_exactly_ln2_and_trained_scores_lower(work):
     assert results["trained"].loss_weighted < results["random"].loss_weighted
     # A random LoRA moves away from the reference, so its loss differs from ln 2.
     assert abs(results["random"].loss_test - math.log(2)) > 1e-4
+
+
+def test_baseline_is_the_base_against_itself_ln2(work):
+    rows = dpo_rows()
+    job = EvalJob("d", "DPO", str(work / "base"), rows[:8], rows[8:],
+                  limits=EvalLimits(isolate=False, torch_threads=1))
+    alone = evaluate_job(job, []).baseline  # no submission: the base in its own evaluation
+    riding = [evaluate_job(job, [Submission(n, str(work / n)) for n in names]).baseline
+              for names in (["trained", "random"], ["trained"], ["full"])]  # mixed, lone adapter, full
+    for b in [alone, *riding]:
+        assert (b.hotkey, b.kind, b.ok) == ("", "base", True), b.reason
+        assert len(b.per_example_test) == 8 and len(b.per_example_synth) == 4
+        assert all(v == math.log(2) for v in b.per_example_test + b.per_example_synth)
+        for name in ("loss_test", "loss_synth", "loss_weighted"):
+            assert abs(getattr(b, name) - math.log(2)) < 1e-12, name

@@ -147,7 +147,8 @@ def test_planted_submission_ranks_first_and_broken_rewards_only_warn(work):
                                              "    socket.socket().connect(('10.0.0.1', 80))\n"),
     ]
     names = ["untouched", "random", "planted", "full"]
-    results = {r.hotkey: r for r in evaluate_job(grpo_job(work, rewards), [Submission(n, str(work / n)) for n in names])}
+    outcome = evaluate_job(grpo_job(work, rewards), [Submission(n, str(work / n)) for n in names])
+    results = {r.hotkey: r for r in outcome.results}
     assert all(r.ok for r in results.values())
     ranking = sorted(names, key=lambda n: results[n].loss_weighted)
     assert ranking[0] == "planted"
@@ -161,12 +162,18 @@ def test_planted_submission_ranks_first_and_broken_rewards_only_warn(work):
     assert re.search("CPU time limit|timed out", warnings) and "network access" in warnings
     assert len(planted.per_example_test) == 4 and len(planted.per_example_synth) == 2
     assert planted.loss_weighted == pytest.approx(0.7 * planted.loss_test + 0.3 * planted.loss_synth, abs=1e-12)
+    # The base itself rides in the mixed group (`__base__` rows, same seeds, same reward runs).
+    base = outcome.baseline
+    assert (base.hotkey, base.kind, base.ok) == ("", "base", True), base.reason
+    assert base.details["kl_mean"] == 0.0 and base.score_weighted == -base.loss_weighted
+    assert base.per_example_test == pytest.approx(results["untouched"].per_example_test, abs=1e-9)
+    assert base.loss_weighted > planted.loss_weighted
 
 
 def test_samples_do_not_depend_on_the_group(work):
     rewards = [RewardSpec("keyword", params={"keywords": "fox,brown"})]
     job = grpo_job(work, rewards)
     together = {r.hotkey: r for r in evaluate_job(job, [Submission(n, str(work / n)) for n in
-                                                        ["planted", "random"]])}
-    alone = evaluate_job(job, [Submission("planted", str(work / "planted"))])[0]
+                                                        ["planted", "random"]]).results}
+    alone = evaluate_job(job, [Submission("planted", str(work / "planted"))]).results[0]
     assert alone.per_example_test == pytest.approx(together["planted"].per_example_test, abs=1e-4)

@@ -53,11 +53,12 @@ def test_style_lora_lowers_the_reconstruction_loss_in_an_isolated_child(work, tm
         limits=EvalLimits(torch_threads=1),
         image=ImageOptions(seeds_per_level=2, num_inference_steps=10),
     )
-    results = {r.hotkey: r for r in evaluate_job(job, [
+    outcome = evaluate_job(job, [
         Submission("trained", str(root / "trained")),
         Submission("untouched", str(root / "untouched")),
         Submission("bad", str(bad)),
-    ])}
+    ])
+    results = {r.hotkey: r for r in outcome.results}
     trained, untouched = results["trained"], results["untouched"]
     assert trained.ok and untouched.ok, (trained.reason, untouched.reason)
     assert trained.loss_test < 0.95 * untouched.loss_test
@@ -68,3 +69,8 @@ def test_style_lora_lowers_the_reconstruction_loss_in_an_isolated_child(work, tm
     )
     assert len(trained.per_example_test) == 2 and len(trained.per_example_synth) == 1
     assert not results["bad"].ok and "pickled checkpoint" in results["bad"].reason
+    # The pipeline before any LoRA is loaded: the base, which the untouched LoRA leaves as it is.
+    base = outcome.baseline
+    assert (base.hotkey, base.kind, base.ok) == ("", "base", True), base.reason
+    assert base.loss_test == pytest.approx(untouched.loss_test, abs=1e-6)
+    assert len(base.per_example_test) == 2 and len(base.per_example_synth) == 1

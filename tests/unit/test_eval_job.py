@@ -56,7 +56,7 @@ def job(work: Path, **limits) -> EvalJob:
 
 def test_hostile_uploads_fail_with_reasons_while_the_rest_is_scored(work):
     names = ["pickled", "trained", "nan", "wrong_arch", "untouched", "huge_rank", "symlink", "full"]
-    results = evaluate_job(job(work), [Submission(n, str(work / n)) for n in names])
+    results = evaluate_job(job(work), [Submission(n, str(work / n)) for n in names]).results
     assert [r.hotkey for r in results] == names  # input order
     by = {r.hotkey: r for r in results}
     expected_reasons = {
@@ -88,7 +88,7 @@ def test_groups_share_adapters_and_isolate_full_models():
 def test_a_crashed_mixed_batch_is_retried_one_by_one(work):
     subs = [Submission("trained", str(work / "trained")), Submission("crash_me", str(work / "untouched")),
             Submission("untouched", str(work / "untouched"))]
-    results = {r.hotkey: r for r in run_job(job(work), subs, group_fn=T.fault_injecting_group)}
+    results = {r.hotkey: r for r in run_job(job(work), subs, group_fn=T.fault_injecting_group).results}
     assert not results["crash_me"].ok and "killed by SIGSEGV" in results["crash_me"].reason
     assert results["trained"].ok and results["untouched"].ok
     assert results["trained"].loss_weighted < results["untouched"].loss_weighted
@@ -96,8 +96,8 @@ def test_a_crashed_mixed_batch_is_retried_one_by_one(work):
 
 def test_timeouts_and_memory_exhaustion_fail_only_that_submission(work):
     subs = [Submission("hang", str(work / "untouched"))]
-    (hang,) = run_job(job(work, child_timeout_s=3), subs, group_fn=T.fault_injecting_group)
+    (hang,) = run_job(job(work, child_timeout_s=3), subs, group_fn=T.fault_injecting_group).results
     assert not hang.ok and "timed out after 3 s" in hang.reason
     subs = [Submission("oom", str(work / "untouched"))]
-    (oom,) = run_job(job(work, child_memory_bytes=2 * 1024**3), subs, group_fn=T.fault_injecting_group)
+    (oom,) = run_job(job(work, child_memory_bytes=2 * 1024**3), subs, group_fn=T.fault_injecting_group).results
     assert not oom.ok and "out of memory" in oom.reason

@@ -151,8 +151,8 @@ def test_mixed_batch_losses_equal_one_adapter_at_a_time(work):
 
 def test_trained_adapter_beats_untouched_and_losses_follow_eqs_5_and_6(work):
     job = make_job(work)
-    results = {r.hotkey: r for r in evaluate_job(job, [Submission(n, str(work / n)) for n in
-                                                       ["untouched", "trained", "full"]])}
+    outcome = evaluate_job(job, [Submission(n, str(work / n)) for n in ["untouched", "trained", "full"]])
+    results = {r.hotkey: r for r in outcome.results}
     trained, untouched, full = results["trained"], results["untouched"], results["full"]
     assert all(r.ok for r in results.values())
     assert trained.loss_weighted < untouched.loss_weighted - 0.5
@@ -170,14 +170,39 @@ def test_trained_adapter_beats_untouched_and_losses_follow_eqs_5_and_6(work):
 def test_chat_trained_adapter_beats_untouched(work):
     job = make_job(work, "CHAT", chat_rows())
     results = {r.hotkey: r for r in evaluate_job(job, [Submission(n, str(work / n)) for n in
-                                                       ["chat_trained", "untouched"]])}
+                                                       ["chat_trained", "untouched"]]).results}
     assert results["chat_trained"].loss_test < results["untouched"].loss_test - 0.5
     assert len(results["chat_trained"].per_example_test) == 8 and not results["chat_trained"].per_example_synth
     assert results["chat_trained"].loss_weighted == results["chat_trained"].loss_test  # no synth rows
 
 
 def test_small_batches_give_the_same_losses(work):
-    big = evaluate_job(make_job(work), [Submission("trained", str(work / "trained"))])[0]
-    small = evaluate_job(make_job(work, max_batch_size=1), [Submission("trained", str(work / "trained"))])[0]
+    big = evaluate_job(make_job(work), [Submission("trained", str(work / "trained"))]).results[0]
+    small = evaluate_job(make_job(work, max_batch_size=1), [Submission("trained", str(work / "trained"))]).results[0]
     for a, b in zip(big.per_example_test, small.per_example_test):
         assert abs(a - b) < 1e-4
+
+
+def test_baseline_is_the_base_model_scored_like_a_member(work):
+    job = make_job(work)
+    # The base alone (its own evaluation: no submission, the bare base model).
+    alone = evaluate_job(job, []).baseline
+    assert (alone.hotkey, alone.kind, alone.ok) == ("", "base", True), alone.reason
+    assert len(alone.per_example_test) == 12 and len(alone.per_example_synth) == 4
+    assert alone.loss_weighted == pytest.approx(0.7 * alone.loss_test + 0.3 * alone.loss_synth, abs=1e-12)
+    # Riding along: `__base__` rows in a mixed group, the adapter disabled for a lone adapter,
+    # a child of its own beside a full model (which is the base, as is).
+    mixed = evaluate_job(job, [Submission(n, str(work / n)) for n in ["trained", "random"]])
+    lone = evaluate_job(job, [Submission("trained", str(work / "trained"))])
+    full = evaluate_job(job, [Submission("full", str(work / "full"))])
+    for outcome in (mixed, lone, full):
+        b = outcome.baseline
+        assert b.ok and b.hotkey == "" and b.kind == "base"
+        for x, y in zip(alone.per_example_test + alone.per_example_synth, b.per_example_test + b.per_example_synth):
+            assert abs(x - y) < 1e-6
+        for name in ("loss_test", "loss_synth", "loss_weighted"):
+            assert abs(getattr(b, name) - getattr(alone, name)) < 1e-6, name
+    assert full.results[0].loss_weighted == pytest.approx(alone.loss_weighted, abs=1e-6)
+    # The baseline is not a submission: a trained adapter beats it, and results keep one per upload.
+    assert [r.hotkey for r in mixed.results] == ["trained", "random"]
+    assert mixed.results[0].loss_weighted < alone.loss_weighted - 0.5

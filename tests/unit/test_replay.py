@@ -103,6 +103,34 @@ def test_task_info_from_the_event():
     assert task_info(ev.EvalCompleted(task_id="t2", type=pb.INSTRUCT_TEXT), CFG).loss_test_weight is None
 
 
+def scored_for(results: list[pb.EvaluationResult]) -> tuple[ev.TaskScored, object]:
+    event = ev.EvalCompleted(task_id="t1", type=pb.INSTRUCT_TEXT, results=results, base_model_params_b=1.0, hours=1.0,
+                             completed_at=micros_to_timestamp(NOW_US), ok=True)
+    result = score_task(task_info(event, CFG), submission_results(event), CFG)
+    # Through the wire, as subscribers see it.
+    return ev.TaskScored.FromString(task_scored(result, NOW_US).SerializeToString()), result
+
+
+def test_rank1_confidence_is_absent_with_fewer_than_two_credited_never_nan():
+    one, result = scored_for([eval_result("a", test=1.0, synth=9.0, per_test=(1.0, 1.0)), eval_result("b", ok=False)])
+    assert not one.HasField("rank1_confidence") and not any(s.suspicious for s in one.scores)
+    assert scored_differences(one, result) == []
+    none, _ = scored_for([eval_result("a", ok=False), eval_result("b", ok=False)])
+    assert not none.HasField("rank1_confidence")
+    # per-example (second − first) = 1 in every resample → confidence 1
+    two, result2 = scored_for([eval_result("a", test=1.0, per_test=(1.0, 1.0)),
+                               eval_result("b", test=2.0, per_test=(2.0, 2.0))])
+    assert two.HasField("rank1_confidence") and two.rank1_confidence == 1.0
+    # A record from before the field was optional said NaN for "none": read as absent.
+    legacy = ev.TaskScored()
+    legacy.CopyFrom(one)
+    legacy.rank1_confidence = float("nan")
+    assert scored_differences(legacy, result) == []
+    # Absent where a value was recomputed (and the reverse) is a difference.
+    two.ClearField("rank1_confidence")
+    assert any("rank1_confidence" in p for p in scored_differences(two, result2))
+
+
 # --------------------------------------------------------------------------- records
 
 

@@ -17,6 +17,7 @@ from services.scorer.logic import (
     TaskInfo,
     build_score_table,
     compute_weights_digest,
+    eq10_sigma,
     explain_miner,
     final_scores,
     final_transform,
@@ -197,6 +198,37 @@ def test_suspicious_only_flags_never_changes_the_score():
     # n = 3: ranks 1, 2, 3 → 3, 0, −1 (3 > 3·0.75 = 2.25); c (rank 3) keeps its −1, not zeroed
     assert (lines["a"].task_score, lines["b"].task_score, lines["c"].task_score) == (3.0, 0.0, -1.0)
     assert not lines["a"].suspicious
+
+
+def test_eq10_sigma_is_undefined_below_two_submissions():
+    # [1, 3]: mean 2, population σ = sqrt((1 + 1)/2) = 1
+    assert eq10_sigma([1.0, 3.0]) == 1.0
+    assert eq10_sigma([2.5]) is None and eq10_sigma([]) is None
+    # One submission: no σ, so no flag however far L_synth is above L_test (np.std would say 0).
+    assert suspicious_flags([1.0], [9.0], 0.5) == [False]
+
+
+def test_one_valid_submission_is_never_flagged_and_has_no_rank1_confidence():
+    result = score_task(TASK, [ok("a", 1.0, l_test=1.0, l_synth=9.0, per_example_test=[1.0] * 4), failed("b")])
+    lines = result.by_hotkey()
+    assert not lines["a"].suspicious and lines["a"].reason == "first place"
+    assert result.rank1_confidence is None
+    assert scores_of(result) == {"a": 3.0, "b": -1.0}
+
+
+def test_two_valid_submissions_are_flagged_and_get_a_confidence():
+    # L_test 1 and 2: σ = 0.5, α·σ = 0.25; a: 1.3 > 1.25 flagged; b: 2.2 > 2.25 not.
+    # Every bootstrap resample of (second − first) = 1 > 0, so the confidence is exactly 1.
+    result = score_task(TASK, [ok("a", 1.0, l_test=1.0, l_synth=1.3, per_example_test=[1.0] * 4),
+                               ok("b", 2.0, l_test=2.0, l_synth=2.2, per_example_test=[2.0] * 4)])
+    lines = result.by_hotkey()
+    assert lines["a"].suspicious and not lines["b"].suspicious
+    assert result.rank1_confidence == 1.0
+
+
+def test_all_failed_is_neither_flagged_nor_confident():
+    result = score_task(TASK, [failed("a"), failed("b")])
+    assert result.rank1_confidence is None and not any(m.suspicious for m in result.miners)
 
 
 # --------------------------------------------------------------------------- eq 11 task score

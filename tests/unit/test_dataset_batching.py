@@ -1,0 +1,71 @@
+"""Batched local generation: the batch plan, the task's seed, and batching keeps the rows' contract."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.dataset_prep.generators import LocalGeneratorConfig, LocalTransformersGenerator, RowRequest, plan_batches
+from services.dataset_prep.synthesis import task_seed
+
+
+def test_plan_takes_rows_shortest_first_and_caps_rows_per_call():
+    # Sorted by length (ties in input order): 1 (3), 3 (3), 0 (5), 2 (8); two rows per call.
+    assert plan_batches([5, 3, 8, 3], max_new_tokens=2, batch_rows=2, batch_tokens=100) == [[1, 3], [0, 2]]
+
+
+def test_plan_keeps_each_call_within_the_token_budget():
+    # [0, 2] costs 2 x (8 + 2) = 20 tokens: it fits a budget of 20, not one of 19.
+    assert plan_batches([5, 3, 8, 3], 2, batch_rows=2, batch_tokens=20) == [[1, 3], [0, 2]]
+    assert plan_batches([5, 3, 8, 3], 2, batch_rows=2, batch_tokens=19) == [[1, 3], [0], [2]]
+    # Four rows of 3 + 2 tokens = 20: all in one call when rows allow it.
+    assert plan_batches([3, 3, 3, 3], 2, batch_rows=8, batch_tokens=20) == [[0, 1, 2, 3]]
+
+
+def test_a_row_longer_than_the_budget_still_gets_a_call():
+    assert plan_batches([50, 1], 10, batch_rows=4, batch_tokens=20) == [[1], [0]]
+    assert plan_batches([], 10, batch_rows=4, batch_tokens=20) == []
+
+
+def test_one_row_per_call():
+    assert plan_batches([4, 2, 9], 16, batch_rows=1, batch_tokens=10**6) == [[1], [0], [2]]
+
+
+def test_task_seed_mixes_the_task_id_into_the_configured_seed():
+    # int(sha256("<seed>:<task id>")[:8], 16)
+    assert task_seed(42, "task-a") == 3962209602
+    assert task_seed(42, "task-b") == 3189112810
+    assert task_seed(7, "task-a") == 40369233
+    assert task_seed(42, "") == 42  # no task: the configured seed itself
+
+
+def test_bad_batch_settings_are_refused():
+    with pytest.raises(ValueError, match="batch_rows and batch_tokens"):
+        LocalGeneratorConfig("/m", batch_rows=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    from gradients.models.tiny import build_tiny_llama
+
+    return str(build_tiny_llama(tmp_path_factory.mktemp("tiny_llama")))
+
+
+def test_many_rows_per_call_keep_order_schema_and_determinism(tiny_llama):
+    options = dict(max_new_tokens=12, fallback_max_new_tokens=6, attempts_per_row=1, batch_rows=8)
+    requests = [RowRequest({"instruction": f"add {i} and {i + 1}" + " please" * (i % 3), "output": str(2 * i + 1)},
+                           ("instruction", "output"), "Write a new example.", 0.6, 0, 1234) for i in range(10)]
+    progress: list[tuple[int, int]] = []
+    batched = LocalTransformersGenerator(LocalGeneratorConfig(tiny_llama, **options))
+    rows = batched.generate(requests, lambda done, total: progress.append((done, total)))
+    assert len(rows) == 10 and all(r is not None and set(r) == {"instruction", "output"} for r in rows)
+    assert all(v.strip() for r in rows for v in r.values())
+    # 10 rows in chunks of 8: progress per chunk, rows done / total.
+    assert progress == [(8, 10), (10, 10)]
+    # Chunk 1: one JSON call (8 rows) + 3 fallback calls of 16 prompts in 8-row batches (2 each);
+    # the tiny model never writes JSON, and its fallback answers are never empty.
+    assert batched.calls < 10 * (1 + 2)  # far fewer calls than one per row and stage
+    assert batched.stats.malformed == 10 and batched.stats.fallback_rows == 10
+    again = LocalTransformersGenerator(LocalGeneratorConfig(tiny_llama, **options))
+    assert again.generate(requests) == rows
+    other_task = [RowRequest(r.source, r.keys, r.task, r.temperature, r.variant, 99) for r in requests]
+    assert again.generate(other_task) != rows
