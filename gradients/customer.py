@@ -39,14 +39,16 @@ DATASET_FORMATS = ("jsonl", "json", "csv", "parquet", "hf_disk", "image_folder")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 TASK_TYPES = {"instruct": pb.INSTRUCT_TEXT, "chat": pb.CHAT, "dpo": pb.DPO, "grpo": pb.GRPO, "image": pb.IMAGE}
 TERMINAL_STATES = (pb.SCORED, pb.FAILED, pb.CANCELLED)
-# Standard columns a customer may map their own columns onto, per task type (dataset_prep's schema).
+# Standard columns a customer may map their own columns onto, per task type (dataset_prep's
+# schema). GRPO also takes any other name: an extra column its reward functions read.
 STANDARD_COLUMNS = {
     "instruct": ("instruction", "input", "output", "system"),
     "chat": ("conversations",),
     "dpo": ("prompt", "chosen", "rejected", "system"),
     "grpo": ("prompt",),
-    "image": (),
+    "image": ("image", "caption"),
 }
+OPEN_MAPPING_TYPES = ("grpo",)
 _HUB_PART = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?"
 _HUB_DATASET = re.compile(rf"{_HUB_PART}/{_HUB_PART}(?:@[A-Za-z0-9_.\-/]+)?(?::[A-Za-z0-9_.\-]+)?")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
@@ -83,14 +85,14 @@ def parse_column_mapping(items: Sequence[str], type_name: str | None = None) -> 
 
     With `type_name`, the standard name must be one of that type's columns."""
     mapping: dict[str, str] = {}
-    allowed = STANDARD_COLUMNS.get(type_name or "", None)
+    allowed = None if type_name in OPEN_MAPPING_TYPES else STANDARD_COLUMNS.get(type_name or "")
     for item in items:
         standard, sep, theirs = item.partition("=")
         standard, theirs = standard.strip(), theirs.strip()
         if not sep or not standard or not theirs:
             raise CustomerError(f"--column {item!r} is not STANDARD=COLUMN (e.g. instruction=question)")
         if allowed is not None and standard not in allowed:
-            shown = ", ".join(allowed) or "none (image tasks take captions from the folder)"
+            shown = ", ".join(allowed)
             raise CustomerError(f"--column {item!r}: {standard!r} is not a {type_name} column; one of {shown}")
         if standard in mapping and mapping[standard] != theirs:
             raise CustomerError(f"--column maps {standard!r} twice ({mapping[standard]!r} and {theirs!r})")
@@ -114,6 +116,21 @@ def parse_reward(spec: str, code: str = "") -> pb.RewardFunction:
     if name == "code":
         fn.code = code
     return fn
+
+
+def apply_reward_params(functions: Sequence[pb.RewardFunction], items: Sequence[str]) -> None:
+    """`NAME:KEY=VALUE` items (e.g. numeric_match:column=answer, keyword:keywords=red,blue) into
+    the params of the reward function called NAME."""
+    by_name = {f.name: f for f in functions}
+    for item in items:
+        name, sep, pair = item.partition(":")
+        key, eq, value = pair.partition("=")
+        name, key = name.strip(), key.strip()
+        if not sep or not eq or not name or not key:
+            raise CustomerError(f"--reward-param {item!r} is not NAME:KEY=VALUE (e.g. numeric_match:column=answer)")
+        if name not in by_name:
+            raise CustomerError(f"--reward-param {item!r}: no --reward {name} to give it to")
+        by_name[name].params[key] = value
 
 
 def is_dataset_uri(value: str) -> bool:

@@ -179,6 +179,8 @@ def _check_folder_links(folder: Path, roots: Sequence[Path], field: str) -> None
             entry = os.path.join(current, name)
             if os.path.islink(entry) and not _inside(Path(os.path.realpath(entry)), roots):
                 raise SourceRefused(field, "holds a symlink that points outside the allowed dataset roots")
+            if not os.access(entry, os.R_OK):  # refused now rather than a PermissionError mid-read
+                raise SourceRefused(field, "holds an entry the service cannot read")
 
 
 # ---- public URLs ------------------------------------------------------------------------------
@@ -353,6 +355,16 @@ def hf_cache_dir(data_dir: str | os.PathLike) -> Path:
     if os.environ.get("HF_HOME"):
         return Path(os.environ["HF_HOME"]) / "hub"
     return Path(data_dir) / "hf"
+
+
+def hf_datasets_cache_dir(data_dir: str | os.PathLike) -> Path:
+    """Where `datasets` keeps prepared Hub datasets: HF_DATASETS_CACHE, else HF_HOME/datasets
+    (both the library's own defaults), else <data_dir>/hf/datasets."""
+    if os.environ.get("HF_DATASETS_CACHE"):
+        return Path(os.environ["HF_DATASETS_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]) / "datasets"
+    return Path(data_dir) / "hf" / "datasets"
 
 
 def _is_model_folder(path: Path) -> bool:

@@ -203,7 +203,7 @@ def requests_for(task_id: str, base_model: str, uri: str) -> dict[str, object]:
         "CancelTask": ts.CancelTaskRequest(task_id=task_id, reason="hostile"),
         "WatchTask": ts.WatchTaskRequest(task_id=task_id),
         "UploadDataset": upload_chunks(b'{"instruction": "a", "output": "b"}\n'),
-        "GetTaskResult": ts.GetTaskResultRequest(task_id=task_id),
+        "GetTaskResult": ts.GetResultRequest(task_id=task_id),
         "DownloadResult": ts.DownloadResultRequest(task_id=task_id),
     }
 

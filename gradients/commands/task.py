@@ -25,6 +25,7 @@ from rich.table import Table
 
 from gradients.customer import (
     TERMINAL_STATES,
+    apply_reward_params,
     CustomerClient,
     CustomerError,
     confidence_text,
@@ -188,9 +189,9 @@ def read_reward_code(path: Path | None) -> str:
         raise CustomerError(f"--reward-code {path}: cannot read it ({exc.strerror or type(exc).__name__})") from None
 
 
-def reward_functions(specs: list[str], code_file: Path | None) -> list[pb.RewardFunction]:
-    """--reward NAME[:WEIGHT] options; `--reward-code FILE` is the code of the `code` reward
-    (added with weight 1 when no `--reward code[:W]` names it)."""
+def reward_functions(specs: list[str], code_file: Path | None, params: list[str] = ()) -> list[pb.RewardFunction]:
+    """--reward NAME[:WEIGHT] options with their --reward-param NAME:KEY=VALUE; `--reward-code FILE`
+    is the code of the `code` reward (added with weight 1 when no `--reward code[:W]` names it)."""
     code = read_reward_code(code_file)
     functions = [parse_reward(spec, code) for spec in specs]
     has_code = any(f.name == "code" for f in functions)
@@ -198,6 +199,7 @@ def reward_functions(specs: list[str], code_file: Path | None) -> list[pb.Reward
         raise CustomerError("--reward code needs --reward-code FILE (the reward function's Python source)")
     if code and not has_code:
         functions.append(parse_reward("code", code))
+    apply_reward_params(functions, params)
     return functions
 
 
@@ -217,6 +219,8 @@ def create(
                                                                     "(0 = from its config)"),
     reward: list[str] = typer.Option([], "--reward", help="GRPO reward NAME[:WEIGHT] (repeat): format, length, "
                                                           "exact_match, numeric_match, keyword, code"),
+    reward_param: list[str] = typer.Option([], "--reward-param", help="NAME:KEY=VALUE for a --reward (repeat), "
+                                                                      "e.g. numeric_match:column=answer"),
     reward_code: Path | None = typer.Option(None, "--reward-code", help="Python file with a `code` reward function"),
     result_model_name: str = typer.Option("", "--result-model-name", help="Hub repo org/name the winner is pushed "
                                                                           "to (when the validator can push)"),
@@ -233,7 +237,7 @@ def create(
         kind = type_.strip().lower()
         ttype = task_type(kind)
         mapping = parse_column_mapping(column, kind)
-        rewards = reward_functions(reward, reward_code)
+        rewards = reward_functions(reward, reward_code, reward_param)
         local = Path(dataset).expanduser()
         upload = None
         with s.client() as client:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from gradients.sources import (
     classify_dataset_uri,
     fetch_public_url,
     hf_cache_dir,
+    hf_datasets_cache_dir,
     hf_offline,
     resolve_model,
 )
@@ -42,7 +42,7 @@ from gradients.v1 import dataset_prep_pb2 as dp
 from miner_sdk.archive import UnsafeArchive, safe_extract
 from services.dataset_prep.errors import DatasetRejected
 from services.dataset_prep.loading import FILE_FORMATS, LoadOptions, RawTable, load_table
-from services.dataset_prep.schema import KIND_FIELDS, ColumnMapping, TaskKind, standardise, RejectionLimits
+from services.dataset_prep.schema import KIND_FIELDS, ColumnMapping, RejectionLimits, TaskKind, standardise
 from services.dataset_prep.settings import DatasetPrepSettings
 
 log = logging.getLogger(__name__)
@@ -253,7 +253,7 @@ def resolve_source(
             raise SourceRefused("dataset.uri", "no uploaded dataset has this sha256 (upload it with UploadDataset first)")
         local = _upload_source(upload_blob, fmt, work_dir)
     elif isinstance(source, HubDataset):
-        local = _hub_source(source, fmt, work_dir, hf_cache_dir(data_dir))
+        local = _hub_source(source, fmt, work_dir, hf_datasets_cache_dir(data_dir))
     elif not organic:
         return LocalSource(dataset.uri, fmt)  # operator pools: trusted paths and URLs
     elif isinstance(source, HttpUrl):
@@ -301,6 +301,15 @@ def _resolved_base_model(ref: str, data_dir: Path) -> str:
         return ref
 
 
+def _base_model_writes(task: pb.Task, settings: DatasetPrepSettings) -> bool:
+    """Whether the task's base model itself generates synthetic rows (so it is worth fetching)."""
+    if not (settings.synthetic and task.base_model):
+        return False
+    if task.type == pb.IMAGE:  # the base draws the images unless a pipeline is configured
+        return not settings.image_pipeline_path
+    return settings.generator == "local" and not settings.text_model_path
+
+
 async def resolve_task_dataset(ctx: ServiceContext, task: pb.Task, work_dir: Path) -> pb.Task:
     """A copy of `task` whose dataset is a local source the loader may read and whose base
     model is a local folder where one can be found. DatasetRejected("<field>: <why>") when
@@ -316,7 +325,7 @@ async def resolve_task_dataset(ctx: ServiceContext, task: pb.Task, work_dir: Pat
             local = await asyncio.to_thread(resolve_source, task.dataset, kind, task.organic, settings, work_dir,
                                             data_dir, blob)
             resolved.dataset.uri, resolved.dataset.format = local.uri, local.format
-        if settings.synthetic and task.base_model:
+        if _base_model_writes(task, settings):
             resolved.base_model = await asyncio.to_thread(_resolved_base_model, task.base_model, data_dir)
     except SourceRefused as exc:
         shutil.rmtree(work_dir, ignore_errors=True)

@@ -43,6 +43,9 @@ class EvalLimits:
     max_batch_tokens: int = 4096
     max_batch_size: int = 64
     max_adapters_per_group: int = 16
+    # How a group of adapters is evaluated: "mixed" (per-row adapters in shared batches), "merged"
+    # (each LoRA merged into the base in turn), or "auto" (by device: text_eval.choose_plan).
+    eval_plan: str = "auto"
     # Child processes: address-space cap (CPU only; CUDA maps huge virtual ranges) and wall time.
     child_memory_bytes: int | None = 32 * GiB
     child_timeout_s: float = 4 * 3600.0
@@ -59,6 +62,8 @@ class EvalLimits:
                 raise ValueError(f"EvalLimits.{name} must be positive, got {getattr(self, name)}")
         if self.child_timeout_s <= 0:
             raise ValueError(f"EvalLimits.child_timeout_s must be positive, got {self.child_timeout_s}")
+        if self.eval_plan not in ("auto", "mixed", "merged"):
+            raise ValueError(f"EvalLimits.eval_plan must be auto, mixed or merged, got {self.eval_plan!r}")
 
 
 @dataclass(frozen=True)

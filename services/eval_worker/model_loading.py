@@ -47,7 +47,10 @@ def load_causal_lm(path: str, device: str, config_dir: str | None = None):
     kwargs: dict[str, Any] = {"dtype": dtype_for(device), "use_safetensors": True, "trust_remote_code": False}
     if config_dir is not None:
         kwargs["config"] = AutoConfig.from_pretrained(config_dir, trust_remote_code=False)
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    try:  # fused attention (torch SDPA); an architecture without it keeps its default
+        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", **kwargs)
+    except (ValueError, ImportError):
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     return model.to(device).eval()
 
 

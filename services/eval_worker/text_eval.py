@@ -1,9 +1,11 @@
 """Completion-token cross-entropy for instruct and chat tasks (eqs 5, 6), many adapters at once.
 
-All adapters of a group share one PeftModel; each sequence is evaluated once per adapter in
-mixed-adapter batches (`model(..., adapter_names=[...])`). Batches are built from "units": one
-unit = one sequence under every adapter of the group, so the rows of a unit always sit in the
-same batch (same padded length) and sequences are sorted by length to limit padding.
+All adapters of a group share one PeftModel. By the group's plan (plans.py) each sequence is
+evaluated once per adapter either in mixed-adapter batches (peft's per-row `adapter_names`) or
+with each adapter merged into the base weights in turn. Batches are built from "units": one
+unit = one sequence under every adapter of the batch, so the rows of a unit always sit in the
+same batch (same padded length); units are sorted by length and token-budgeted to limit padding.
+The LM head runs only on scored positions (`_labelled_token_nll`).
 
 Per-example loss = mean token cross-entropy over the example's completion tokens; a set's loss
 = mean over its examples (eq 5: (1/|D|) sum_x l(M, x)), so long answers do not outweigh short ones.
@@ -23,6 +25,7 @@ from services.eval_worker.model_loading import (
     load_tokenizer,
     resolve_device,
 )
+from services.eval_worker.plans import can_merge, choose_plan, merged_adapter
 from services.eval_worker.text_data import IGNORE_INDEX, TokenizedExample, text_examples
 from services.eval_worker.validation import ValidatedSubmission
 
@@ -71,27 +74,81 @@ def plan_unit_batches(lengths: Sequence[int], unit_sizes: Sequence[int], plan: B
 Row = tuple[TokenizedExample, "str | None"]  # a sequence and the adapter it runs under (None: as is)
 
 
-def _labelled_token_nll(model: Any, ids: Any, mask: Any, labels: Any, kwargs: dict[str, Any]):
+# Architectures whose causal-LM forward is exactly `lm_head(body(...).last_hidden_state)` (no logit
+# scaling or soft-capping after the head), so the head may be applied to scored positions only.
+PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "olmo2", "starcoder2"})
+
+
+def split_head(model: Any) -> tuple[Any, Any] | None:
+    """(transformer body, LM head) of a causal LM (peft-wrapped or not), or None when its forward
+    does more than apply the head to the body's last hidden states."""
+    from peft import PeftModel
+
+    inner = model.get_base_model() if isinstance(model, PeftModel) else model
+    config = getattr(inner, "config", None)
+    if getattr(config, "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
+        return None
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        return None
+    body = getattr(inner, getattr(inner, "base_model_prefix", "model"), None)
+    head = inner.get_output_embeddings()
+    if body is None or head is None:
+        return None
+    return body, head
+
+
+@contextmanager
+def _rows_under(model: Any, owners: list[str] | None) -> Iterator[None]:
+    """Route each batch row through its own adapter inside the body: peft's per-row routing hooks,
+    exactly what PeftModel.forward installs for `adapter_names`."""
+    if owners is None:
+        yield
+        return
+    with model._enable_peft_forward_hooks(adapter_names=list(owners)):
+        yield
+
+
+def _labelled_token_nll(model: Any, ids: Any, mask: Any, labels: Any, owners: list[str] | None):
     """NLL of every labelled token (row-major order) and the batch row it belongs to.
 
-    Only the window of positions from the batch's first labelled target onwards goes through
-    the LM head (`logits_to_keep`), so long prompts do not materialise vocabulary-sized logits.
-    (A per-row boolean mask would flatten the batch, which peft's per-row adapter_names forbid.)
+    The body runs over the whole batch; the LM head and its log-softmax run only on the positions
+    whose next token is scored (for a 49k vocabulary the head over prompt tokens is a large share
+    of the work). With mixed adapters the head's own LoRA (if any) is routed per gathered position.
     """
     import torch
     import torch.nn.functional as F
 
     keep = labels[:, 1:] != IGNORE_INDEX  # position p predicts token p + 1
+    targets = labels[:, 1:][keep]
+    row_of = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(keep)[keep]
+    parts = split_head(model)
+    if parts is not None:
+        body, head = parts
+        with _rows_under(model, owners):
+            hidden = body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        scored = hidden[:, :-1][keep]
+        if owners is not None and _is_lora_layer(head):
+            logits = head(scored, adapter_names=[owners[r] for r in row_of.tolist()])
+        else:
+            logits = head(scored)
+        return F.cross_entropy(logits.float(), targets, reduction="none"), row_of
+    # Other architectures: the full forward, with the head over the window from the batch's first
+    # scored position (`logits_to_keep`); a per-row mask would flatten the batch, which peft's
+    # per-row adapter_names forbid inside the model's forward.
     labelled_positions = keep.any(dim=0).nonzero()
     start = int(labelled_positions[0]) if len(labelled_positions) else 0
     window = torch.arange(start, labels.shape[1] - 1, device=labels.device)
-    keep = keep[:, start:]
-    targets = labels[:, 1:][:, start:][keep]
-    row_of = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(keep)[keep]
+    kwargs: dict[str, Any] = {} if owners is None else {"adapter_names": owners}
     logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=window, **kwargs).logits
-    if logits.shape[:2] != keep.shape:  # a model that ignores logits_to_keep
+    if logits.shape[1] != keep.shape[1] - start:  # a model that ignores logits_to_keep
         logits = logits[:, :-1][:, start:]
-    return F.cross_entropy(logits[keep].float(), targets, reduction="none"), row_of
+    return F.cross_entropy(logits[keep[:, start:]].float(), targets, reduction="none"), row_of
+
+
+def _is_lora_layer(module: Any) -> bool:
+    from peft.tuners.lora import LoraLayer
+
+    return isinstance(module, LoraLayer)
 
 
 def unit_nll(
@@ -127,12 +184,12 @@ def unit_nll(
                 labels[r, :n] = torch.tensor(seq.labels)
                 mask[r, :n] = 1
                 owners.append(owner)
-            kwargs: dict[str, Any] = {}
+            names: list[str] | None = None
             if any(o is not None for o in owners):
                 if any(o is None for o in owners):
                     raise ValueError("a batch cannot mix adapter rows and as-is rows")
-                kwargs["adapter_names"] = owners
-            token_nll, row_of = _labelled_token_nll(model, ids.to(device), mask.to(device), labels.to(device), kwargs)
+                names = owners
+            token_nll, row_of = _labelled_token_nll(model, ids.to(device), mask.to(device), labels.to(device), names)
             row_of_cpu = row_of.cpu()
             nll_cpu = token_nll.double().cpu()
             if per_token:
@@ -180,8 +237,9 @@ class LoadedGroup:
     model: Any
     owners: dict[str, str | None]  # hotkey -> adapter name in mixed batches (None otherwise)
     failures: dict[str, str]
-    mixed: bool  # adapters selected per row with adapter_names
+    mixed: bool  # several adapters on one PeftModel (selected per row with adapter_names)
     base_model: Any = None  # full-model groups that also need the base (DPO reference, GRPO KL)
+    plan: str = "single"  # how group_nll evaluates a multi-adapter group: "mixed" | "merged"
 
     @contextmanager
     def base_view(self) -> Iterator[Any]:
@@ -214,7 +272,12 @@ def load_group(job: EvalJob, members: list[ValidatedSubmission], device: str, ne
     if not mixed and attached.names:
         attached.model.set_adapter(next(iter(attached.names.values())))
         owners = {h: None for h in owners}
-    return LoadedGroup(attached.model, owners, dict(attached.failures), mixed=mixed)
+    plan = "single"
+    if mixed and owners:
+        names = [n for n in owners.values() if n is not None]
+        plan = choose_plan(job.limits.eval_plan, device, len(names), can_merge(attached.model, names))
+        plan = "mixed" if plan == "single" else plan  # a mixed group left with one adapter
+    return LoadedGroup(attached.model, owners, dict(attached.failures), mixed=mixed, plan=plan)
 
 
 @dataclass
@@ -227,7 +290,10 @@ def group_nll(
     group: LoadedGroup, sequences: Sequence[TokenizedExample], pad_id: int, device: str, plan: BatchPlan,
     with_reference: bool = False,
 ) -> GroupNll:
-    """NLL of every sequence under every member (and the base): one pass for a mixed group."""
+    """NLL of every sequence under every member (and the base): one pass for a mixed group, or
+    the base then each adapter merged in turn (group.plan, see plans.py)."""
+    if group.mixed and group.plan == "merged":
+        return merged_group_nll(group, sequences, pad_id, device, plan, with_reference)
     if group.mixed:
         owners: list[str | None] = list(group.owners.values()) + ([BASE_ADAPTER] if with_reference else [])
         nll = sequence_nll(group.model, sequences, owners, pad_id, device, plan)
@@ -238,6 +304,20 @@ def group_nll(
     member = sequence_nll(group.model, sequences, [None], pad_id, device, plan)[None]
     reference = base_nll(group, sequences, pad_id, device, plan) if with_reference else None
     return GroupNll({hotkey: member}, reference)
+
+
+def merged_group_nll(
+    group: LoadedGroup, sequences: Sequence[TokenizedExample], pad_id: int, device: str, plan: BatchPlan,
+    with_reference: bool = False,
+) -> GroupNll:
+    """Merged plan: adapters disabled, the base pass, then each adapter merged into the weights."""
+    reference = base_nll(group, sequences, pad_id, device, plan) if with_reference else None
+    members: dict[str, list[tuple[float, int]]] = {}
+    with group.model.disable_adapter():  # LoRA layers run their (merged) base layers only
+        for hotkey, name in group.owners.items():
+            with merged_adapter(group.model, name):
+                members[hotkey] = sequence_nll(group.model, sequences, [None], pad_id, device, plan)[None]
+    return GroupNll(members, reference)
 
 
 def base_nll(

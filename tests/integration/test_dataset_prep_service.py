@@ -98,7 +98,9 @@ async def stop_host(host: ServiceHost) -> None:
 @contextlib.asynccontextmanager
 async def running_mesh(mesh_env: dict[str, str], **prep_env: str):
     task_host = await ServiceHost.start(TASK_SERVICE, env={**mesh_env, **TASK_FAST})
-    prep_host = await ServiceHost.start(DATASET_PREP, env={**mesh_env, **PREP_FAST, **prep_env})
+    # The tests' organic tasks name files under the test's tmp dir: the operator allows it.
+    roots = {"GRADIENTS_DATASET_LOCAL_ROOTS": str(Path(mesh_env["GRADIENTS_DATA_DIR"]).parent)}
+    prep_host = await ServiceHost.start(DATASET_PREP, env={**mesh_env, **PREP_FAST, **roots, **prep_env})
     task_channel = grpc.aio.insecure_channel(task_host.address)
     prep_channel = grpc.aio.insecure_channel(prep_host.address)
     bus = await EventBus.connect(mesh_env["GRADIENTS_NATS_URL"], "test-driver")

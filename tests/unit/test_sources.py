@@ -409,3 +409,20 @@ def test_params_b_matches_a_real_tiny_model(tmp_path):
     real = sum(p.numel() for p in model.parameters())
     assert params_b_from_config(folder) * 1e9 == pytest.approx(real, abs=0.5)
     assert os.path.isfile(folder / "config.json")
+
+
+# ---- dataset_prep's settings of the policy --------------------------------------------------------
+
+def test_dataset_root_settings():
+    from gradients.runtime import ConfigError, load_settings
+    from services.dataset_prep.settings import DatasetPrepSettings
+
+    settings = load_settings(DatasetPrepSettings, {})
+    assert settings.local_roots == [] and settings.allow_http is False
+    settings = load_settings(DatasetPrepSettings, {"GRADIENTS_DATASET_LOCAL_ROOTS": "/srv/a, /srv/b,",
+                                                   "GRADIENTS_DATASET_ALLOW_HTTP": "true"})
+    assert settings.local_roots == ["/srv/a", "/srv/b"] and settings.allow_http is True
+    for bad, problem in (("srv/a", "is not an absolute path"), ("/srv/a,/", "must not include the file-system root"),
+                         ("/srv/..", "must not include the file-system root")):
+        with pytest.raises(ConfigError, match=problem):
+            load_settings(DatasetPrepSettings, {"GRADIENTS_DATASET_LOCAL_ROOTS": bad})
