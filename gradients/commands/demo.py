@@ -13,7 +13,10 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from gradients.demo import Demo, DemoOptions, DemoSnapshot, run_round
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # gradients.demo pulls in bittensor: imported when the demo runs, not for every CLI call
+    from gradients.demo import Demo, DemoSnapshot
 
 console = Console()
 
@@ -95,6 +98,8 @@ def demo(
     seed: int = typer.Option(0, help="seed of datasets and task draws"),
 ) -> None:
     """Run a full tournament round on this machine and show who won and what weights were set."""
+    from gradients.demo import Demo, DemoOptions, run_round
+
     options = DemoOptions(data_dir=data_dir, miners=miners, tasks=tasks, model=model, time_scale=time_scale,
                           types=tuple(t.strip() for t in types.split(",") if t.strip()), timeout_s=timeout, seed=seed,
                           otlp_endpoint=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None)

@@ -21,6 +21,7 @@ import grpc
 import typer
 from google.protobuf.json_format import MessageToDict
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gradients.customer import (
@@ -246,7 +247,8 @@ def create(
                     upload = client.upload_dataset(local, format_ or None, progress)
                 uri, fmt = upload.uri, upload.format
                 if not as_json:
-                    s.err.print(f"uploaded {local.name}: {upload.size_bytes} bytes, {upload.format}, {upload.uri}")
+                    s.err.print(f"uploaded {local.name}: {upload.size_bytes} bytes, {upload.format}, {upload.uri}",
+                                markup=False)
             elif is_dataset_uri(dataset) or dataset.startswith("file://"):
                 uri, fmt = dataset, format_
             else:
@@ -260,13 +262,13 @@ def create(
         return
     out = s.out
     tid = created.task_id
-    out.print(f"task {tid} created ({type_name(created.type)}, {state_name(created.state)})")
-    out.print("what happens next: the validator prepares your dataset (train/test split), miners train for "
-              f"{created.hours or 'the allotted'} h, then every submission and the base model are evaluated "
-              "on the held-out test data.")
-    out.print(f"  gradients task watch {tid}        follow it until it is scored")
-    out.print(f"  gradients task result {tid}       the winner against the base model (once SCORED)")
-    out.print(f"  gradients task download {tid} --out DIR [--merge]   the winning model")
+    out.print(f"task {tid} created ({type_name(created.type)}, {state_name(created.state)})", markup=False)
+    span = f"{created.hours:g} h" if created.hours else "the time the validator allots"
+    out.print(f"what happens next: the validator prepares your dataset (train/test split), miners train for {span}, "
+              "then every submission and the base model are evaluated on the held-out test data.", markup=False)
+    out.print(f"  gradients task watch {tid}        follow it until it is scored", markup=False)
+    out.print(f"  gradients task result {tid}       the winner against the base model (once SCORED)", markup=False)
+    out.print(f"  gradients task download {tid} --out DIR [--merge]   the winning model", markup=False)
 
 
 # ---- follow -----------------------------------------------------------------------------------
@@ -282,7 +284,7 @@ def finish_watch(s: Session, task: pb.Task) -> None:
     name = state_name(task.state)
     if task.state == pb.SCORED:
         if not s.as_json:
-            s.out.print(f"task {task.task_id} SCORED — see: gradients task result {task.task_id}")
+            s.out.print(f"task {task.task_id} SCORED — see: gradients task result {task.task_id}", markup=False)
         raise typer.Exit(0)
     if not s.as_json:
         s.err.print(f"task {task.task_id} {name}: {task.failure_reason or 'no reason given'}", markup=False)
@@ -356,8 +358,8 @@ def list_tasks(
     for name in ("task id", "type", "state", "base model", "created", "progress / reason"):
         table.add_column(name)
     for t in tasks:
-        table.add_row(t.task_id, type_name(t.type), state_name(t.state), t.base_model, _when(t),
-                      t.failure_reason or t.progress)
+        table.add_row(escape(t.task_id), type_name(t.type), state_name(t.state), escape(t.base_model), _when(t),
+                      escape(t.failure_reason or t.progress))
     s.out.print(table)
 
 
@@ -422,12 +424,12 @@ def result_table(result: ts.CustomerTaskResult) -> Table:
         table.add_column(name)
     if result.winner_hotkey:
         w = result.winner
-        table.add_row("★", f"winner {result.winner_hotkey}", "1", _loss(w.test), _loss(w.synth), _loss(w.weighted),
+        table.add_row("★", f"winner {escape(result.winner_hotkey)}", "1", _loss(w.test), _loss(w.synth), _loss(w.weighted),
                       next((f"{m.task_score:.3f}" for m in result.miners if m.miner_hotkey == result.winner_hotkey), ""),
                       f"{result.winner_kind}, {improvement_text(result)} vs base" if result.has_base else result.winner_kind)
     if result.has_base:
         b = result.base
-        table.add_row("", f"base {result.base_model}", "", _loss(b.test), _loss(b.synth), _loss(b.weighted), "",
+        table.add_row("", f"base {escape(result.base_model)}", "", _loss(b.test), _loss(b.synth), _loss(b.weighted), "",
                       "the model before fine-tuning")
     for m in result.miners:
         if m.miner_hotkey == result.winner_hotkey:
@@ -436,8 +438,8 @@ def result_table(result: ts.CustomerTaskResult) -> Table:
         notes = [n for n, on in (("duplicate", m.duplicate), ("suspicious", m.suspicious)) if on]
         if m.failure_reason:
             notes.append(m.failure_reason)
-        table.add_row("", m.miner_hotkey, str(m.rank) if m.rank > 0 else "–", *losses,
-                      f"{m.task_score:.3f}" if m.rank > 0 else "", "; ".join(notes))
+        table.add_row("", escape(m.miner_hotkey), str(m.rank) if m.rank > 0 else "–", *losses,
+                      f"{m.task_score:.3f}" if m.rank > 0 else "", escape("; ".join(notes)))
     return table
 
 
@@ -468,7 +470,7 @@ def result(
         out.print(f"pushed to the Hub: {found.pushed_repository}")
     elif found.push_error:
         out.print(f"not pushed to {found.result_model_name or 'the Hub'}: {found.push_error}", markup=False)
-    out.print(f"download it: gradients task download {task_id} --out DIR [--merge]")
+    out.print(f"download it: gradients task download {task_id} --out DIR [--merge]", markup=False)
 
 
 @app.command("download")
@@ -499,7 +501,7 @@ def download(
                     raise CustomerError("the validator did not say which base model to merge into; pass --base-model")
                 base = resolve_base_model(ref)
                 if not as_json:
-                    s.err.print(f"merging the adapter into {ref}…")
+                    s.err.print(f"merging the adapter into {ref}…", markup=False)
                 merged = merge_adapter(out, base, out / "merged")
     if as_json:
         s.emit({"task_id": task_id, "archive": str(got.archive), "sha256": got.sha256, "size_bytes": got.size_bytes,

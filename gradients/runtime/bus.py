@@ -1,7 +1,8 @@
 """The event bus: a thin layer over nats-py JetStream.
 
 - one stream for domain events (`gradients.>`), one work-queue stream for jobs
-  (`jobs.>`), one for dead letters (`dlq.>`);
+  (`jobs.>`), one for dead letters (`dlq.>`), each with age and size limits
+  (GRADIENTS_STREAM_*) that a starting service applies to an existing stream too;
 - protobuf payloads, typed by subject (events.py), with a `Nats-Msg-Id` so a
   re-published event is de-duplicated by the server;
 - a durable pull consumer per service and purpose; a message is acked only after its
@@ -17,9 +18,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import nats
@@ -108,6 +110,44 @@ def decode(subject: str, data: bytes, headers: dict[str, str] | None) -> Message
         raise MalformedEvent(f"cannot decode {cls.DESCRIPTOR.full_name} on {subject}: {exc}") from exc
 
 
+# What ensure_streams sets on a stream and keeps up to date (retention and storage cannot change
+# on an existing stream; replicas change only on a cluster, by the operator).
+OWNED_FIELDS = ("subjects", "max_age", "max_bytes", "discard", "duplicate_window")
+
+
+def stream_config(stream: events.StreamDef, limits: events.StreamLimits, replicas: int) -> js_api.StreamConfig:
+    """The JetStream config of one of the mesh's streams, with the given limits."""
+    max_age = limits.max_age_s if limits.max_age_s > 0 else 0.0
+    return js_api.StreamConfig(
+        name=stream.name,
+        subjects=list(stream.subjects),
+        storage=js_api.StorageType.FILE,
+        retention=js_api.RetentionPolicy.WORK_QUEUE if stream.work_queue else js_api.RetentionPolicy.LIMITS,
+        # The server refuses a duplicate window longer than max_age.
+        duplicate_window=min(DUPLICATE_WINDOW_S, max_age) if max_age else DUPLICATE_WINDOW_S,
+        max_age=max_age,
+        max_bytes=limits.max_bytes if limits.max_bytes > 0 else -1,
+        # A full work queue refuses new jobs (the outbox retries them); dropping the oldest would lose work.
+        discard=js_api.DiscardPolicy.NEW if stream.work_queue else js_api.DiscardPolicy.OLD,
+        num_replicas=replicas,
+    )
+
+
+def stream_config_changes(current: js_api.StreamConfig, wanted: js_api.StreamConfig) -> list[str]:
+    """The owned fields where `current` (as the server reports it) differs from `wanted`."""
+    def norm(name: str, value):
+        if name == "subjects":
+            return sorted(value or [])
+        if name in ("max_age", "duplicate_window"):
+            return round(float(value or 0.0), 3)
+        if name == "max_bytes":
+            return -1 if value in (None, 0) or value < 0 else value
+        return getattr(value, "value", value)  # discard: an enum here, a string from the server
+
+    return [f"{name} {getattr(current, name)!r} -> {getattr(wanted, name)!r}" for name in OWNED_FIELDS
+            if norm(name, getattr(current, name)) != norm(name, getattr(wanted, name))]
+
+
 class EventBus:
     def __init__(
         self,
@@ -118,6 +158,7 @@ class EventBus:
         ack_wait_s: float = 30.0,
         nak_delay_s: float = 1.0,
         replicas: int = 1,
+        stream_limits: Mapping[str, events.StreamLimits] | None = None,
     ):
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
@@ -126,6 +167,10 @@ class EventBus:
         self.ack_wait_s = ack_wait_s
         self.nak_delay_s = nak_delay_s
         self.replicas = replicas
+        # Given (a service host, from MeshSettings): streams are created with these limits and an
+        # existing stream whose config differs is updated. None (test drivers, tools): missing
+        # streams get the defaults and existing ones are left as they are.
+        self.stream_limits = stream_limits
         self._tracer = telemetry.tracer("gradients.bus")
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
@@ -155,21 +200,21 @@ class EventBus:
 
     async def ensure_streams(self) -> None:
         for stream in events.STREAMS:
-            config = js_api.StreamConfig(
-                name=stream.name,
-                subjects=list(stream.subjects),
-                storage=js_api.StorageType.FILE,
-                retention=js_api.RetentionPolicy.WORK_QUEUE if stream.work_queue else js_api.RetentionPolicy.LIMITS,
-                duplicate_window=DUPLICATE_WINDOW_S,
-                num_replicas=self.replicas,
-            )
+            config = stream_config(stream, (self.stream_limits or {}).get(stream.name, stream.limits), self.replicas)
             try:
-                await self.js.stream_info(stream.name)
+                info = await self.js.stream_info(stream.name)
             except NotFoundError:
                 try:
                     await self.js.add_stream(config)
+                    continue
                 except Exception:  # another service created it first
-                    await self.js.stream_info(stream.name)
+                    info = await self.js.stream_info(stream.name)
+            if self.stream_limits is None:
+                continue
+            changed = stream_config_changes(info.config, config)
+            if changed:
+                log.info("stream %s: updating %s", stream.name, "; ".join(changed))
+                await self.js.update_stream(dataclasses.replace(info.config, **{k: getattr(config, k) for k in OWNED_FIELDS}))
 
     # ---- publishing ------------------------------------------------------------------
 

@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gradients.runtime.events import DAY_S, DEAD_LETTER_STREAM, DOMAIN_STREAM, JOBS_STREAM, StreamLimits
+
 T = TypeVar("T")
 _REQUIRED = object()
 
@@ -212,6 +214,31 @@ class MeshSettings:
     )
     namespace: str = setting("GRADIENTS_NAMESPACE", "gm", "prefix of every Redis key")
     stream_replicas: int = setting("GRADIENTS_STREAM_REPLICAS", 1, "JetStream replicas (3 on a NATS cluster)", check=positive)
+    # Stream limits: applied when a service starts, to a new stream or (updated) an existing one.
+    stream_events_max_age_days: float = setting(
+        "GRADIENTS_STREAM_EVENTS_MAX_AGE_DAYS", DOMAIN_STREAM.limits.max_age_s / DAY_S,
+        "days domain events (gradients.>) are kept (0 = no limit)", check=non_negative,
+    )
+    stream_events_max_bytes: int = setting(
+        "GRADIENTS_STREAM_EVENTS_MAX_BYTES", DOMAIN_STREAM.limits.max_bytes,
+        "bytes of domain events kept, oldest dropped first (0 = no limit)", check=non_negative,
+    )
+    stream_jobs_max_age_days: float = setting(
+        "GRADIENTS_STREAM_JOBS_MAX_AGE_DAYS", JOBS_STREAM.limits.max_age_s / DAY_S,
+        "days a queued job (jobs.>) waits before it is dropped (0 = no limit: jobs wait for a worker)", check=non_negative,
+    )
+    stream_jobs_max_bytes: int = setting(
+        "GRADIENTS_STREAM_JOBS_MAX_BYTES", JOBS_STREAM.limits.max_bytes,
+        "bytes of queued jobs; when full new jobs are refused and retried (0 = no limit)", check=non_negative,
+    )
+    stream_dlq_max_age_days: float = setting(
+        "GRADIENTS_STREAM_DLQ_MAX_AGE_DAYS", DEAD_LETTER_STREAM.limits.max_age_s / DAY_S,
+        "days dead letters (dlq.>) are kept (0 = no limit)", check=non_negative,
+    )
+    stream_dlq_max_bytes: int = setting(
+        "GRADIENTS_STREAM_DLQ_MAX_BYTES", DEAD_LETTER_STREAM.limits.max_bytes,
+        "bytes of dead letters kept, oldest dropped first (0 = no limit)", check=non_negative,
+    )
     bus_max_deliver: int = setting("GRADIENTS_BUS_MAX_DELIVER", 5, "deliveries before a message is dead-lettered", check=positive)
     bus_ack_wait_s: float = setting("GRADIENTS_BUS_ACK_WAIT_S", 30.0, "seconds before an unacked message is redelivered", check=positive)
     bus_nak_delay_s: float = setting("GRADIENTS_BUS_NAK_DELAY_S", 1.0, "delay before a failed message is redelivered", check=non_negative)
@@ -231,3 +258,11 @@ class MeshSettings:
     eval_worker_addr: str = setting("GRADIENTS_EVAL_WORKER_ADDR", "127.0.0.1:50054", "eval_worker gRPC address")
     scorer_addr: str = setting("GRADIENTS_SCORER_ADDR", "127.0.0.1:50055", "scorer gRPC address")
     chain_bridge_addr: str = setting("GRADIENTS_CHAIN_BRIDGE_ADDR", "127.0.0.1:50056", "chain_bridge gRPC address")
+
+    def stream_limits(self) -> dict[str, StreamLimits]:
+        """Each stream's limits by stream name, as these settings give them."""
+        return {
+            DOMAIN_STREAM.name: StreamLimits(self.stream_events_max_age_days * DAY_S, self.stream_events_max_bytes),
+            JOBS_STREAM.name: StreamLimits(self.stream_jobs_max_age_days * DAY_S, self.stream_jobs_max_bytes),
+            DEAD_LETTER_STREAM.name: StreamLimits(self.stream_dlq_max_age_days * DAY_S, self.stream_dlq_max_bytes),
+        }

@@ -9,7 +9,18 @@ from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
+from gradients.limits import GiB
 from gradients.v1 import events_pb2 as ev
+
+DAY_S = 86400.0
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """What a stream keeps: messages older than `max_age_s`, or beyond `max_bytes`, go (0 = no limit)."""
+
+    max_age_s: float = 0.0
+    max_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -17,14 +28,19 @@ class StreamDef:
     name: str
     subjects: tuple[str, ...]
     work_queue: bool = False
+    limits: StreamLimits = StreamLimits()  # the defaults of the GRADIENTS_STREAM_* settings
 
 
-DOMAIN_STREAM = StreamDef("GRADIENTS", ("gradients.>",))
+# Domain events: every service keeps its state in Redis, so the stream is a delivery log, not
+# the record; two weeks covers a consumer down over a long outage (and a task's whole life).
+DOMAIN_STREAM = StreamDef("GRADIENTS", ("gradients.>",), limits=StreamLimits(14 * DAY_S, 10 * GiB))
 # Work queue: each message is delivered to exactly one consumer of the durable and
 # removed once acked, so N eval workers (jobs.eval) and N dataset_prep replicas
-# (jobs.prepare) share the jobs.
-JOBS_STREAM = StreamDef("GRADIENTS_JOBS", ("jobs.>",), work_queue=True)
-DEAD_LETTER_STREAM = StreamDef("GRADIENTS_DLQ", ("dlq.>",))
+# (jobs.prepare) share the jobs. No age limit: a job waits for a worker however long; when full,
+# new jobs are refused (the publisher's outbox retries) rather than old ones dropped.
+JOBS_STREAM = StreamDef("GRADIENTS_JOBS", ("jobs.>",), work_queue=True, limits=StreamLimits(0.0, 1 * GiB))
+# Dead letters wait for an operator: kept longer than the events that caused them.
+DEAD_LETTER_STREAM = StreamDef("GRADIENTS_DLQ", ("dlq.>",), limits=StreamLimits(30 * DAY_S, 1 * GiB))
 STREAMS = (DOMAIN_STREAM, JOBS_STREAM, DEAD_LETTER_STREAM)
 
 TASK_CREATED = "gradients.task.created"

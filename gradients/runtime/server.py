@@ -281,7 +281,7 @@ class ServiceHost:
 
         bus = await EventBus.connect(
             mesh.nats_url, spec.name, max_deliver=mesh.bus_max_deliver, ack_wait_s=mesh.bus_ack_wait_s,
-            nak_delay_s=mesh.bus_nak_delay_s, replicas=mesh.stream_replicas,
+            nak_delay_s=mesh.bus_nak_delay_s, replicas=mesh.stream_replicas, stream_limits=mesh.stream_limits(),
         )
         store = Store.from_url(mesh.redis_url, mesh.namespace)
         if not await store.ping():
@@ -293,16 +293,22 @@ class ServiceHost:
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         names = [s.full_name for s in spec.grpc_services]
-        if spec.on_start:
-            await spec.on_start(ctx)
-        for svc in spec.grpc_services:
-            svc.register(svc.factory(ctx), server)
-        reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-        port = mesh.grpc_port if mesh.grpc_port is not None else spec.default_port
-        bound = server.add_insecure_port(f"{mesh.grpc_host}:{port}")
-        if bound == 0:
-            raise OSError(f"cannot bind gRPC port {mesh.grpc_host}:{port} (GRADIENTS_GRPC_PORT)")
-        await server.start()
+        try:
+            if spec.on_start:
+                await spec.on_start(ctx)
+            for svc in spec.grpc_services:
+                svc.register(svc.factory(ctx), server)
+            reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+            port = mesh.grpc_port if mesh.grpc_port is not None else spec.default_port
+            bound = server.add_insecure_port(f"{mesh.grpc_host}:{port}")
+            if bound == 0:
+                raise OSError(f"cannot bind gRPC port {mesh.grpc_host}:{port} (GRADIENTS_GRPC_PORT)")
+            await server.start()
+        except BaseException:
+            # A bad setting found by on_start (ConfigError) or a port in use: nothing may stay
+            # open behind the error (NATS, Redis, channels, what on_start built).
+            await _close_after_failed_start(spec, ctx, server)
+            raise
 
         host = cls(spec, ctx, server, bound, health_servicer)
         cls.running.add(host)
@@ -367,6 +373,18 @@ class ServiceHost:
         telemetry.shutdown_tracing()
 
 
+async def _close_after_failed_start(spec: ServiceSpec, ctx: ServiceContext, server: grpc.aio.Server) -> None:
+    steps: list[Callable[[], Awaitable[Any]]] = [lambda: server.stop(0)]
+    if spec.on_stop:  # the services' on_stop hooks tolerate a half-built ctx.state
+        steps.append(lambda: spec.on_stop(ctx))
+    steps += [ctx.close_channels, ctx.store.close, ctx.bus.nc.close]
+    for step in steps:
+        try:
+            await step()
+        except Exception as exc:  # closing is best effort: the start error is the one to report
+            log.debug("%s: cleanup after failed start: %s", spec.name, exc)
+
+
 async def cancel_all(tasks: list[asyncio.Task], timeout_s: float = 5.0) -> None:
     """Cancel tasks and wait for them, cancelling again while any is still running: a
     cancellation can be swallowed (a redis or wait_for call completing at that moment)."""
@@ -400,6 +418,10 @@ def run_service(spec: ServiceSpec) -> None:
             loop.add_signal_handler(sig, stop.set)
         try:
             host = await ServiceHost.start(spec)
+        except ConfigError as exc:  # a setting on_start found bad (a wallet, pool sizes): as at load
+            log.error("%s failed to start: %s", spec.name, exc)
+            print(f"{spec.name}: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
         except (ConnectionError, OSError) as exc:
             log.error("%s failed to start: %s", spec.name, exc)
             raise SystemExit(3) from None

@@ -3,7 +3,8 @@
 Each attempt: read the pending ScoresUpdated, sync the backend's view (hotkey → uid,
 V_trust, max weight share, rate limit), compute W_chain = S_final · V_trust normalised and
 quantised (logic.chain_weights), set it, then record the set and publish
-`gradients.weights.set` in one transaction (outbox). A failure keeps the pending entry and
+`gradients.weights.set` in one transaction (outbox); if that record fails, only the record is
+retried (the vector is never set twice). A failure keeps the pending entry and
 retries with exponential backoff (initial · 2^(failures−1), capped); a rate limit waits the
 blocks it names; new scores wake the loop unless it is backing off.
 
@@ -96,6 +97,7 @@ class WeightSetter:
         self.status = SetterStatus()
         self._wake = asyncio.Event()
         self._holder = False
+        self._unrecorded: tuple[ev.ScoresUpdated, ev.WeightsSet] | None = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -153,6 +155,8 @@ class WeightSetter:
 
     async def attempt(self) -> float:
         """One try; returns the seconds until the next one."""
+        if self._unrecorded is not None:  # a set went through; only its record is missing
+            return await self._record()
         try:
             update = await self.state.pending()
         except Exception as exc:
@@ -212,13 +216,31 @@ class WeightSetter:
         done = ev.WeightsSet(uids=list(weights.u16_uids), weights_u16=list(weights.u16_values),
                              backend=self.backend.name, sequence=receipt.sequence,
                              version_key=self.options.version_key, scores_digest=update.digest)
-        await self.state.record_set(update, done, self.outbox)
+        log.info("weights set on %s: sequence %d, %d uids (%s), scores %s", self.backend.name, receipt.sequence,
+                 len(weights.u16_uids), receipt.detail, update.digest[:16])
+        self._unrecorded = (update, done)
+        st.reachable = True
+        return await self._record()
+
+    async def _record(self) -> float:
+        """Record the set just made (last weights, WeightsSet via the outbox, pending cleared).
+        Until that succeeds the set is kept here and only the record is retried: the pending
+        entry is still there, and trying it again would set the same vector twice."""
+        st = self.status
+        update, done = self._unrecorded
+        try:
+            await self.state.record_set(update, done, self.outbox)
+        except Exception as exc:
+            st.failures += 1
+            st.last_error = f"weights set (sequence {done.sequence}) but not recorded yet: {type(exc).__name__}: {exc}"
+            delay = retry_delay(st.failures, self.options.retry_initial_s, self.options.retry_max_s)
+            log.warning("%s; retrying the record in %.1fs", st.last_error, delay)
+            return delay
+        self._unrecorded = None
         if self.outbox is not None:
             try:
                 await self.outbox.flush()
             except Exception as exc:  # the flush loop retries
-                log.warning("WeightsSet %d stored, publication deferred: %s", receipt.sequence, exc)
+                log.warning("WeightsSet %d stored, publication deferred: %s", done.sequence, exc)
         st.reachable, st.failures, st.last_error = True, 0, ""
-        log.info("weights set on %s: sequence %d, %d uids (%s), scores %s", self.backend.name, receipt.sequence,
-                 len(weights.u16_uids), receipt.detail, update.digest[:16])
         return 0.0  # a newer pending vector may be waiting

@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from gradients.limits import MAX_SUBMISSION_BYTES
+
 TASK_TYPES = ("INSTRUCT_TEXT", "CHAT", "DPO", "GRPO", "IMAGE")
 TEXT_TASK_TYPES = ("INSTRUCT_TEXT", "CHAT", "DPO", "GRPO")
 
@@ -34,7 +36,7 @@ class EvalLimits:
     """Caps on what a submission may be and on what evaluating it may cost."""
 
     max_lora_rank: int = 256
-    max_adapter_bytes: int = 4 * GiB
+    max_adapter_bytes: int = MAX_SUBMISSION_BYTES  # the gateway's cap too (gradients.limits)
     # A full model may be at most this many times the base's weight bytes (2x: fp32 upload of a bf16 base).
     max_full_model_ratio: float = 2.05
     max_files: int = 256

@@ -15,7 +15,7 @@ class EvalWorkerServicer(eval_worker_pb2_grpc.EvalWorkerServicer):
     async def GetWorkerStatus(self, request: pb.GetWorkerStatusRequest, context) -> pb.WorkerStatus:
         return pb.WorkerStatus(
             worker_id=self.handler.worker_id,
-            device=self.ctx.settings.device,
+            device=self.ctx.settings.resolved_device(),  # the device jobs run on, not the setting ("auto")
             current_task_id=self.handler.status["current_task_id"],
             jobs_done=self.handler.status["jobs_done"],
         )

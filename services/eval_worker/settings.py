@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gradients.limits import GiB, MAX_SUBMISSION_BYTES
 from gradients.runtime.config import one_of, positive, setting
-
-GiB = 1024**3
 
 
 @dataclass(frozen=True)
@@ -17,7 +16,11 @@ class EvalWorkerSettings:
     child_memory_gb: float = setting("GRADIENTS_EVAL_CHILD_MEMORY_GB", 32.0, "address-space cap of an evaluation child (CPU)", check=positive)
     child_timeout_s: float = setting("GRADIENTS_EVAL_CHILD_TIMEOUT_S", 14400.0, "wall-time cap of an evaluation child", check=positive)
     max_lora_rank: int = setting("GRADIENTS_EVAL_MAX_LORA_RANK", 256, "largest LoRA rank accepted", check=positive)
-    max_upload_gb: float = setting("GRADIENTS_EVAL_MAX_UPLOAD_GB", 4.0, "largest unpacked submission accepted", check=positive)
+    max_upload_gb: float = setting(
+        "GRADIENTS_EVAL_MAX_UPLOAD_GB", MAX_SUBMISSION_BYTES / GiB,
+        "largest unpacked submission accepted (the gateway's GRADIENTS_SELECTOR_MAX_UPLOAD_BYTES must not exceed it)",
+        check=positive,
+    )
     image_seeds_per_level: int = setting("GRADIENTS_EVAL_IMAGE_SEEDS_PER_LEVEL", 10, "noise seeds per denoise strength (paper: 10)", check=positive)
     image_steps: int = setting("GRADIENTS_EVAL_IMAGE_STEPS", 20, "denoising steps for image reconstruction", check=positive)
     grpo_generations: int = setting("GRADIENTS_EVAL_GRPO_GENERATIONS", 4, "completions per test prompt (GRPO)", check=positive)

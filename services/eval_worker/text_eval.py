@@ -124,8 +124,13 @@ def _labelled_token_nll(model: Any, ids: Any, mask: Any, labels: Any, owners: li
     parts = split_head(model)
     if parts is not None:
         body, head = parts
+        shared = shared_prefix_length(ids, keep) if owners is None else 0
         with _rows_under(model, owners):
-            hidden = body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            if shared >= MIN_SHARED_PREFIX:
+                hidden = _body_after_shared_prefix(body, ids, mask, shared)
+                keep = keep[:, shared:]
+            else:
+                hidden = body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         scored = hidden[:, :-1][keep]
         if owners is not None and _is_lora_layer(head):
             logits = head(scored, adapter_names=[owners[r] for r in row_of.tolist()])
@@ -143,6 +148,40 @@ def _labelled_token_nll(model: Any, ids: Any, mask: Any, labels: Any, owners: li
     if logits.shape[1] != keep.shape[1] - start:  # a model that ignores logits_to_keep
         logits = logits[:, :-1][:, start:]
     return F.cross_entropy(logits[keep[:, start:]].float(), targets, reduction="none"), row_of
+
+
+# A prompt prefix every row of a batch shares (a chat template's default system prompt: about a
+# third of SmolLM2's tokens on short instruct rows) runs once per batch, its keys and values
+# reused by every row; below a few tokens the extra call costs more than it saves.
+MIN_SHARED_PREFIX = 4
+
+
+def shared_prefix_length(ids: Any, keep: Any) -> int:
+    """Leading positions where every row has the same token and none is scored (no row's loss
+    needs their hidden state), leaving every row at least one position to run. One row: 0 (a
+    split would only add a call)."""
+    if ids.shape[0] < 2:
+        return 0
+    same = (ids == ids[:1]).all(dim=0)
+    limit = min(int(ids.shape[1]) - 1, int(same.int().argmin()) if not bool(same.all()) else int(ids.shape[1]))
+    scored = keep.any(dim=0).nonzero()
+    if len(scored):
+        limit = min(limit, int(scored[0]))
+    return max(limit, 0)
+
+
+def _body_after_shared_prefix(body: Any, ids: Any, mask: Any, shared: int):
+    """Last hidden states of positions shared.. : the prefix once (batch of one), its cache
+    repeated over the rows, then the rest of every row attending to it."""
+    import torch
+
+    prefix = body(input_ids=ids[:1, :shared], use_cache=True)
+    cache = prefix.cache if hasattr(prefix, "cache") else prefix.past_key_values
+    cache.batch_repeat_interleave(int(ids.shape[0]))
+    positions = torch.arange(shared, ids.shape[1], device=ids.device).unsqueeze(0).expand(ids.shape[0], -1)
+    return body(
+        input_ids=ids[:, shared:], attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+    ).last_hidden_state
 
 
 def _is_lora_layer(module: Any) -> bool:

@@ -32,7 +32,7 @@ return 1
 
 
 class GatewayTasks:
-    """The gateway's own copy of the tasks it serves (FLOW step 6)."""
+    """The gateway's own copy of the tasks it serves (docs/flow.md step 6)."""
 
     def __init__(self, store: Store):
         self.store = store

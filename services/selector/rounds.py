@@ -1,4 +1,4 @@
-"""The offer round of FLOW step 4: draw the pool (eq 2), offer highest first, publish the outcome.
+"""The offer round of docs/flow.md step 4: draw the pool (eq 2), offer highest first, publish the outcome.
 
 Idempotent under redelivery and crashes:
 - one round per (task, attempt) at a time (a Redis lock the running round keeps renewing);

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from gradients.limits import MAX_SUBMISSION_BYTES
 from gradients.runtime.config import non_negative, one_of, port_check, positive, setting
 from services.selector.logic import PoolSizeConfig
 
@@ -55,7 +56,8 @@ class SelectorSettings:
         "GRADIENTS_SELECTOR_AUTH_ALLOWED_SKEW_S", 2.0, "how far ahead of our clock a nonce may be (seconds)", check=non_negative,
     )
     max_upload_bytes: int = setting(
-        "GRADIENTS_SELECTOR_MAX_UPLOAD_BYTES", 16 * 1024**3, "largest submission archive accepted (bytes)", check=positive,
+        "GRADIENTS_SELECTOR_MAX_UPLOAD_BYTES", MAX_SUBMISSION_BYTES,
+        "largest submission archive accepted (bytes; keep it at most GRADIENTS_EVAL_MAX_UPLOAD_GB)", check=positive,
     )
     chunk_bytes: int = setting(
         "GRADIENTS_SELECTOR_CHUNK_BYTES", 1024 * 1024, "bytes per streamed chunk of training data (under gRPC's 4 MiB message limit)",

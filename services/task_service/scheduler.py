@@ -62,21 +62,25 @@ class TaskScheduler:
         pending = [t for t in [await self.lifecycle.tasks.get(i) for i in await self.lifecycle.ids_in(pb.PENDING)] if t]
         running_ids = await self.lifecycle.ids_in(*(s for s in LIVE_STATES if s != pb.PENDING))
         running = [t for t in [await self.lifecycle.tasks.get(i) for i in running_ids] if t]
-        organic_queue = sorted((t for t in pending if t.organic), key=lambda t: (t.created_at.ToNanoseconds(), t.task_id))
+        organic_queue = sorted((t for t in pending if t.organic), key=_by_age)
+        # A synthetic task is created, then started: one left PENDING by a crash between the two
+        # steps takes the place of the next new one, so none waits forever.
+        leftover = sorted((t for t in pending if not t.organic), key=_by_age)
         synthetic_running = sum(1 for t in running if not t.organic)
         free = max(0, self.settings.max_active - len(running))
         if free == 0:
             return
         synthetic_cap = self.settings.max_synthetic if (self.settings.synthetic_enabled and self.pools) else 0
         if synthetic_cap and self.settings.synthetic_limit:
-            created = int(await self.ctx.store.redis.get(self.created_key) or 0)
-            synthetic_cap = min(synthetic_cap, synthetic_running + max(0, self.settings.synthetic_limit - created))
+            created = int(await self.ctx.store.redis.get(self.created_key) or 0)  # leftovers were counted
+            synthetic_cap = min(synthetic_cap,
+                                synthetic_running + len(leftover) + max(0, self.settings.synthetic_limit - created))
         plan = next_tasks_to_start(organic_queue, synthetic_running, synthetic_cap, free, self.rng,
                                    self.pools or _NO_POOLS, self.mix)
         for task in plan.organic:
             await self.lifecycle.transition(task.task_id, pb.PREPARING_DATA, expect_from=(pb.PENDING,))
-        for spec in plan.synthetic:
-            task = await self.create_synthetic(spec)
+        for i, spec in enumerate(plan.synthetic):
+            task = leftover[i] if i < len(leftover) else await self.create_synthetic(spec)
             await self.lifecycle.transition(task.task_id, pb.PREPARING_DATA, expect_from=(pb.PENDING,))
 
     async def create_synthetic(self, spec: SyntheticTaskSpec) -> pb.Task:
@@ -141,6 +145,10 @@ class TaskScheduler:
             return await lc.transition(task_id, pb.EVALUATING, expect_from=(pb.PREEVALUATION,), extra=enqueue)
         log.warning("unknown timer %s:%s", kind, task_id)
         return None
+
+
+def _by_age(task: pb.Task) -> tuple[int, str]:
+    return task.created_at.ToNanoseconds(), task.task_id
 
 
 class _NoPools:

@@ -1,5 +1,7 @@
 """Wiring of task_service: its gRPC API, consumers, background loops and settings."""
 
+import logging
+
 from gradients.runtime import GrpcService, ServiceContext, ServiceSpec
 from gradients.v1 import task_service_pb2_grpc
 from services.task_service import handlers
@@ -9,8 +11,14 @@ from services.task_service.servicer import TaskServicer
 from services.task_service.settings import TaskServiceSettings
 
 
+log = logging.getLogger(__name__)
+
+
 async def build(ctx: ServiceContext) -> None:
     ctx.state["lifecycle"] = TaskLifecycle(ctx)
+    if ctx.settings.auth == "open":
+        log.warning("GRADIENTS_TASK_AUTH=open: TaskService accepts calls without an API key and shows every "
+                    "task to every caller; use this for local development only")
 
 
 SPEC = ServiceSpec(

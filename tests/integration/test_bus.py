@@ -200,3 +200,33 @@ async def _effects(store: Store, durable: str, n: int) -> bool:
         return await effect_count(store, durable) == n
     except Exception:
         return False
+
+
+async def test_streams_get_age_and_size_limits_and_an_older_config_is_updated_at_start(mesh_env):
+    from nats.js import api as js_api
+
+    from gradients.runtime import ServiceSpec
+
+    # Streams as an earlier version created them: no age or size limit.
+    driver = await EventBus.connect(mesh_env["GRADIENTS_NATS_URL"], "driver")
+    for stream in events.STREAMS:
+        await driver.js.delete_stream(stream.name)
+        await driver.js.add_stream(name=stream.name, subjects=list(stream.subjects), storage=js_api.StorageType.FILE,
+                                   retention=js_api.RetentionPolicy.WORK_QUEUE if stream.work_queue
+                                   else js_api.RetentionPolicy.LIMITS)
+    await driver.publish(events.TASK_CREATED, task_created("kept"), msg_id="kept")
+    spec = ServiceSpec(name="limits-test", default_port=0)
+    host = await ServiceHost.start(spec, env=dict(mesh_env, GRADIENTS_STREAM_DLQ_MAX_AGE_DAYS="2",
+                                                  GRADIENTS_STREAM_JOBS_MAX_BYTES="5000000"))
+    try:
+        day = 86400.0
+        domain = (await driver.js.stream_info(events.DOMAIN_STREAM.name))
+        assert domain.config.max_age == 14 * day and domain.config.max_bytes == 10 * 1024**3
+        assert domain.state.messages == 1  # updated in place, nothing lost
+        jobs = (await driver.js.stream_info(events.JOBS_STREAM.name)).config
+        assert jobs.max_age == 0 and jobs.max_bytes == 5_000_000 and jobs.discard == "new"  # jobs never expire
+        dlq = (await driver.js.stream_info(events.DEAD_LETTER_STREAM.name)).config
+        assert dlq.max_age == 2 * day and dlq.max_bytes == 1024**3
+    finally:
+        await host.stop(1)
+        await driver.stop(1)

@@ -394,3 +394,78 @@ async def test_two_replicas_set_each_vector_once_and_one_takes_over(mesh_env):
         for host in (first, second):
             if host in ServiceHost.running:
                 await host.stop(1)
+
+
+class RedisRefusesWritesAfterSet:
+    """Wraps the real ledger backend: right after a set succeeds, Redis starts refusing writes
+    (a real Redis error, NOREPLICAS, from `min-replicas-to-write`), so recording that set fails."""
+
+    def __init__(self, ledger, store: Store):
+        self.ledger = ledger
+        self.name = ledger.name
+        self.store = store
+        self.sets = 0
+
+    async def start(self):
+        await self.ledger.start()
+
+    async def close(self):
+        await self.ledger.close()
+
+    async def view(self, hotkeys):
+        return await self.ledger.view(hotkeys)
+
+    async def set_weights(self, submission):
+        receipt = await self.ledger.set_weights(submission)
+        self.sets += 1
+        await self.store.redis.config_set("min-replicas-to-write", 1)
+        return receipt
+
+
+async def test_a_set_whose_record_fails_is_recorded_later_and_never_set_again(mesh_env):
+    env = {**mesh_env, **FAST_CHAIN, "GRADIENTS_CHAIN_LEASE_S": "1"}
+    wrapped: list[RedisRefusesWritesAfterSet] = []
+
+    def refusing_backend(ctx):
+        wrapped.append(RedisRefusesWritesAfterSet(make_backend(ctx.settings, ctx.store, ctx.mesh.data_dir), ctx.store))
+        return wrapped[0]
+
+    async def build_with_refusing_backend(ctx):
+        await chain_service.build(ctx, backend_factory=refusing_backend)
+
+    chain, channel, stub = await start_chain(env, dataclasses.replace(CHAIN_SPEC, on_start=build_with_refusing_backend))
+    bus = await EventBus.connect(env["GRADIENTS_NATS_URL"], "test-driver")
+    weights_sub = await bus.js.pull_subscribe(events.WEIGHTS_SET, durable="test-weights-set")
+    store = Store.from_url(env["GRADIENTS_REDIS_URL"])
+    try:
+        update = scores_update("c" * 64, 1_000_000, {"5A": 0.7, "5B": 0.3})
+        await bus.publish(events.SCORES_UPDATED, update, msg_id="scores:c")
+
+        async def record_failed() -> bool:
+            return "not recorded yet" in (await stub.GetChainStatus(cb.GetChainStatusRequest())).last_error
+
+        assert await wait_for(record_failed, 10), (await stub.GetChainStatus(cb.GetChainStatusRequest())).last_error
+        await asyncio.sleep(1.0)  # record retries (and lease renewals) fail meanwhile
+        await store.redis.config_set("min-replicas-to-write", 0)
+        state = chain.ctx.state["chain_bridge"].state
+
+        async def recorded() -> bool:
+            last = await state.last()
+            return last is not None and last.scores_digest == update.digest
+
+        assert await wait_for(recorded, 10)
+        assert await state.pending() is None
+        assert wrapped[0].sets == 1  # the vector went to the backend once
+        entries = await wrapped[0].ledger.entries()
+        assert [e["scores_digest"] for e in entries] == [update.digest]
+        published = await collect_weights_set(weights_sub, until_sequence=1)
+        assert [(w.sequence, w.scores_digest) for w in published] == [(1, update.digest)]
+        assert chain.serving and not chain._dead_loops()  # the weights loop survived
+        status = await stub.GetChainStatus(cb.GetChainStatusRequest())
+        assert status.reachable and status.last_error == "" and status.last_sequence == 1
+    finally:
+        await store.redis.config_set("min-replicas-to-write", 0)
+        await store.close()
+        await bus.stop(1)
+        await channel.close()
+        await chain.stop(1)

@@ -41,6 +41,7 @@ class LocalMesh:
     base_model: Path
     dataset: Path
     miner_log: Path
+    miner_dir: Path
     work: Path
 
     @property
@@ -130,7 +131,7 @@ def local_mesh(tmp_path_factory):
         wait_for_miner(mesh)
         work = root / "customer"
         work.mkdir()
-        yield LocalMesh(mesh, base, dataset, miner_log, work)
+        yield LocalMesh(mesh, base, dataset, miner_log, root / "miner", work)
     finally:
         if miner_process is not None and miner_process.poll() is None:
             miner_process.send_signal(signal.SIGTERM)
@@ -151,10 +152,16 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def miner_upload_sha256(log: Path, task_id: str) -> str:
-    found = re.search(rf"uploaded task {re.escape(task_id)} .*sha256 ([0-9a-f]{{64}})", log.read_text())
-    assert found, f"the miner never logged an upload of {task_id}:\n{log.read_text()[-3000:]}"
-    return found.group(1)
+def miner_upload_sha256(m: LocalMesh, task_id: str, tmp: Path) -> str:
+    """The digest of what the miner uploaded: its adapter folder packed as the SDK packs it
+    (deterministic), checked against the digest prefix the miner logged."""
+    from miner_sdk.archive import pack
+
+    logged = re.search(rf"uploaded task {re.escape(task_id)} .*sha256 ([0-9a-f]{{12,64}})", m.miner_log.read_text())
+    assert logged, f"the miner never logged an upload of {task_id}:\n{m.miner_log.read_text()[-3000:]}"
+    digest = sha256_of(pack(m.miner_dir / task_id / "out" / "adapter", tmp / "miner-upload.tar"))
+    assert digest.startswith(logged.group(1))
+    return digest
 
 
 @pytest.mark.timeout(420)
@@ -222,7 +229,7 @@ def test_customer_journey_through_the_cli(local_mesh: LocalMesh, tmp_path: Path)
     got = json.loads(ok(m.cli("task", "download", task_id, "--out", str(out), "--merge", "--json", api_key=key,
                               timeout=300)).stdout)
     archive = Path(got["archive"])
-    assert sha256_of(archive) == got["sha256"] == result["winner_sha256"] == miner_upload_sha256(m.miner_log, task_id)
+    assert sha256_of(archive) == got["sha256"] == result["winner_sha256"] == miner_upload_sha256(m, task_id, tmp_path)
     assert got["kind"] == "adapter" and (out / "adapter_config.json").is_file()
     assert Path(got["merged"]) == out / "merged" and not list(out.glob(".*.part"))
 

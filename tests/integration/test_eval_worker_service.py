@@ -99,6 +99,17 @@ async def status(address: str) -> eval_worker_pb2.WorkerStatus | None:
         return None
 
 
+async def test_status_names_the_device_chosen_not_auto(mesh_env):
+    import torch
+
+    host = await ServiceHost.start(SPEC, env=dict(mesh_env, GRADIENTS_EVAL_DEVICE="auto"))
+    try:
+        st = await status(host.address)
+        assert st is not None and st.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    finally:
+        await host.stop(1)
+
+
 @pytest.mark.timeout(300)
 async def test_worker_killed_mid_job_job_completes_on_another_and_is_published_once(mesh_env, models, tmp_path):
     base, adapters = models

@@ -1,5 +1,5 @@
 """Training data downloads, submission uploads and results through the miner gateway
-(FLOW step 6), against real NATS (events, artifact store) and Redis."""
+(docs/flow.md step 6), against real NATS (events, artifact store) and Redis."""
 
 from __future__ import annotations
 
@@ -215,3 +215,15 @@ async def test_my_results_shows_only_my_evaluations_and_scores(gateway):
     assert item.task_id == "t-1" and item.result.loss_test == 1.5 and item.score.rank == 2
     assert [r.miner_hotkey for r in reply.results] == [me] and [s.miner_hotkey for s in reply.scores] == [me]
     assert reply.final_score == 0.25
+
+
+def test_the_gateway_accepts_no_upload_that_eval_would_refuse_by_size():
+    from gradients.limits import GiB, MAX_SUBMISSION_BYTES
+    from gradients.runtime import load_settings
+    from services.eval_worker.job import EvalLimits
+    from services.eval_worker.settings import EvalWorkerSettings
+    from services.selector.settings import SelectorSettings
+
+    gateway_cap = load_settings(SelectorSettings, {}).max_upload_bytes
+    eval_cap = int(load_settings(EvalWorkerSettings, {}).max_upload_gb * GiB)
+    assert gateway_cap == eval_cap == EvalLimits().max_adapter_bytes == MAX_SUBMISSION_BYTES

@@ -1,4 +1,4 @@
-"""The offer round (FLOW step 4) end to end: real NATS and Redis, the selector in-process,
+"""The offer round (docs/flow.md step 4) end to end: real NATS and Redis, the selector in-process,
 SDK miners connected over gRPC."""
 
 from __future__ import annotations

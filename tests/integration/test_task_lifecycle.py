@@ -246,6 +246,34 @@ async def test_organic_first_then_synthetic_fills_up_to_the_cap(mesh_env, tmp_pa
     await host.stop(1)
 
 
+async def test_a_synthetic_task_left_pending_by_a_crash_is_started(mesh_env, tmp_path):
+    pools = tmp_path / "pools.json"
+    pools.write_text(json.dumps({"base_models": {"INSTRUCT_TEXT": ["tiny-llama"]},
+                                 "datasets": {"INSTRUCT_TEXT": [{"uri": "/data/syn.jsonl", "rows": 500}]}}))
+    # A predecessor created (and counted) its one allowed synthetic task, then crashed before
+    # starting it: the task sits in Redis, PENDING.
+    host = await ServiceHost.start(SPEC, env=dict(mesh_env, **FAST))
+    left = pb.Task(task_id="synthetic-left-pending", type=pb.INSTRUCT_TEXT, organic=False, base_model="tiny-llama",
+                   dataset=pb.DatasetSpec(uri="/data/syn.jsonl", row_count=500), hours=2, initial_hours=2)
+    await host.ctx.state["lifecycle"].create(left)
+    await host.ctx.store.redis.incr(host.ctx.store.key("synthetic-created"))
+    await asyncio.sleep(0.3)  # ticks with synthetic tasks off: it stays PENDING
+    assert await host.ctx.state["lifecycle"].ids_in(pb.PENDING) == [left.task_id]
+    await host.stop(1)
+
+    env = dict(mesh_env, **FAST, GRADIENTS_TASK_MAX_ACTIVE="3", GRADIENTS_TASK_MAX_SYNTHETIC="1",
+               GRADIENTS_TASK_SYNTHETIC_ENABLED="true", GRADIENTS_TASK_SYNTHETIC_MIX="1,0,0,0",
+               GRADIENTS_TASK_SYNTHETIC_POOLS=str(pools), GRADIENTS_TASK_SYNTHETIC_LIMIT="1")
+    host = await ServiceHost.start(SPEC, env=env)
+    async with grpc.aio.insecure_channel(host.address) as ch:
+        stub = ts_grpc.TaskServiceStub(ch)
+        await wait_state(stub, left.task_id, pb.PREPARING_DATA, timeout=10)
+        await asyncio.sleep(0.3)
+        listed = (await stub.ListTasks(ts.ListTasksRequest())).tasks
+        assert [t.task_id for t in listed] == [left.task_id]  # started in place of a new one, limit kept
+    await host.stop(1)
+
+
 # ---- crash and resume --------------------------------------------------------------------
 
 def spawn_task_service(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:

@@ -81,3 +81,51 @@ def test_baseline_is_the_base_against_itself_ln2(work):
         assert all(v == math.log(2) for v in b.per_example_test + b.per_example_synth)
         for name in ("loss_test", "loss_synth", "loss_weighted"):
             assert abs(getattr(b, name) - math.log(2)) < 1e-12, name
+
+
+def summed_logps(base: Path, adapter: Path | None, sequences) -> list[float]:
+    """One at a time: peft's own loading, batch size 1, full logits; log pi(y) summed over y."""
+    import torch.nn.functional as F
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from services.eval_worker.text_data import IGNORE_INDEX
+
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, str(adapter))
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for seq in sequences:
+            logits = model(input_ids=torch.tensor([seq.input_ids])).logits[0, :-1]
+            out.append(-float(F.cross_entropy(logits, torch.tensor(seq.labels[1:]), ignore_index=IGNORE_INDEX,
+                                              reduction="sum")))
+    return out
+
+
+@pytest.mark.parametrize("plan", ["mixed", "merged"])
+def test_every_plan_equals_one_at_a_time(work, plan):
+    from services.eval_worker.dpo_eval import evaluate_dpo_group
+    from services.eval_worker.model_loading import load_tokenizer
+    from services.eval_worker.text_data import preference_examples
+    from services.eval_worker.validation import read_base_info, validate_submission
+
+    rows = dpo_rows()
+    job = EvalJob("d", "DPO", str(work / "base"), rows[:8], rows[8:],
+                  limits=EvalLimits(isolate=False, torch_threads=1, max_batch_tokens=300, eval_plan=plan))
+    names = ["trained", "zero", "random"]
+    info = read_base_info(job.base_model_dir, "DPO")
+    members = [validate_submission(Submission(n, str(work / n)), info, "DPO", job.limits) for n in names]
+    got = evaluate_dpo_group(job, members, baseline=True)
+    tok = load_tokenizer(job.base_model_dir)
+    sequences = [s for row in rows for s in preference_examples(tok, row, job.limits.max_seq_len)]
+    ref = summed_logps(work / "base", None, sequences)
+    for name in names:
+        pol = summed_logps(work / "base", work / name, sequences)
+        want = [dpo_loss(pol[2 * i], pol[2 * i + 1], ref[2 * i], ref[2 * i + 1], job.dpo_beta) for i in range(len(rows))]
+        result = got[name].test + got[name].synth
+        assert len(result) == len(rows)
+        assert max(abs(a - b) for a, b in zip(want, result)) < 1e-4, name
+    assert all(v == math.log(2) for v in got["zero"].test + got["zero"].synth)  # exact, in every plan
+    assert all(v == math.log(2) for v in got[""].test + got[""].synth)

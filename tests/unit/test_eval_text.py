@@ -206,3 +206,115 @@ def test_baseline_is_the_base_model_scored_like_a_member(work):
     # The baseline is not a submission: a trained adapter beats it, and results keep one per upload.
     assert [r.hotkey for r in mixed.results] == ["trained", "random"]
     assert mixed.results[0].loss_weighted < alone.loss_weighted - 0.5
+
+
+# --- evaluation plans (mixed-adapter batches, merged weights) against one-at-a-time -------------
+
+
+def save_wide_lora(base: Path, out: Path, seed: int = 3, scale: float = 0.3) -> Path:
+    """A random LoRA on the embedding, attention, MLP and the LM head (every kind of layer)."""
+    model = T._lora_model(base, 4, init=False, seed=seed,
+                          targets=("embed_tokens", "k_proj", "o_proj", "down_proj", "lm_head"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.mul_(scale)
+    model.save_pretrained(str(out))
+    return out
+
+
+def one_at_a_time(base: Path, adapter: Path | None, examples) -> list[float]:
+    """The reference: peft's own loading, batch size 1, the full forward and its full logits."""
+    import torch.nn.functional as F
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, str(adapter))
+    model.eval()
+    losses = []
+    with torch.inference_mode():
+        for ex in examples:
+            logits = model(input_ids=torch.tensor([ex.input_ids])).logits[0, :-1]
+            losses.append(float(F.cross_entropy(logits, torch.tensor(ex.labels[1:]), ignore_index=IGNORE_INDEX)))
+    return losses
+
+
+@pytest.mark.parametrize("plan", ["mixed", "merged"])
+@pytest.mark.parametrize("task_type", ["INSTRUCT_TEXT", "CHAT"])
+def test_every_plan_equals_one_at_a_time(work, tokenizer, plan, task_type, monkeypatch):
+    from services.eval_worker import text_eval
+
+    if not (work / "wide").exists():
+        save_wide_lora(work / "base", work / "wide")
+    rows = instruct_rows() if task_type == "INSTRUCT_TEXT" else chat_rows()  # chat: a shared system prompt
+    job = make_job(work, task_type, rows, eval_plan=plan)
+    names = ["trained", "random", "wide", "untouched"]
+    members = validated(job, work, names)
+    assert text_eval.load_group(job, members, "cpu").plan == plan
+    shared_calls = []
+    real = text_eval._body_after_shared_prefix
+    monkeypatch.setattr(text_eval, "_body_after_shared_prefix", lambda *a: shared_calls.append(a[3]) or real(*a))
+    got = evaluate_text_group(job, members, baseline=True)
+    # The shared-prefix path ran where rows share a prompt prefix (chat's system turn), never in
+    # mixed batches (each row's prefix depends on its adapter).
+    assert bool(shared_calls) == (task_type == "CHAT" and plan == "merged"), shared_calls
+    examples = text_examples(tokenizer, task_type, job.test_rows + job.synth_rows, job.limits.max_seq_len)
+    for name in names + [None]:
+        ref = one_at_a_time(work / "base", work / name if name else None, examples)
+        result = got[name or ""]
+        assert len(result.test + result.synth) == len(ref)
+        assert max(abs(a - b) for a, b in zip(ref, result.test + result.synth)) < 1e-4, name
+    # The adapters really differ from the base (so the comparison above can fail).
+    assert max(abs(a - b) for a, b in zip(got["wide"].test, got[""].test)) > 1e-2
+
+
+def test_auto_plan_merges_on_cpu_and_tied_weights_stay_mixed(work, tmp_path):
+    from services.eval_worker.plans import can_merge, choose_plan
+    from services.eval_worker.text_eval import load_group
+
+    assert choose_plan("auto", "cpu", 3, True) == "merged"
+    assert choose_plan("auto", "cuda", 3, True) == "mixed"
+    assert choose_plan("merged", "cuda", 3, True) == "merged"
+    assert choose_plan("merged", "cpu", 3, False) == "mixed"  # not mergeable: mixed regardless
+    assert choose_plan("auto", "cpu", 1, True) == "single"
+    with pytest.raises(ValueError):
+        choose_plan("fast", "cpu", 3, True)
+    with pytest.raises(ValueError, match="eval_plan"):
+        EvalLimits(eval_plan="fast")
+    job = make_job(work)
+    assert load_group(job, validated(job, work, ["trained", "random"]), "cpu").plan == "merged"
+    # A head tied to the embedding: merging a head LoRA would change the embedding too.
+    tied = build_tiny_llama(tmp_path / "tied", seed=0, tie_word_embeddings=True)
+    peft_model = T._lora_model(tied, 4, targets=("q_proj", "lm_head"))
+    assert not can_merge(peft_model, ["default"])
+    assert can_merge(T._lora_model(tied, 4, targets=("q_proj", "v_proj")), ["default"])
+
+
+def test_merging_restores_the_base_bit_for_bit(work):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from services.eval_worker.plans import merged_adapter
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(work / "base")), str(work / "random"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with model.disable_adapter(), merged_adapter(model, "default"):
+        changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+        assert changed and all("base_layer" in k for k in changed)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_shared_prefix_stops_at_the_first_difference_or_scored_position():
+    from services.eval_worker.text_eval import shared_prefix_length
+
+    ids = torch.tensor([[5, 6, 7, 8, 9, 0], [5, 6, 7, 8, 3, 3]])
+    keep = torch.zeros((2, 5), dtype=torch.bool)
+    assert shared_prefix_length(ids, keep) == 4  # rows differ at position 4
+    keep[1, 2] = True  # position 2 predicts a scored token: its hidden state is needed
+    assert shared_prefix_length(ids, keep) == 2
+    same = torch.tensor([[1, 2, 3], [1, 2, 3]])
+    assert shared_prefix_length(same, torch.zeros((2, 2), dtype=torch.bool)) == 2  # one position left to run
+    assert shared_prefix_length(torch.tensor([[1, 2], [4, 2]]), torch.zeros((2, 1), dtype=torch.bool)) == 0
+    assert shared_prefix_length(ids[:1], keep[:1]) == 0  # nothing to share with
