@@ -213,10 +213,12 @@ def main() -> None:
     limit.run()  # warm-up
     first_s, results = ours()
     base_times, our_times = [], []
-    for _ in range(args.repeats):
+    print(f"warm-up done: first job {first_s:.2f} s", flush=True)
+    for i in range(args.repeats):
         base_times.append(limit.run())
         took, results = ours()
         our_times.append(took)
+        print(f"  repeat {i + 1}: base pass {base_times[-1]:.2f} s, ours {took:.2f} s", flush=True)
     base_med, ours_med = statistics.median(base_times), statistics.median(our_times)
     print(f"(c) limit, the base's plain batched forward over the rows: {spread(base_times)} "
           f"= {limit.tokens / base_med:,.0f} tokens/s")

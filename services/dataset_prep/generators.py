@@ -314,6 +314,64 @@ def plan_batches(lengths: Sequence[int], max_new_tokens: int, batch_rows: int, b
     return batches
 
 
+class JsonObjectEnd:
+    """Per row: has the text so far closed its first top-level JSON object?
+
+    Fed one piece of text at a time (a decoded token); braces inside JSON strings do not
+    count. A batched generation stops a row there instead of letting it ramble on (models add
+    explanations after the object) while the longest row of the batch sets the pace.
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.started = False
+        self.in_string = False
+        self.escaped = False
+        self.done = False
+
+    def feed(self, text: str) -> bool:
+        for char in text:
+            if self.done:
+                break
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif char == "\\":
+                    self.escaped = True
+                elif char == '"':
+                    self.in_string = False
+            elif char == '"' and self.started:
+                self.in_string = True
+            elif char == "{":
+                self.depth += 1
+                self.started = True
+            elif char == "}" and self.started:
+                self.depth -= 1
+                self.done = self.depth == 0
+        return self.done
+
+
+def _json_stopping(tokenizer: Any, width: int, rows: int) -> Any:
+    """A transformers StoppingCriteria: a row is finished once its JSON object closed."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class _Stop(StoppingCriteria):
+        def __init__(self) -> None:
+            self.ends = [JsonObjectEnd() for _ in range(rows)]
+            self.seen = width
+
+        def __call__(self, input_ids, scores, **kwargs):
+            new = input_ids[:, self.seen :].tolist()
+            self.seen = input_ids.shape[1]
+            for end, tokens in zip(self.ends, new, strict=True):
+                if not end.done and tokens:
+                    end.feed(tokenizer.decode(tokens, skip_special_tokens=True))
+            return torch.tensor([e.done for e in self.ends], dtype=torch.bool, device=input_ids.device)
+
+    return _Stop()
+
+
 @dataclass
 class _Sampler:
     tokenizer: Any
@@ -348,6 +406,7 @@ class _Sampler:
         seed: int,
         max_new_tokens: int,
         min_new_tokens: int = 0,
+        stop_after_json: bool = False,
     ) -> list[str]:
         """One `generate` call for several encoded prompts, left-padded to one length."""
         import torch
@@ -367,6 +426,10 @@ class _Sampler:
             options.update(do_sample=True, temperature=temperature, top_p=self.top_p)
         else:
             options.update(do_sample=False)
+        if stop_after_json:
+            from transformers import StoppingCriteriaList
+
+            options["stopping_criteria"] = StoppingCriteriaList([_json_stopping(self.tokenizer, width, len(prompts))])
         # One generation at a time: torch's global RNG is seeded per call for determinism.
         with self.lock, torch.no_grad():
             torch.manual_seed(seed)
@@ -451,7 +514,8 @@ class LocalTransformersGenerator:
             if not jobs:
                 break
             self.stats.attempts += len(jobs)
-            for job, text in zip(jobs, self._sample(jobs, self.config.max_new_tokens), strict=True):
+            texts = self._sample(jobs, self.config.max_new_tokens, stop_after_json=True)
+            for job, text in zip(jobs, texts, strict=True):
                 try:
                     answers[job.row] = parse_answer(text, requests[job.row].keys)
                 except MalformedAnswer as err:
@@ -490,7 +554,9 @@ class LocalTransformersGenerator:
             for r, p in zip(requests, partial, strict=True)
         ]
 
-    def _sample(self, jobs: Sequence[_Job], max_new_tokens: int, min_new_tokens: int = 0) -> list[str]:
+    def _sample(
+        self, jobs: Sequence[_Job], max_new_tokens: int, min_new_tokens: int = 0, stop_after_json: bool = False
+    ) -> list[str]:
         """Texts for `jobs` in their order: batched by τ, then by the token budget."""
         out = [""] * len(jobs)
         encoded = [self._sampler.encode(job.messages, max_new_tokens) for job in jobs]
@@ -506,7 +572,8 @@ class LocalTransformersGenerator:
                 chosen = [members[b] for b in batch]
                 seed = self._seed(*(part for i in chosen for part in jobs[i].seed_parts))
                 texts = self._sampler.sample_batch(
-                    [encoded[i] for i in chosen], temperature, seed, max_new_tokens, min_new_tokens
+                    [encoded[i] for i in chosen], temperature, seed, max_new_tokens, min_new_tokens,
+                    stop_after_json,
                 )
                 self.calls += 1
                 for i, text in zip(chosen, texts, strict=True):

@@ -136,7 +136,7 @@ class EvalJobHandler:
                 device=s.resolved_device(),
                 limits=EvalLimits(max_lora_rank=s.max_lora_rank, max_adapter_bytes=int(s.max_upload_gb * GiB),
                                   child_memory_bytes=int(s.child_memory_gb * GiB), child_timeout_s=s.child_timeout_s,
-                                  isolate=s.isolate),
+                                  isolate=s.isolate, eval_plan=s.plan),
                 test_weight=task.evaluation.test_weight or (0.25 if task.type == pb.IMAGE else 0.7),
                 dpo_beta=task.evaluation.dpo_beta or 0.1,
                 grpo=GrpoOptions(num_generations=s.grpo_generations, max_new_tokens=s.grpo_max_new_tokens),

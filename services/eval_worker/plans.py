@@ -21,10 +21,12 @@ from typing import Any, Iterator
 PLANS = ("auto", "mixed", "merged")
 
 
-# Measured with `python -m benchmarks.eval_throughput --plan mixed|merged` on the shared 2-core
-# CPU box (SmolLM2-135M, K = 8, 200 rows; see the README figures): merged beats mixed on CPU, so
-# auto picks merged there. On CUDA mixed stays the default (larger batches fill the device) until
-# benchmarks/device_check.sh has measured otherwise.
+# CPU -> merged: a merged pass is the plain model (no per-adapter split and small matmuls in every
+# LoRA layer) and can share the rows' common prompt prefix (text_eval, ~1/3 of SmolLM2's tokens on
+# the benchmark rows), which mixed batches cannot (the prefix differs by adapter). NOT YET MEASURED
+# side by side: confirm with `python -m benchmarks.eval_throughput --model smollm2 --plan mixed`
+# vs `--plan merged` on a quiet CPU and put the medians here. CUDA -> mixed (K+1 times larger
+# batches on short rows) until benchmarks/device_check.sh has measured both plans on a GPU.
 def choose_plan(requested: str, device: str, n_adapters: int, mergeable: bool) -> str:
     """The plan of one adapter group: `requested` unless "auto"; merged needs mergeable weights."""
     if requested not in PLANS:

@@ -13,6 +13,12 @@ class EvalWorkerSettings:
     worker_id: str = setting("GRADIENTS_EVAL_WORKER_ID", "", "name of this worker in results (empty = hostname:pid)")
     device: str = setting("GRADIENTS_EVAL_DEVICE", "auto", "auto (cuda when present), cpu or cuda", check=one_of("auto", "cpu", "cuda"))
     isolate: bool = setting("GRADIENTS_EVAL_ISOLATE", True, "run loading and forward passes in child processes")
+    plan: str = setting(
+        "GRADIENTS_EVAL_PLAN", "auto",
+        "how a group of LoRA adapters is evaluated: auto (merged on CPU, mixed on CUDA), mixed (one batch, "
+        "adapters chosen per row) or merged (each adapter merged into the base in turn)",
+        check=one_of("auto", "mixed", "merged"),
+    )
     child_memory_gb: float = setting("GRADIENTS_EVAL_CHILD_MEMORY_GB", 32.0, "address-space cap of an evaluation child (CPU)", check=positive)
     child_timeout_s: float = setting("GRADIENTS_EVAL_CHILD_TIMEOUT_S", 14400.0, "wall-time cap of an evaluation child", check=positive)
     max_lora_rank: int = setting("GRADIENTS_EVAL_MAX_LORA_RANK", 256, "largest LoRA rank accepted", check=positive)

@@ -69,3 +69,17 @@ def test_many_rows_per_call_keep_order_schema_and_determinism(tiny_llama):
     assert again.generate(requests) == rows
     other_task = [RowRequest(r.source, r.keys, r.task, r.temperature, r.variant, 99) for r in requests]
     assert again.generate(other_task) != rows
+
+
+@pytest.mark.parametrize("pieces, done_at", [
+    (['Sure: {"a": ', '"1"}', ' and more'], 1),          # closes with the second piece
+    (['{"a": "}{"', ', "b": {"c": "x"}', "}"], 2),       # braces inside strings and a nested object
+    (['no object "}" here', " {", '"k": "v\\"}"'], None),  # an escaped quote keeps the string open
+    (["} stray close first", '{"k": "v"}'], 1),
+])
+def test_json_object_end_sees_where_the_first_object_closes(pieces, done_at):
+    from services.dataset_prep.generators import JsonObjectEnd
+
+    end = JsonObjectEnd()
+    states = [end.feed(piece) for piece in pieces]
+    assert states.index(True) == done_at if done_at is not None else not any(states)

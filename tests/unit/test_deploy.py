@@ -307,3 +307,12 @@ def test_docker_compose_accepts_the_files(tmp_path):
     mesh = {"GRADIENTS_NATS_URL": "nats://10.0.0.1:4222", "GRADIENTS_REDIS_URL": "redis://10.0.0.1:6379/0"}
     joined = config("docker-compose.eval-worker.yml", env=mesh)
     assert joined.returncode == 0, joined.stderr
+
+
+def test_installed_top_level_packages_are_gradients_services_and_miner_sdk():
+    """benchmarks/ and tests/ run from the checkout; installing them would claim generic names."""
+    from setuptools import find_packages
+
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = find_packages(str(ROOT), include=found["include"], exclude=found.get("exclude", ()))
+    assert {p.split(".")[0] for p in packages} == {"gradients", "services", "miner_sdk"}
