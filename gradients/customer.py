@@ -27,6 +27,7 @@ from pathlib import Path
 
 import grpc
 
+from gradients.task_types import PROTO_KINDS
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import task_service_pb2 as ts
 from gradients.v1 import task_service_pb2_grpc as ts_grpc
@@ -37,7 +38,7 @@ FILE_SUFFIXES = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": 
 FOLDER_FORMATS = ("hf_disk", "image_folder")
 DATASET_FORMATS = ("jsonl", "json", "csv", "parquet", "hf_disk", "image_folder")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-TASK_TYPES = {"instruct": pb.INSTRUCT_TEXT, "chat": pb.CHAT, "dpo": pb.DPO, "grpo": pb.GRPO, "image": pb.IMAGE}
+TASK_TYPES = {kind.value: value for value, kind in PROTO_KINDS.items()}  # CLI names are the task kinds
 TERMINAL_STATES = (pb.SCORED, pb.FAILED, pb.CANCELLED)
 # Standard columns a customer may map their own columns onto, per task type (dataset_prep's
 # schema). GRPO also takes any other name: an extra column its reward functions read.
@@ -262,7 +263,7 @@ class CustomerClient:
                 fmt = format or folder_format(path)
                 if fmt not in FOLDER_FORMATS:
                     raise CustomerError(f"{path} is a folder; its format is one of {', '.join(FOLDER_FORMATS)}")
-                from miner_sdk.archive import UnsafeArchive, pack
+                from gradients.archive import UnsafeArchive, pack
 
                 try:  # deterministic tar: the same folder always has the same digest
                     blob = pack(path, Path(tmp) / f"{path.name or 'dataset'}.tar")
@@ -355,7 +356,7 @@ class CustomerClient:
         """Write the winning submission's archive into out_dir, check its sha256, extract it there.
 
         A download whose bytes do not match the announced size or sha256 is deleted and refused."""
-        from miner_sdk.archive import UnsafeArchive, safe_extract
+        from gradients.archive import UnsafeArchive, safe_extract
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -163,6 +163,16 @@ def covering_seed(types: tuple[str, ...], tasks: int, pools: Path, start: int = 
     return start
 
 
+def pool_share_env(options: DemoOptions) -> dict[str, str]:
+    """Selector pool sizes for the demo's few miners.
+
+    The paper's pools (8-15 text, 15-25 image miners) would give the first of two concurrent
+    tasks every demo miner and starve the other (FAILED: no miners): each task draws its share.
+    """
+    share = str(max(2, options.miners // max(1, options.concurrent)))
+    return {f"GRADIENTS_SELECTOR_{kind}_POOL_{end}": share for kind in ("TEXT", "IMAGE") for end in ("MIN", "MAX")}
+
+
 def mesh_env(options: DemoOptions, pools: Path, validator_ss58: str, miner_hotkeys: list[str],
              prompt_model: Path | None = None) -> dict[str, str]:
     """`prompt_model`: the text model that writes image tasks' new prompts (their base is a
@@ -221,7 +231,8 @@ class Demo:
         base, params_b = build_base_model(opts)
         pools = write_pools(opts, base, params_b)
         keys = [dev_keypair(f"gradients-demo-miner-{i + 1}") for i in range(opts.miners)]
-        env = mesh_env(opts, pools, self.validator.ss58_address, [k.ss58_address for k in keys], prompt_model=base)
+        env = {**pool_share_env(opts),
+               **mesh_env(opts, pools, self.validator.ss58_address, [k.ss58_address for k in keys], prompt_model=base)}
         # Ledger uids: miner i is uid i (on a chain the metagraph says).
         self.uids = {k.ss58_address: i for i, k in enumerate(keys)}
         uid_file = opts.data_dir / "ledger-uids.json"

@@ -41,7 +41,7 @@ def replay_report(redis_url: str, namespace: str, now: float | None):
 
 
 def report_dict(report) -> dict:
-    from services.scorer.conversion import MICROS, micros_to_iso
+    from gradients.timestamps import MICROS, micros_to_iso
 
     r = report.result
     return {
@@ -72,7 +72,7 @@ def replay(
     top: int = typer.Option(10, "--top", help="miners to list (0 = none)"),
 ) -> None:
     """Recompute every task score from its logged inputs, then S_final as of NOW, and print the digest."""
-    from services.scorer.conversion import parse_now
+    from gradients.timestamps import parse_now
     from services.scorer.replay import NothingToReplay
 
     try:

@@ -1,8 +1,8 @@
 """Instruct / chat supervised fine-tuning with a LoRA adapter (plain torch loop).
 
-Formatting matches the evaluator's: the prompt is the tokenizer's chat template over
-[system?, user] with the generation prompt added, the user content is the instruction,
-then a newline and the input when there is one; the completion is the output followed by
+Formatting is the evaluator's (one rule, `gradients.prompts`): the prompt is the tokenizer's
+chat template over [system?, user] with the generation prompt added, the user content is the
+instruction, then a newline and the input when there is one; the completion is the output followed by
 the EOS token. Loss is cross-entropy on completion tokens only. Chat rows give one
 (prompt, completion) pair per assistant turn: every message before the turn is the prompt.
 """
@@ -19,6 +19,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from gradients import prompts
 from miner_sdk.training.common import (
     HyperParams,
     RowsCache,
@@ -31,7 +32,7 @@ from miner_sdk.training.common import (
 )
 from miner_sdk.training.deadline import Deadline
 
-Messages = list[dict[str, str]]
+Messages = prompts.Messages
 
 # AutoTrain's LLM defaults (lr 3e-5, 1 epoch, batch 2, accumulation 4, warm-up 0.1, linear,
 # LoRA r 16 / alpha 32 / dropout 0.05 on all linear layers, model_max_length 2048).
@@ -54,17 +55,12 @@ class TextBase:
 
 
 def user_content(row: dict) -> str:
-    """The user turn of an instruct row: instruction, then a newline and the input if any."""
-    instruction = str(row["instruction"])
-    extra = str(row.get("input") or "")
-    return f"{instruction}\n{extra}" if extra.strip() else instruction
+    """The user turn of an instruct row (gradients.prompts: the evaluator's rule)."""
+    return prompts.instruct_user_content(str(row["instruction"]), str(row.get("input") or ""))
 
 
 def prompt_messages(row: dict, user: str) -> Messages:
-    system = str(row.get("system") or "")
-    messages: Messages = [{"role": "system", "content": system}] if system.strip() else []
-    messages.append({"role": "user", "content": user})
-    return messages
+    return prompts.prompt_messages(str(row.get("system") or ""), user)
 
 
 def sft_pairs(row: dict) -> list[tuple[Messages, str]]:
@@ -84,7 +80,7 @@ def sft_pairs(row: dict) -> list[tuple[Messages, str]]:
 
 
 def render_prompt(tokenizer, messages: Messages) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return prompts.render_chat(tokenizer, messages, add_generation_prompt=True)
 
 
 def encode_pair(tokenizer, messages: Messages, completion: str, max_length: int) -> PairExample:

@@ -18,8 +18,8 @@ from redis.exceptions import WatchError
 
 from gradients.runtime import Store, events
 from gradients.runtime.outbox import Outbox
+from gradients.timestamps import timestamp_to_micros
 from gradients.v1 import events_pb2 as ev
-from services.scorer.conversion import timestamp_to_micros
 
 
 MAX_LINKED_TRACES = 32  # a long outage folds many updates; the newest are the ones worth opening

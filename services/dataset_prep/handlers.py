@@ -45,7 +45,7 @@ from gradients.runtime import Consumer, Delivery, ServiceContext, Store, events,
 from gradients.runtime.outbox import Outbox
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import events_pb2 as ev
-from services.dataset_prep.artifacts import split_artifact
+from gradients.splits import split_artifact
 from services.dataset_prep.errors import DatasetRejected, GenerationAborted
 from services.dataset_prep.generators import (
     DiffusersImageConfig,

@@ -17,20 +17,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from gradients.task_types import TaskKind  # the shared vocabulary; re-exported for this service
 from services.dataset_prep.errors import DatasetRejected
 from services.dataset_prep.loading import RawTable
-
-
-class TaskKind(str, Enum):
-    INSTRUCT = "instruct"
-    CHAT = "chat"
-    DPO = "dpo"
-    GRPO = "grpo"
-    IMAGE = "image"
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from gradients.archive import UnsafeArchive, safe_extract
 from gradients.runtime import InvalidArgument, ServiceContext
 from gradients.sources import (
     HttpUrl,
@@ -37,9 +38,9 @@ from gradients.sources import (
     hf_offline,
     resolve_model,
 )
+from gradients.task_types import kind_of
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import dataset_prep_pb2 as dp
-from miner_sdk.archive import UnsafeArchive, safe_extract
 from services.dataset_prep.errors import DatasetRejected
 from services.dataset_prep.loading import FILE_FORMATS, LoadOptions, RawTable, load_table
 from services.dataset_prep.schema import KIND_FIELDS, ColumnMapping, RejectionLimits, TaskKind, standardise
@@ -50,13 +51,6 @@ log = logging.getLogger(__name__)
 IMAGE_LIST_FORMAT = "image_list"
 FOLDER_FORMATS = ("hf_disk", "image_folder")
 INSPECT_TIMEOUT_S = 100.0  # under task_service's 120 s wait, so the answer is ours
-KINDS = {
-    pb.INSTRUCT_TEXT: TaskKind.INSTRUCT,
-    pb.CHAT: TaskKind.CHAT,
-    pb.DPO: TaskKind.DPO,
-    pb.GRPO: TaskKind.GRPO,
-    pb.IMAGE: TaskKind.IMAGE,
-}
 _LIMITS = LoadOptions()
 _SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -316,7 +310,7 @@ async def resolve_task_dataset(ctx: ServiceContext, task: pb.Task, work_dir: Pat
     the policy refuses the source; the work dir is removed then."""
     settings: DatasetPrepSettings = ctx.settings
     data_dir = Path(ctx.mesh.data_dir)
-    kind = KINDS.get(task.type)
+    kind = kind_of(task.type)
     resolved = pb.Task()
     resolved.CopyFrom(task)
     try:
@@ -394,7 +388,7 @@ def inspect_local(dataset: pb.DatasetSpec, kind: TaskKind, settings: DatasetPrep
 
 async def inspect_dataset(ctx: ServiceContext, task_type: int, dataset: pb.DatasetSpec, work_dir: Path,
                           timeout_s: float = INSPECT_TIMEOUT_S) -> dp.InspectDatasetResponse:
-    kind = KINDS.get(task_type)
+    kind = kind_of(task_type)
     if kind is None:
         raise InvalidArgument("type", "names no task type with a dataset schema (INSTRUCT_TEXT, CHAT, DPO, GRPO, IMAGE)")
     if not dataset.uri.strip():

@@ -16,15 +16,16 @@ import socket
 import time
 from pathlib import Path
 
+from gradients.archive import UnsafeArchive, safe_extract
+from gradients.evaluation import default_criteria
 from gradients.runtime import metrics
 from gradients.runtime import Consumer, Delivery, ServiceContext, events, telemetry
 from gradients.runtime.bus import is_transient
 from gradients.runtime.outbox import Outbox
 from gradients.sources import SourceRefused, hf_cache_dir, resolve_model
+from gradients.splits import read_split_artifact
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import events_pb2 as ev
-from miner_sdk.archive import UnsafeArchive, safe_extract
-from services.dataset_prep.artifacts import read_split_artifact
 from services.eval_worker.job import EvalJob, EvalLimits, GrpoOptions, ImageOptions, RewardSpec, Submission, SubmissionEval, evaluate_job
 from services.eval_worker.settings import GiB, EvalWorkerSettings
 
@@ -124,6 +125,7 @@ class EvalJobHandler:
         if not test_rows:
             raise JobFailed("the test split is empty")
         s = self.settings
+        default = default_criteria(task.type)
         try:
             return EvalJob(
                 task_id=task.task_id,
@@ -137,8 +139,8 @@ class EvalJobHandler:
                 limits=EvalLimits(max_lora_rank=s.max_lora_rank, max_adapter_bytes=int(s.max_upload_gb * GiB),
                                   child_memory_bytes=int(s.child_memory_gb * GiB), child_timeout_s=s.child_timeout_s,
                                   isolate=s.isolate, eval_plan=s.plan),
-                test_weight=task.evaluation.test_weight or (0.25 if task.type == pb.IMAGE else 0.7),
-                dpo_beta=task.evaluation.dpo_beta or 0.1,
+                test_weight=task.evaluation.test_weight or default.test_weight,
+                dpo_beta=task.evaluation.dpo_beta or default.dpo_beta,
                 grpo=GrpoOptions(num_generations=s.grpo_generations, max_new_tokens=s.grpo_max_new_tokens),
                 image=ImageOptions(seeds_per_level=s.image_seeds_per_level, num_inference_steps=s.image_steps),
                 image_root=str(image_root),

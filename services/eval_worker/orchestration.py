@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Protocol
 
 from services.eval_worker.isolation import ChildLimits, ChildOutcome, run_in_child, run_in_process
 from services.eval_worker.job import BASELINE_HOTKEY, EvalJob, JobOutcome, Submission, SubmissionEval, failed
+from services.eval_worker.logic import assemble, baseline_group, plan_groups
 from services.eval_worker.text_eval import MemberResult
 from services.eval_worker.validation import (
     SubmissionRefused,
@@ -43,30 +43,6 @@ def evaluate_group(
     from services.eval_worker.image_eval import evaluate_image_group
 
     return evaluate_image_group(job, members, baseline)
-
-
-def plan_groups(job: EvalJob, accepted: list[ValidatedSubmission]) -> list[list[ValidatedSubmission]]:
-    """Mixed-batch adapters share groups (up to max_adapters_per_group); the rest go alone.
-
-    Image adapters are swapped one after another on one pipeline, so they share groups too.
-    """
-    shareable = [v for v in accepted if v.kind == "adapter" and (v.mixed_batch_ok or job.task_type == "IMAGE")]
-    alone = [v for v in accepted if v not in shareable]
-    size = job.limits.max_adapters_per_group
-    groups = [shareable[i : i + size] for i in range(0, len(shareable), size)]
-    return groups + [[v] for v in alone]
-
-
-def baseline_group(job: EvalJob, groups: list[list[ValidatedSubmission]]) -> int | None:
-    """Index of the first group whose child loads the base anyway, so the baseline costs no load.
-
-    Adapter groups always load the base; DPO and GRPO load it for a full model too (reference,
-    KL); a text full-model group does not, so the baseline then gets a child of its own (None).
-    """
-    for i, group in enumerate(groups):
-        if job.task_type in ("DPO", "GRPO") or any(m.kind == "adapter" for m in group):
-            return i
-    return None
 
 
 def _child_limits(job: EvalJob) -> ChildLimits:
@@ -124,43 +100,6 @@ def run_groups(
             ok=False, reason=alone.reason
         )
     return results
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
-def assemble(job: EvalJob, hotkey: str, kind: str, result: MemberResult) -> SubmissionEval:
-    """Set losses from per-example numbers: L_weighted = w*L_test + (1-w)*L_synth (no synth: L_test)."""
-    if not result.ok:
-        return failed(hotkey, result.reason or "evaluation failed", kind)
-    values = result.test + result.synth
-    if not result.test or not all(math.isfinite(v) for v in values):
-        return failed(hotkey, "evaluation produced a non-finite or empty loss", kind)
-    loss_test = _mean(result.test)
-    loss_synth = _mean(result.synth) if result.synth else None
-    if job.task_type == "IMAGE" or loss_synth is None:
-        # Image: L_weighted is eq 16/17's delta-mix on D_test; the synth loss is reported alongside.
-        loss_weighted = loss_test
-    else:
-        loss_weighted = job.test_weight * loss_test + (1.0 - job.test_weight) * loss_synth
-    out = SubmissionEval(
-        hotkey=hotkey,
-        ok=True,
-        loss_test=loss_test,
-        loss_synth=loss_synth,
-        loss_weighted=loss_weighted,
-        per_example_test=list(result.test),
-        per_example_synth=list(result.synth),
-        kind=kind,
-        details={k: v for k, v in result.extras.items() if isinstance(v, float)},
-        warnings=list(result.extras.get("warnings", [])),
-    )
-    if job.task_type == "GRPO":
-        out.score_test = -loss_test
-        out.score_synth = -loss_synth if loss_synth is not None else None
-        out.score_weighted = -loss_weighted
-    return out
 
 
 def run_job(job: EvalJob, submissions: list[Submission], group_fn: GroupFn = evaluate_group) -> JobOutcome:

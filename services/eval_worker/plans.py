@@ -18,26 +18,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-PLANS = ("auto", "mixed", "merged")
-
-
-# CPU -> merged: a merged pass is the plain model (no per-adapter split and small matmuls in every
-# LoRA layer) and can share the rows' common prompt prefix (text_eval, ~1/3 of SmolLM2's tokens on
-# the benchmark rows), which mixed batches cannot (the prefix differs by adapter). NOT YET MEASURED
-# side by side: confirm with `python -m benchmarks.eval_throughput --model smollm2 --plan mixed`
-# vs `--plan merged` on a quiet CPU and put the medians here. CUDA -> mixed (K+1 times larger
-# batches on short rows) until benchmarks/device_check.sh has measured both plans on a GPU.
-def choose_plan(requested: str, device: str, n_adapters: int, mergeable: bool) -> str:
-    """The plan of one adapter group: `requested` unless "auto"; merged needs mergeable weights."""
-    if requested not in PLANS:
-        raise ValueError(f"eval plan must be one of {PLANS}, got {requested!r}")
-    if n_adapters < 2:
-        return "single"  # one adapter: evaluated as it is, nothing to mix or merge
-    if not mergeable:
-        return "mixed"
-    if requested != "auto":
-        return requested
-    return "merged" if device == "cpu" else "mixed"
+from services.eval_worker.logic import PLANS, choose_plan  # noqa: F401  (the choice is pure)
 
 
 def _lora_layers(model: Any, name: str) -> list[Any]:

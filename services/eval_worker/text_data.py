@@ -20,13 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-IGNORE_INDEX = -100
+from gradients import prompts
+from gradients.prompts import FALLBACK_CHAT_TEMPLATE
 
-# Used only when the base tokenizer has no chat template.
-FALLBACK_CHAT_TEMPLATE = (
-    "{% for m in messages %}### {{ m['role'] }}:\n{{ m['content'] }}\n\n{% endfor %}"
-    "{% if add_generation_prompt %}### assistant:\n{% endif %}"
-)
+IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)
@@ -47,10 +44,7 @@ def _require(row: dict[str, Any], key: str, kind: str) -> str:
 
 
 def render_chat(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
-    template = tokenizer.chat_template or FALLBACK_CHAT_TEMPLATE
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=template
-    )
+    return prompts.render_chat(tokenizer, messages, add_generation_prompt, FALLBACK_CHAT_TEMPLATE)
 
 
 def _encode(tokenizer: Any, text: str) -> list[int]:
@@ -77,12 +71,8 @@ def fit_to_length(prompt: list[int], completion: list[int], max_len: int) -> Tok
 
 
 def prompt_messages(row: dict[str, Any], user_content: str) -> list[dict[str, str]]:
-    messages = []
     system = row.get("system")
-    if isinstance(system, str) and system.strip():
-        messages.append({"role": "system", "content": system})
-    messages.append({"role": "user", "content": user_content})
-    return messages
+    return prompts.prompt_messages(system if isinstance(system, str) else None, user_content)
 
 
 def instruct_prompt_ids(tokenizer: Any, row: dict[str, Any]) -> list[int]:
@@ -90,7 +80,7 @@ def instruct_prompt_ids(tokenizer: Any, row: dict[str, Any]) -> list[int]:
     extra = row.get("input") or ""
     if not isinstance(extra, str):
         raise ValueError(f"instruct row 'input' must be a string, got {type(extra).__name__}")
-    user = f"{instruction}\n{extra}" if extra.strip() else instruction
+    user = prompts.instruct_user_content(instruction, extra)
     return _encode(tokenizer, render_chat(tokenizer, prompt_messages(row, user), True))
 
 

@@ -11,6 +11,8 @@ import json
 import math
 from dataclasses import asdict, dataclass
 
+from gradients.evaluation import IMAGE_TEST_WEIGHT, TEXT_TEST_WEIGHT
+
 DAY_S = 86_400.0
 
 
@@ -40,8 +42,8 @@ class ScoringConfig:
     failed_submission_score: float = -1.0  # failed/duplicate, only when a valid submission exists
 
     # §3.4 loss weighting (used by the eval worker to build L_weighted; kept here so one version pins it)
-    test_weight_omega: float = 0.7  # text: ω·L_test + (1−ω)·L_synth
-    image_text_weight_delta: float = 0.25  # image: δ·L_text + (1−δ)·L_no-text
+    test_weight_omega: float = TEXT_TEST_WEIGHT  # text: ω·L_test + (1−ω)·L_synth
+    image_text_weight_delta: float = IMAGE_TEST_WEIGHT  # image: δ·L_text + (1−δ)·L_no-text
 
     # eq 12 task weight W_task = max(floor, scale·sqrt(φ·t))
     task_weight_floor: float = 1.0

@@ -17,7 +17,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from services.task_service.logic import TaskType
+from gradients.task_types import TaskType
 
 DEFAULT_ALPHA = 2.0  # weight of a miner that has not taken part today
 DEFAULT_GAMMA = 0.01  # weight floor, so every miner keeps some chance

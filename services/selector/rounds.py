@@ -27,23 +27,18 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from gradients.runtime import EventBus, Store, events, metrics
 from gradients.runtime.outbox import Outbox
+from gradients.task_types import category_of
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import events_pb2 as ev
 from gradients.v1 import miner_gateway_pb2 as gw
 from services.selector.logic import MinerStanding, PoolSizeConfig, select_pool
 from services.selector.offers import OfferBook, OfferStatus, offer_id_for
 from services.selector.registry import MinerRegistry, utc_day
-from services.task_service.logic import TaskType
 
 log = logging.getLogger(__name__)
 
 ROUND_TTL_S = 7 * 24 * 3600
 DELIVERY_TIMEOUT_S = 1.0
-
-
-def logic_task_type(task_type: int) -> TaskType:
-    """Only text vs image matters for the pool size; CHAT is instruction tuning."""
-    return TaskType.IMAGE if task_type == pb.IMAGE else TaskType.INSTRUCT_TEXT
 
 
 def round_rng(task_id: str, attempt: int) -> random.Random:
@@ -187,7 +182,7 @@ class OfferRounds:
         excluded = set(earlier) | offered_ever
         this_round = set(accepted) | set(declined)
         n_available = sum(1 for m in standings if m.hotkey not in excluded or m.hotkey in this_round)
-        drawn_size = self.config.pool_sizes.pool_size_for(logic_task_type(task.type), n_available + len(earlier), rng)
+        drawn_size = self.config.pool_sizes.pool_size_for(category_of(task.type), n_available + len(earlier), rng)
         pool_size = await self._fixed(task.task_id, attempt, "pool-size", drawn_size)
         target = max(pool_size - len(earlier), 0)
         log.info("offer round task=%s attempt=%d: pool %d, %d earlier, %d candidates",

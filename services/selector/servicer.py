@@ -5,12 +5,13 @@ from __future__ import annotations
 import random
 
 from gradients.runtime import InvalidArgument, ServiceContext
+from gradients.task_types import category_of
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import selector_pb2 as sel_pb
 from gradients.v1 import selector_pb2_grpc
 from services.selector.components import SelectorComponents
 from services.selector.logic import select_pool
-from services.selector.rounds import logic_task_type, round_rng
+from services.selector.rounds import round_rng
 
 
 class SelectorServicer(selector_pb2_grpc.SelectorServicer):
@@ -37,6 +38,6 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
         standings = await self.sel.registry.connected_standings(self.sel.policy.uid_of)
         excluded = set(request.exclude)
         available = sum(1 for m in standings if m.hotkey not in excluded)
-        size = request.pool_size or self.sel.settings.pool_sizes().pool_size_for(logic_task_type(request.type), available, rng)
+        size = request.pool_size or self.sel.settings.pool_sizes().pool_size_for(category_of(request.type), available, rng)
         pool = select_pool(standings, size, rng, exclude=excluded, tie_break_salt=request.task_id or None)
         return sel_pb.SelectPoolResponse(offer_order=[m.hotkey for m in pool])

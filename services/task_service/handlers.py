@@ -6,17 +6,13 @@ import random
 import time
 
 from gradients.runtime import Consumer, Delivery, ServiceContext, events
+from gradients.task_types import category_of
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import events_pb2 as ev
 from services.task_service.lifecycle import TaskLifecycle, Trigger
 from services.task_service.publish import WinnerPublisher
 from services.task_service.results import ResultStore
-from services.task_service.logic import TaskState, TaskType, allocate_hours, decide_after_offers
-
-
-def logic_type(task_type: int) -> TaskType:
-    """CHAT tasks are instruction tuning on conversations: eq 4 treats them as INSTRUCT_TEXT."""
-    return TaskType.INSTRUCT_TEXT if task_type == pb.CHAT else TaskType[pb.TaskType.Name(task_type)]
+from services.task_service.logic import TaskState, allocate_hours, decide_after_offers
 
 
 def _trigger(delivery: Delivery) -> Trigger:
@@ -44,7 +40,7 @@ class TaskEventHandlers:
             task.splits.CopyFrom(event.splits)
             if task.hours <= 0:  # organic task without hours: eq 4 from the dataset size
                 rows = event.splits.train.rows + event.splits.test.rows
-                task.hours = allocate_hours(logic_type(task.type), max(rows, 1), self.rng)
+                task.hours = allocate_hours(category_of(task.type), max(rows, 1), self.rng)
             if task.initial_hours <= 0:
                 task.initial_hours = task.hours
 

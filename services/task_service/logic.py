@@ -14,23 +14,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from gradients.task_types import TaskType  # the shared vocabulary; re-exported for this service
+
 # ---------------------------------------------------------------------------------------
 # Task types and the synthetic mix (eq 1)
 # ---------------------------------------------------------------------------------------
-
-
-class TaskType(enum.Enum):
-    """The four task categories of §3.2. Names must stay identical to the protobuf enum."""
-
-    INSTRUCT_TEXT = "instruct_text"
-    DPO = "dpo"
-    GRPO = "grpo"
-    IMAGE = "image"
-
-    @property
-    def is_text(self) -> bool:
-        # DPO and GRPO fine-tune language models too; only IMAGE is a diffusion task.
-        return self is not TaskType.IMAGE
 
 
 _MIX_SUM_TOLERANCE = 1e-9

@@ -9,7 +9,9 @@ import random
 import time
 import uuid
 
+from gradients.evaluation import default_criteria
 from gradients.runtime import ServiceContext, events, metrics, telemetry
+from gradients.task_types import proto_of
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import events_pb2 as ev
 from services.task_service.lifecycle import LIVE_STATES, TaskLifecycle, now_ts
@@ -87,7 +89,7 @@ class TaskScheduler:
         with self._tracer.start_as_current_span("synthetic task", attributes={"task.type": spec.task_type.name}) as span:
             task = pb.Task(
                 task_id=str(uuid.uuid4()),
-                type=pb.TaskType.Value(spec.task_type.name),
+                type=proto_of(spec.task_type),
                 organic=False,
                 base_model=spec.base_model,
                 dataset=pb.DatasetSpec(uri=spec.dataset.dataset_id, row_count=spec.dataset.n_rows),
@@ -101,8 +103,9 @@ class TaskScheduler:
                 task.evaluation.reward_functions.append(
                     pb.RewardFunction(name=fn["name"], weight=float(fn.get("weight", 1.0)), code=fn.get("code", ""),
                                       params={k: str(v) for k, v in fn.get("params", {}).items()}))
-            task.evaluation.test_weight = 0.25 if spec.task_type.name == "IMAGE" else 0.7
-            task.evaluation.dpo_beta = 0.1
+            criteria = default_criteria(task.type)
+            task.evaluation.test_weight = criteria.test_weight
+            task.evaluation.dpo_beta = criteria.dpo_beta
             span.set_attribute("task.id", task.task_id)
             await self.ctx.store.redis.incr(self.created_key)
             return await self.lifecycle.create(task)

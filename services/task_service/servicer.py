@@ -15,6 +15,7 @@ import uuid
 import grpc
 
 from gradients.accounts import Account, AccountStore, bearer_key
+from gradients.evaluation import default_criteria
 from gradients.runtime import (
     FailedPrecondition,
     InvalidArgument,
@@ -223,8 +224,9 @@ class TaskServicer(ts_grpc.TaskServiceServicer):
             trace_parent=telemetry.inject_headers({}).get("traceparent", ""),
         )
         task.evaluation.reward_functions.extend(request.reward_functions)
-        task.evaluation.test_weight = 0.25 if request.type == pb.IMAGE else 0.7
-        task.evaluation.dpo_beta = 0.1
+        criteria = default_criteria(request.type)
+        task.evaluation.test_weight = criteria.test_weight
+        task.evaluation.dpo_beta = criteria.dpo_beta
         created = await self.lifecycle.create(task, request.request_id, quota_account=account if owner else None)
         return ts.CreateTaskResponse(task=created)
 

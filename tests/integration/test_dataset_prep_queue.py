@@ -33,7 +33,7 @@ from gradients.v1 import dataset_prep_pb2_grpc as dp_grpc
 from gradients.v1 import events_pb2 as ev
 from gradients.v1 import task_service_pb2 as ts
 from gradients.v1 import task_service_pb2_grpc as ts_grpc
-from services.dataset_prep.artifacts import read_split_artifact
+from gradients.splits import read_split_artifact
 from services.dataset_prep.handlers import WORK_DURABLE
 from services.task_service.service import SPEC as TASK_SERVICE
 

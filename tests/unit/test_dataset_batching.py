@@ -43,19 +43,12 @@ def test_bad_batch_settings_are_refused():
         LocalGeneratorConfig("/m", batch_rows=0)
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-    from gradients.models.tiny import build_tiny_llama
-
-    return str(build_tiny_llama(tmp_path_factory.mktemp("tiny_llama")))
-
-
 def test_many_rows_per_call_keep_order_schema_and_determinism(tiny_llama):
     options = dict(max_new_tokens=12, fallback_max_new_tokens=6, attempts_per_row=1, batch_rows=8)
     requests = [RowRequest({"instruction": f"add {i} and {i + 1}" + " please" * (i % 3), "output": str(2 * i + 1)},
                            ("instruction", "output"), "Write a new example.", 0.6, 0, 1234) for i in range(10)]
     progress: list[tuple[int, int]] = []
-    batched = LocalTransformersGenerator(LocalGeneratorConfig(tiny_llama, **options))
+    batched = LocalTransformersGenerator(LocalGeneratorConfig(str(tiny_llama), **options))
     rows = batched.generate(requests, lambda done, total: progress.append((done, total)))
     assert len(rows) == 10 and all(r is not None and set(r) == {"instruction", "output"} for r in rows)
     assert all(v.strip() for r in rows for v in r.values())
@@ -65,7 +58,7 @@ def test_many_rows_per_call_keep_order_schema_and_determinism(tiny_llama):
     # the tiny model never writes JSON, and its fallback answers are never empty.
     assert batched.calls < 10 * (1 + 2)  # far fewer calls than one per row and stage
     assert batched.stats.malformed == 10 and batched.stats.fallback_rows == 10
-    again = LocalTransformersGenerator(LocalGeneratorConfig(tiny_llama, **options))
+    again = LocalTransformersGenerator(LocalGeneratorConfig(str(tiny_llama), **options))
     assert again.generate(requests) == rows
     other_task = [RowRequest(r.source, r.keys, r.task, r.temperature, r.variant, 99) for r in requests]
     assert again.generate(other_task) != rows

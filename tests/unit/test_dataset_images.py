@@ -81,13 +81,6 @@ def tiny_sd(tmp_path_factory):
     return build_tiny_sd_pipeline(tmp_path_factory.mktemp("tiny_sd"))
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-    from gradients.models.tiny import build_tiny_llama
-
-    return build_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
-
-
 def test_diffusers_generator_draws_images_of_the_asked_size(tiny_sd):
     from services.dataset_prep.generators import (
         DiffusersImageConfig,

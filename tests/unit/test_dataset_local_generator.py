@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from services.dataset_prep.errors import GenerationAborted
@@ -63,16 +65,9 @@ def test_failure_run_trips_at_the_limit_and_resets_on_success():
     )
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-    from gradients.models.tiny import build_tiny_llama
-
-    return str(build_tiny_llama(tmp_path_factory.mktemp("tiny_llama")))
-
-
-def small_config(path: str, **overrides) -> LocalGeneratorConfig:
+def small_config(path: str | Path, **overrides) -> LocalGeneratorConfig:
     options = dict(max_new_tokens=16, fallback_max_new_tokens=6, attempts_per_row=1)
-    return LocalGeneratorConfig(path, **{**options, **overrides})
+    return LocalGeneratorConfig(str(path), **{**options, **overrides})
 
 
 SOURCES = [

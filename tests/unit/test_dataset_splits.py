@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.dataset_prep.errors import DatasetRejected
-from services.dataset_prep.splits import (
+from services.dataset_prep.logic import (
     SplitConfig,
     row_sha256,
     rows_sha256,

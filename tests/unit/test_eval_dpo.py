@@ -13,15 +13,7 @@ from services.eval_worker import testing as T
 from services.eval_worker.dpo_eval import dpo_loss, neg_log_sigmoid
 from services.eval_worker.job import EvalJob, EvalLimits, Submission, evaluate_job
 
-pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("one_thread")]
 
 
 def dpo_rows() -> list[dict]:

@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from gradients.models.tiny import build_tiny_llama
 from services.eval_worker import reward_library as lib
@@ -26,16 +25,8 @@ from services.eval_worker.model_loading import load_tokenizer
 from services.eval_worker.rewards import run_reward
 from services.eval_worker.text_data import instruct_example
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("one_thread")]
 FAST_SANDBOX = SandboxLimits(wall_seconds=3.0, cpu_seconds=2)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # --- formulas -------------------------------------------------------------------------

@@ -5,22 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from services.dataset_prep.tiny_image import build_tiny_sd_pipeline
 from services.eval_worker import testing as T
 from services.eval_worker.image_eval import combine, start_step
 from services.eval_worker.job import EvalJob, EvalLimits, ImageOptions, Submission, evaluate_job
 
-pytestmark = pytest.mark.timeout(240)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("one_thread")]
 
 
 def test_start_step_follows_img2img_strength():

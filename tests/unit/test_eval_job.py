@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from gradients.models.tiny import build_tiny_llama
 from services.eval_worker import testing as T
@@ -15,15 +14,7 @@ from services.eval_worker.orchestration import plan_groups, run_job
 from services.eval_worker.text_data import text_examples
 from services.eval_worker.validation import ValidatedSubmission
 
-pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_thread")]
 
 
 def rows() -> list[dict]:

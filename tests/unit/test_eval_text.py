@@ -22,15 +22,7 @@ from services.eval_worker.text_data import (
 from services.eval_worker.text_eval import BatchPlan, evaluate_text_group, plan_unit_batches
 from services.eval_worker.validation import read_base_info, validate_submission
 
-pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("one_thread")]
 
 
 def instruct_rows() -> list[dict]:

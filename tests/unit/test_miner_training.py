@@ -14,7 +14,6 @@ from PIL import Image
 from safetensors import safe_open
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
-from gradients.models.tiny import build_tiny_llama
 from miner_sdk.training import (
     STRATEGIES,
     Deadline,
@@ -26,22 +25,7 @@ from miner_sdk.training import (
 from miner_sdk.training.common import HyperParams, split_validation
 from miner_sdk.training.strategies import LR_SWEEP_FACTORS, random_search
 
-pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two torch threads on a shared 2-core box get starved by other processes (10x slower
-    # steps); the deadline tests need steady step times.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory) -> Path:
-    return build_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), seed=0)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("one_thread")]
 
 
 def instruct_rows() -> list[dict]:

@@ -1,5 +1,8 @@
 """The bytes the artifact store keeps for one split, and reading them back.
 
+dataset_prep writes these bytes, eval_worker (and anyone auditing a task) reads them, so the
+format lives here, apart from both.
+
 Text splits: the canonical JSONL itself, so the artifact's sha256 equals the split hash.
 Image splits: an uncompressed USTAR tar holding `rows.jsonl` then `images/<sha256>.png` in
 name order, every header fixed (mtime 0, uid 0, mode 0644), so the same split always gives
@@ -11,12 +14,19 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from typing import Any
-
-from services.dataset_prep.pipeline import PreparedSplit
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 ROWS_NAME = "rows.jsonl"
 IMAGES_DIR = "images/"
+
+
+class Split(Protocol):
+    """What the writer needs of a prepared split (dataset_prep's PreparedSplit is one)."""
+
+    images: Mapping[str, bytes]
+
+    def to_jsonl_bytes(self) -> bytes: ...
 
 
 def _member(name: str, size: int) -> tarfile.TarInfo:
@@ -29,7 +39,7 @@ def _member(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
-def split_artifact(split: PreparedSplit) -> bytes:
+def split_artifact(split: Split) -> bytes:
     rows = split.to_jsonl_bytes()
     if not split.images:
         return rows
