@@ -36,6 +36,18 @@ class MinerOptions:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
+def warm_up(task_types: tuple[str, ...]) -> None:
+    """Import the libraries the accepted task types train with."""
+    import peft  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    import miner_sdk.training  # noqa: F401
+
+    if "IMAGE" in task_types:
+        import diffusers  # noqa: F401
+
+
 def read_training_rows(path: Path, image_root: Path) -> list[dict]:
     """JSONL for text tasks; for image tasks a tar of rows.jsonl + images/ (unpacked to image_root)."""
     data = path.read_bytes()
@@ -62,6 +74,12 @@ class ReferenceMiner:
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
+        # Import the training stack before taking offers: a cold import of torch, transformers,
+        # peft (and diffusers) costs tens of seconds on a small machine, eaten from the first
+        # task's training window otherwise.
+        started = time.monotonic()
+        await asyncio.to_thread(warm_up, self.options.task_types)
+        log.info("training stack loaded in %.1fs", time.monotonic() - started)
         offers = self.client.offers()
         log.info("miner %s connecting to %s (strategy %s)", self.client.hotkey, self.options.validator, self.options.strategy)
         try:

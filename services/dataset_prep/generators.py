@@ -319,10 +319,14 @@ class JsonObjectEnd:
 
     Fed one piece of text at a time (a decoded token); braces inside JSON strings do not
     count. A batched generation stops a row there instead of letting it ramble on (models add
-    explanations after the object) while the longest row of the batch sets the pace.
+    explanations after the object) while the longest row of the batch sets the pace. A row
+    that writes `max_preamble` visible characters without opening an object is given up as
+    well: its answer will not parse, and the field-by-field fallback takes over sooner.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_preamble: int = 32) -> None:
+        self.max_preamble = max_preamble
+        self.preamble = 0
         self.depth = 0
         self.started = False
         self.in_string = False
@@ -345,6 +349,10 @@ class JsonObjectEnd:
             elif char == "{":
                 self.depth += 1
                 self.started = True
+            elif not self.started:
+                if not char.isspace():
+                    self.preamble += 1
+                    self.done = self.preamble > self.max_preamble
             elif char == "}" and self.started:
                 self.depth -= 1
                 self.done = self.depth == 0

@@ -76,3 +76,15 @@ def test_json_object_end_sees_where_the_first_object_closes(pieces, done_at):
     end = JsonObjectEnd()
     states = [end.feed(piece) for piece in pieces]
     assert states.index(True) == done_at if done_at is not None else not any(states)
+
+
+def test_a_row_that_never_opens_an_object_is_given_up_after_its_preamble():
+    from services.dataset_prep.generators import JsonObjectEnd
+
+    end = JsonObjectEnd(max_preamble=10)
+    assert not end.feed("```json\n")  # 7 visible characters: still waiting for the object
+    assert not end.feed("   ")  # whitespace does not count
+    assert end.feed("abcd")  # 11 > 10: given up
+    opened = JsonObjectEnd(max_preamble=10)
+    assert not opened.feed("Here: {") and not opened.feed('"a": "long text without end')
+    assert opened.feed('"}')
