@@ -52,9 +52,9 @@ def run(n_miners: int, n_tasks: int, repeats: int) -> None:
         records = make_records(n_miners, n_tasks, pool)
         table = build_score_table(records)
         rows = len(table.row_score)
-        t_build = _median_time(lambda: build_score_table(records), repeats)
-        t_recompute = _median_time(lambda: recompute(table, NOW, config), repeats)
-        t_replay = _median_time(lambda: replay(records, NOW, config), repeats)
+        t_build = _median_time(lambda records=records: build_score_table(records), repeats)
+        t_recompute = _median_time(lambda table=table: recompute(table, NOW, config), repeats)
+        t_replay = _median_time(lambda records=records: replay(records, NOW, config), repeats)
         result = recompute(table, NOW, config)
         print(
             f"{label:>10}: {n_miners} miners x {n_tasks} tasks ({rows:,} rows): "

@@ -55,7 +55,7 @@ def main() -> None:
             n_test = max(1, len(rows) // 10)
             test, train_rows = rows[:n_test], rows[n_test:]
             losses = {}
-            for i, strategy in enumerate(STRATEGIES):
+            for _, strategy in enumerate(STRATEGIES):
                 out = work / f"{family}-{seed}-{strategy}"
                 result = train(strategy, "instruct", base, train_rows, out, Deadline.after(args.budget), seed=seed)
                 job = EvalJob(task_id=f"{family}-{seed}", task_type="INSTRUCT_TEXT", base_model_dir=str(base),

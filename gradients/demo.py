@@ -265,8 +265,14 @@ class Demo:
         self.names[hotkey] = (name, strategy)
 
     async def snapshot(self) -> DemoSnapshot:
-        from gradients.v1 import chain_bridge_pb2, chain_bridge_pb2_grpc, scorer_pb2, scorer_pb2_grpc
-        from gradients.v1 import selector_pb2, selector_pb2_grpc
+        from gradients.v1 import (
+            chain_bridge_pb2,
+            chain_bridge_pb2_grpc,
+            scorer_pb2,
+            scorer_pb2_grpc,
+            selector_pb2,
+            selector_pb2_grpc,
+        )
 
         snap = DemoSnapshot()
         addresses = self.mesh.addresses

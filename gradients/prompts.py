@@ -9,7 +9,7 @@ is scored on text it never saw.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 Messages = list[dict[str, str]]
 
@@ -36,6 +36,6 @@ def render_chat(tokenizer: Any, messages: Messages, add_generation_prompt: bool 
                 fallback_template: str | None = None) -> str:
     """The messages through the tokenizer's chat template (or `fallback_template` when it has none)."""
     template = None if tokenizer.chat_template else fallback_template
-    return tokenizer.apply_chat_template(
+    return cast(str, tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=template
-    )
+    ))

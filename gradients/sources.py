@@ -26,9 +26,10 @@ import ssl
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 HTTP_SCHEMES = ("http", "https")
 MAX_REDIRECTS = 5

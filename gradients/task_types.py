@@ -29,7 +29,7 @@ class TaskType(enum.Enum):
         return self is not TaskType.IMAGE
 
 
-class TaskKind(str, enum.Enum):
+class TaskKind(str, enum.Enum):  # noqa: UP042  (StrEnum would change str()/format() of members)
     INSTRUCT = "instruct"
     CHAT = "chat"
     DPO = "dpo"

@@ -8,11 +8,11 @@ did, so every service converts through these functions (no I/O).
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROS = 1_000_000
 
 
@@ -58,5 +58,5 @@ def parse_now(text: str) -> float:
     except ValueError:
         raise ValueError(f"now: {text!r} is neither unix seconds nor an ISO-8601 time") from None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return micros_to_seconds((dt - EPOCH) // timedelta(microseconds=1))

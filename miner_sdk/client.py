@@ -26,7 +26,7 @@ import re
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -102,7 +102,7 @@ class Backoff:
 
 
 def _timestamp(ts) -> datetime:
-    return datetime.fromtimestamp(ts.ToNanoseconds() / 1e9, tz=timezone.utc)
+    return datetime.fromtimestamp(ts.ToNanoseconds() / 1e9, tz=UTC)
 
 
 @dataclass
@@ -110,7 +110,7 @@ class ReceivedOffer:
     """One task offer. Answer it with `accept()` or `decline()` before `answer_by`."""
 
     proto: gw.Offer
-    client: "MinerClient"
+    client: MinerClient
 
     @property
     def offer_id(self) -> str:
@@ -198,7 +198,7 @@ class MinerClient:
         self._stub = gw_grpc.MinerGatewayStub(self._channel)
         self._connected = asyncio.Event()
 
-    async def __aenter__(self) -> "MinerClient":
+    async def __aenter__(self) -> MinerClient:
         return self
 
     async def __aexit__(self, *exc) -> None:

@@ -136,7 +136,7 @@ class SecretServer:
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "SecretServer":
+    def __enter__(self) -> SecretServer:
         self.thread.start()
         return self
 
@@ -183,7 +183,7 @@ class CustomerClient:
                 stream = getattr(self.stub, method)(request, metadata=metadata, timeout=timeout_s)
                 reply = None
                 try:
-                    async for reply in stream:
+                    async for reply in stream:  # noqa: B007  (`reply`, the first reply, is returned below)
                         break   # the first reply says it was answered; no need to wait for the end
                 finally:
                     stream.cancel()

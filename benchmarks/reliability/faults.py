@@ -38,7 +38,7 @@ class FaultOptions:
     scenarios: tuple[str, ...] = ("kill", "nats-restart", "redis-restart", "nats-cluster")
 
     @classmethod
-    def ci(cls) -> "FaultOptions":
+    def ci(cls) -> FaultOptions:
         return cls(rounds=4, concurrent=4, kills=6, restart_tasks=3, cluster_tasks=3, kill_every_s=(0.5, 1.5),
                    down_s=(0.2, 1.0),
                    outage_time_scale=4.0, timeout_s=420.0)

@@ -77,7 +77,7 @@ class StageTimes:
 
 class FastMiner:
     def __init__(self, name: str, address: str, validator_hotkey: str, adapter: Path, work_dir: Path,
-                 fleet: "Fleet"):
+                 fleet: Fleet):
         self.name = name
         self.keypair = dev_keypair(name)
         self.hotkey = self.keypair.ss58_address

@@ -87,7 +87,7 @@ class FuzzOptions:
     services: tuple[str, ...] = SERVICES
 
     @classmethod
-    def ci(cls, **overrides) -> "FuzzOptions":
+    def ci(cls, **overrides) -> FuzzOptions:
         return cls(**{"examples_per_method": 15, **overrides})
 
 
@@ -492,7 +492,9 @@ async def fuzz_service(service: str, address: str, targets: list[FuzzTarget], si
             limit = asyncio.Semaphore(options.stream_concurrency if target.method.server_streaming
                                       else options.unary_concurrency)
 
-            async def one(case: Case, variant: str) -> None:
+            # The loop's values bound as defaults (all calls are gathered within this iteration anyway).
+            async def one(case: Case, variant: str, limit: asyncio.Semaphore = limit, target: FuzzTarget = target,
+                          stats: MethodStats = stats) -> None:
                 async with limit:
                     if target.signed:
                         metadata = signer.metadata(target.path, case.payloads[0], variant, case.forgery)

@@ -138,9 +138,8 @@ class RoundHarness:
 
     def add_replica(self, name: str, module: str) -> None:
         """Another process of service `module` (eval_worker, dataset_prep) on its work queue."""
-        from gradients.runtime.embedded import free_port
-
         from gradients import mesh as mesh_module
+        from gradients.runtime.embedded import free_port
 
         self.mesh.addresses[name] = f"127.0.0.1:{free_port()}"
         mesh_module.ADDRESS_ENV.setdefault(name, f"GRADIENTS_{name.upper()}_ADDR")

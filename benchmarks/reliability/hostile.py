@@ -40,9 +40,9 @@ import tarfile
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import grpc
 
@@ -90,7 +90,7 @@ class HostileOptions:
     timeout_s: float = 200.0
 
     @classmethod
-    def ci(cls) -> "HostileOptions":
+    def ci(cls) -> HostileOptions:
         return cls(tasks=1, concurrent=1, protocol_repeats=1, flood_calls=100, flood_uploads=20, timeout_s=100.0)
 
 
@@ -617,7 +617,7 @@ async def run_flood(spec: FloodSpec) -> dict:
     for i in range(spec.calls):
         kind = i % 3   # re-answer its own offer, answer an honest miner's offer, answer an offer that does not exist
         offer_id = (spec.own_offer if kind == 0 else spec.foreign_offers[i % len(spec.foreign_offers)] if kind == 1
-                    else "%032x" % rng.getrandbits(128))
+                    else f"{rng.getrandbits(128):032x}")
         calls.append(("AnswerOffer", gw.AnswerOfferRequest(offer_id=offer_id, accept=True)))
         calls.append(("GetMyResults", gw.GetMyResultsRequest(task_id=spec.task_id if i % 2 else "")))
     for i in range(spec.uploads):

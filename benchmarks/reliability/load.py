@@ -66,7 +66,7 @@ class LoadOptions:
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def ci(cls, data_dir: Path | None = None) -> "LoadOptions":
+    def ci(cls, data_dir: Path | None = None) -> LoadOptions:
         return cls(miners=40, tasks=8, concurrent=8, time_scale=6.0, pool_min=4, pool_max=6, eval_workers=1,
                    timeout_s=90.0, data_dir=data_dir, dataset_replicas=(1,))
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -95,7 +94,7 @@ def account_dict(account: Account) -> dict:
         "name": account.name,
         "max_concurrent_tasks": account.max_concurrent_tasks,
         "tasks_per_hour": account.tasks_per_hour,
-        "created_at": datetime.fromtimestamp(account.created_at, timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.fromtimestamp(account.created_at, UTC).isoformat(timespec="seconds"),
         "revoked": account.revoked,
     }
 

@@ -6,14 +6,13 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
-
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # gradients.demo pulls in bittensor: imported when the demo runs, not for every CLI call
     from gradients.demo import Demo, DemoSnapshot

@@ -26,9 +26,9 @@ from rich.table import Table
 
 from gradients.customer import (
     TERMINAL_STATES,
-    apply_reward_params,
     CustomerClient,
     CustomerError,
+    apply_reward_params,
     confidence_text,
     improvement_text,
     is_dataset_uri,

@@ -33,10 +33,12 @@ _KEYS = ["red", "blue", "green", "gold", "pink", "gray", "teal", "lime"]
 
 
 def key_value(rng: random.Random) -> Row:
-    # A fixed hidden mapping per dataset seed is learnt from the training split.
-    key = rng.choice(_KEYS)
-    value = _KEYS[(_KEYS.index(key) * 3 + 1) % len(_KEYS)]
-    return {"instruction": "recall the value for the key", "input": key, "output": value}
+    # A fixed hidden mapping of 64 two-word keys, learnt from the training split. (Eight keys
+    # made only eight distinct rows: a 10 % test split of 120 rows took all of them, and
+    # dataset preparation rightly refused a dataset with no training rows left.)
+    first, second = rng.randrange(len(_KEYS)), rng.randrange(len(_KEYS))
+    value = _KEYS[(first * 3 + second * 5 + 1) % len(_KEYS)]
+    return {"instruction": "recall the value for the key", "input": f"{_KEYS[first]} {_KEYS[second]}", "output": value}
 
 
 FAMILIES: dict[str, Callable[[random.Random], Row]] = {

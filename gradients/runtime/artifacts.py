@@ -19,11 +19,12 @@ import shutil
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol, cast
 
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
+from nats.js.object_store import ObjectStore
 
 BUCKET = "gradients-artifacts"
 CHUNKS_PER_FETCH = 8  # of nats-py's 128 KiB object-store chunks: 1 MiB in memory per download
@@ -50,7 +51,7 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-async def _verified_into(dest: Path, key: str, fill: Callable[[Path], Awaitable[None]]) -> Path:
+async def _verified_into(dest: Path, key: str, fill: Callable[[Path], Awaitable[object]]) -> Path:
     """`fill` writes the object into a temporary file next to `dest`; it replaces `dest` only if its
     sha256 is `key` (a reader never sees a partial or corrupt file under the final name)."""
     dest = Path(dest)
@@ -99,7 +100,7 @@ class LocalArtifactStore:
         key = await asyncio.to_thread(sha256_file, path)
         target = self._path(key)
         if not target.exists():
-            def copy(out) -> None:
+            def copy(out: IO[bytes]) -> None:
                 with open(path, "rb") as src:
                     shutil.copyfileobj(src, out, 1 << 20)
 
@@ -107,7 +108,7 @@ class LocalArtifactStore:
         return key
 
     @staticmethod
-    def _store(path: Path, write: Callable) -> None:
+    def _store(path: Path, write: Callable[[IO[bytes]], object]) -> None:
         """Write through a temp file + rename, so a reader never sees a partial artifact."""
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent)
@@ -154,9 +155,9 @@ class NatsArtifactStore:
         self.js = js
         self.bucket = bucket
         self.replicas = replicas
-        self._store = None
+        self._store: ObjectStore | None = None
 
-    async def _obj(self):
+    async def _obj(self) -> ObjectStore:
         if self._store is None:
             try:
                 self._store = await self.js.object_store(self.bucket)
@@ -188,7 +189,7 @@ class NatsArtifactStore:
             result = await (await self._obj()).get(key)
         except (ObjectNotFoundError, NotFoundError):
             raise ArtifactNotFound(key) from None
-        data = bytes(result.data)
+        data = bytes(cast(bytes, result.data))
         if await asyncio.to_thread(sha256_bytes, data) != key:
             raise ArtifactCorrupt(f"artifact {key} does not match its hash")
         return data
@@ -208,7 +209,7 @@ class NatsArtifactStore:
 
         return await _verified_into(dest, key, fill)
 
-    async def _read_chunks(self, nuid: str, size: int, out) -> None:
+    async def _read_chunks(self, nuid: str, size: int, out: IO[bytes]) -> None:
         """The object's chunks, a few at a time, from a pull consumer of its chunk subject.
 
         nats-py's own `get` pushes every chunk into a subscription queue as fast as the server
@@ -242,7 +243,7 @@ class NatsArtifactStore:
 
     async def size(self, key: str) -> int:
         try:
-            return (await (await self._obj()).get_info(key)).size
+            return cast(int, (await (await self._obj()).get_info(key)).size)
         except (ObjectNotFoundError, NotFoundError):
             raise ArtifactNotFound(key) from None
 

@@ -84,7 +84,7 @@ class RedisNonceStore:
         self.retention = retention  # read by http_auth.verify to check it covers the window
 
     @classmethod
-    def from_url(cls, url: str, namespace: str = "gm", retention: float = 60.0) -> "RedisNonceStore":
+    def from_url(cls, url: str, namespace: str = "gm", retention: float = 60.0) -> RedisNonceStore:
         return cls(redis.Redis.from_url(url), namespace, retention)
 
     def key(self, hotkey_ss58: str, nonce_ns: int) -> str:
@@ -304,7 +304,7 @@ class MinerAuthenticator:
             raise
 
 
-def dev_keypair(name: str):
+def dev_keypair(name: str) -> Any:
     """A deterministic sr25519 keypair (substrate dev derivation `//name`): local meshes, demos
     and tests sign with it; no chain or wallet needed."""
     from bittensor.sp_core import Keypair
@@ -336,7 +336,7 @@ def signed_method_handlers(servicer: Any, service: ServiceDescriptor) -> grpc.Ge
         request_type = GetMessageClass(method.input_type)
         response_type = GetMessageClass(method.output_type)
 
-        def decode(raw: bytes, request_type=request_type) -> SignedRequest:
+        def decode(raw: bytes, request_type: type[Message] = request_type) -> SignedRequest:
             return SignedRequest(raw, request_type.FromString(raw))
 
         make = {

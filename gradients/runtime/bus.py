@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import nats
 from google.protobuf.message import DecodeError, Message
@@ -34,6 +35,9 @@ from nats.js.errors import NotFoundError
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from gradients.runtime import events, telemetry
+
+if TYPE_CHECKING:
+    from gradients.runtime.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +139,7 @@ def stream_config(stream: events.StreamDef, limits: events.StreamLimits, replica
 
 def stream_config_changes(current: js_api.StreamConfig, wanted: js_api.StreamConfig) -> list[str]:
     """The owned fields where `current` (as the server reports it) differs from `wanted`."""
-    def norm(name: str, value):
+    def norm(name: str, value: Any) -> Any:
         if name == "subjects":
             return sorted(value or [])
         if name in ("max_age", "duplicate_window"):
@@ -172,15 +176,15 @@ class EventBus:
         # streams get the defaults and existing ones are left as they are.
         self.stream_limits = stream_limits
         self._tracer = telemetry.tracer("gradients.bus")
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self.outboxes: list = []  # the transactional outboxes publishing through this bus (outbox.py)
+        self.outboxes: list[Outbox] = []  # the transactional outboxes publishing through this bus (outbox.py)
 
     @classmethod
-    async def connect(cls, url: str, service: str, **kwargs) -> "EventBus":
+    async def connect(cls, url: str, service: str, **kwargs: Any) -> EventBus:
         servers = [u.strip() for u in url.split(",") if u.strip()]
         nc = await nats.connect(
             servers=servers,
@@ -266,11 +270,11 @@ class EventBus:
             for _ in range(consumer.concurrency):
                 self._tasks.append(asyncio.create_task(self._pull_loop(sub, consumer), name=consumer.durable))
 
-    async def _pull_loop(self, sub, consumer: Consumer) -> None:
+    async def _pull_loop(self, sub: JetStreamContext.PullSubscription, consumer: Consumer) -> None:
         while not self._stopping.is_set():
             try:
                 msgs = await sub.fetch(batch=1, timeout=0.5)
-            except (asyncio.TimeoutError, nats.errors.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 continue
             except asyncio.CancelledError:
                 raise
@@ -395,7 +399,7 @@ class EventBus:
         self._stopping.set()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout=grace_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("in-flight handlers did not finish in %.1fs; they will be redelivered", grace_s)
         from gradients.runtime.server import cancel_all
 

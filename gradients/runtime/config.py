@@ -16,7 +16,7 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from gradients.runtime.events import DAY_S, DEAD_LETTER_STREAM, DOMAIN_STREAM, JOBS_STREAM, StreamLimits
 
@@ -43,7 +43,7 @@ def setting(
     if default is _REQUIRED:
         return dataclasses.field(metadata=meta)
     if isinstance(default, (list, dict, set)):
-        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+        return dataclasses.field(default_factory=cast(Callable[[], Any], lambda d=default: type(d)(d)), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -129,7 +129,7 @@ def load_settings(cls: type[T], env: Mapping[str, str] | None = None, **override
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     problems: list[str] = []
-    for f in dataclasses.fields(cls):
+    for f in dataclasses.fields(cast(Any, cls)):
         if f.name in overrides:
             values[f.name] = overrides[f.name]
             continue
@@ -145,7 +145,7 @@ def load_settings(cls: type[T], env: Mapping[str, str] | None = None, **override
             values[f.name] = _parse(raw, hints[f.name])
         except ValueError as exc:
             problems.append(f"{name}={raw!r}: {exc}")
-    for f in dataclasses.fields(cls):
+    for f in dataclasses.fields(cast(Any, cls)):
         check = f.metadata.get("check")
         if check is None or f.name in overrides:
             continue
@@ -170,7 +170,7 @@ def settings_fields(*classes: type) -> list[tuple[str, object, str]]:
     """(variable, default value or REQUIRED, description) of every setting of the classes."""
     rows = []
     for cls in classes:
-        for f in dataclasses.fields(cls):
+        for f in dataclasses.fields(cast(Any, cls)):
             if "env" not in f.metadata:
                 continue
             if f.default is not dataclasses.MISSING:

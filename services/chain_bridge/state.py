@@ -21,7 +21,6 @@ from gradients.runtime.outbox import Outbox
 from gradients.timestamps import timestamp_to_micros
 from gradients.v1 import events_pb2 as ev
 
-
 MAX_LINKED_TRACES = 32  # a long outage folds many updates; the newest are the ones worth opening
 
 

@@ -37,15 +37,16 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from gradients.runtime import Consumer, Delivery, ServiceContext, Store, events, telemetry
 from gradients.runtime.outbox import Outbox
+from gradients.splits import split_artifact
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import events_pb2 as ev
-from gradients.splits import split_artifact
 from services.dataset_prep.errors import DatasetRejected, GenerationAborted
 from services.dataset_prep.generators import (
     DiffusersImageConfig,

@@ -8,8 +8,9 @@ each with a human-readable `reason`; a misconfiguration (no generator given) is 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from services.dataset_prep.errors import DatasetRejected, GenerationAborted
 from services.dataset_prep.generators import Generator, ImageGenerator

@@ -18,9 +18,9 @@ import asyncio
 import json
 import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from gradients.archive import UnsafeArchive, safe_extract
 from gradients.runtime import InvalidArgument, ServiceContext

@@ -68,6 +68,7 @@ def evaluate_dpo_group(
     elif baseline:
         ref = base_nll(group, sequences, tokenizer.pad_token_id, device, batch_plan(job))
     if baseline:
+        assert ref is not None  # set by either branch above
         losses = pair_losses(ref, ref, job.dpo_beta)  # policy = reference: ln 2 each
         results[BASELINE_HOTKEY] = MemberResult(ok=True, test=losses[:n_test], synth=losses[n_test:])
     return results

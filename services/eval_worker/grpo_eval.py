@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from services.eval_worker.job import BASELINE_HOTKEY, EvalJob
 from services.eval_worker.model_loading import BASE_ADAPTER, load_tokenizer, resolve_device
@@ -181,7 +182,7 @@ def evaluate_grpo_group(
         hotkeys.append(BASELINE_HOTKEY)
         owners[BASELINE_HOTKEY] = BASE_ADAPTER
 
-    def sample(model, who: list[str]) -> list[tuple[str, int, list[int]]]:
+    def sample(model: Any, who: list[str]) -> list[tuple[str, int, list[int]]]:
         slots = [(h, p, j) for h in who for p in range(len(rows)) for j in range(opts.num_generations)]
         completions = sample_completions(
             model,

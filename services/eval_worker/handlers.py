@@ -18,16 +18,24 @@ from pathlib import Path
 
 from gradients.archive import UnsafeArchive, safe_extract
 from gradients.evaluation import default_criteria
-from gradients.runtime import metrics
-from gradients.runtime import Consumer, Delivery, ServiceContext, events, telemetry
+from gradients.runtime import Consumer, Delivery, ServiceContext, events, metrics, telemetry
 from gradients.runtime.bus import is_transient
 from gradients.runtime.outbox import Outbox
 from gradients.sources import SourceRefused, hf_cache_dir, resolve_model
 from gradients.splits import read_split_artifact
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import events_pb2 as ev
-from services.eval_worker.job import EvalJob, EvalLimits, GrpoOptions, ImageOptions, RewardSpec, Submission, SubmissionEval, evaluate_job
-from services.eval_worker.settings import GiB, EvalWorkerSettings
+from services.eval_worker.job import (
+    EvalJob,
+    EvalLimits,
+    GrpoOptions,
+    ImageOptions,
+    RewardSpec,
+    Submission,
+    SubmissionEval,
+    evaluate_job,
+)
+from services.eval_worker.settings import EvalWorkerSettings, GiB
 
 log = logging.getLogger(__name__)
 DURABLE = "eval-workers"

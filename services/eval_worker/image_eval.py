@@ -19,31 +19,35 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from services.eval_worker.job import BASELINE_HOTKEY, EvalJob, ImageOptions
 from services.eval_worker.model_loading import dtype_for, resolve_device
 from services.eval_worker.text_eval import MemberResult
 from services.eval_worker.validation import ValidatedSubmission
 
+if TYPE_CHECKING:
+    import torch
+
 
 def row_prompt(row: dict[str, Any]) -> str:
     for key in ("prompt", "caption", "text"):
         if isinstance(row.get(key), str):
-            return row[key]
+            return cast(str, row[key])
     raise ValueError("image row needs a 'prompt' (or 'caption') string")
 
 
-def load_image(path: str | Path, resolution: int | None, multiple: int):
+def load_image(path: str | Path, resolution: int | None, multiple: int) -> torch.Tensor:
     """RGB image as a [3, H, W] float tensor in [0, 1]; H and W cropped to a multiple."""
     import numpy as np
     import torch
     from PIL import Image
 
+    im: Image.Image
     with Image.open(path) as im:
         im = im.convert("RGB")
         if resolution is not None:
-            im = im.resize((resolution, resolution), Image.BICUBIC)
+            im = im.resize((resolution, resolution), Image.Resampling.BICUBIC)
         w, h = im.size
         w2, h2 = (w // multiple) * multiple, (h // multiple) * multiple
         if w2 == 0 or h2 == 0:
@@ -104,7 +108,7 @@ class ImageScorer:
             for k in range(self.opts.seeds_per_level)
         }
 
-    def _embed(self, prompts: list[str]):
+    def _embed(self, prompts: list[str]) -> Any:
         tok = self.pipe.tokenizer
         ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
                   return_tensors="pt").input_ids.to(self.device)

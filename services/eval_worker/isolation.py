@@ -17,8 +17,9 @@ from __future__ import annotations
 import multiprocessing
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 _OOM_MARKERS = ("can't allocate memory", "out of memory", "cannot allocate memory", "memoryerror")
 
@@ -45,7 +46,7 @@ def _describe_exception(exc: BaseException) -> str:
     return text[:2000]
 
 
-def _child_entry(conn: Any, fn: Callable[..., Any], args: tuple, limits: ChildLimits) -> None:
+def _child_entry(conn: Any, fn: Callable[..., Any], args: tuple[Any, ...], limits: ChildLimits) -> None:
     try:
         if limits.memory_bytes and limits.device != "cuda":
             import resource
@@ -82,13 +83,13 @@ CHILD_PRELOAD = ("torch", "transformers", "peft",
                  "services.eval_worker.orchestration", "services.eval_worker.text_eval")
 
 
-def child_context() -> multiprocessing.context.BaseContext:
+def child_context() -> multiprocessing.context.ForkServerContext:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(list(CHILD_PRELOAD))  # read when the fork server starts (the first child)
     return ctx
 
 
-def run_in_child(fn: Callable[..., Any], args: tuple, limits: ChildLimits) -> ChildOutcome:
+def run_in_child(fn: Callable[..., Any], args: tuple[Any, ...], limits: ChildLimits) -> ChildOutcome:
     """fn(*args) in a fresh child; fn must be importable (module level) and args picklable."""
     ctx = child_context()
     receiver, sender = ctx.Pipe(duplex=False)
@@ -125,7 +126,7 @@ def run_in_child(fn: Callable[..., Any], args: tuple, limits: ChildLimits) -> Ch
     return ChildOutcome(False, reason=str(payload))
 
 
-def run_in_process(fn: Callable[..., Any], args: tuple) -> ChildOutcome:
+def run_in_process(fn: Callable[..., Any], args: tuple[Any, ...]) -> ChildOutcome:
     """Same contract without a child (EvalLimits.isolate=False): for tests and debugging only."""
     try:
         return ChildOutcome(True, value=fn(*args))

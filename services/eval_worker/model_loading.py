@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.eval_worker.validation import ValidatedSubmission
+
+if TYPE_CHECKING:
+    import torch
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
 
@@ -24,14 +27,14 @@ def resolve_device(requested: str) -> str:
     return "cuda" if requested == "cuda" and torch.cuda.is_available() else "cpu"
 
 
-def dtype_for(device: str):
+def dtype_for(device: str) -> torch.dtype:
     import torch
 
     # fp32 on CPU keeps results reproducible across batchings; bf16 on GPUs.
     return torch.bfloat16 if device == "cuda" else torch.float32
 
 
-def load_tokenizer(base_dir: str):
+def load_tokenizer(base_dir: str) -> Any:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(base_dir)
@@ -40,13 +43,14 @@ def load_tokenizer(base_dir: str):
     return tok
 
 
-def load_causal_lm(path: str, device: str, config_dir: str | None = None):
+def load_causal_lm(path: str, device: str, config_dir: str | None = None) -> Any:
     """A causal LM from safetensors; config_dir (the base) supplies the config for full uploads."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": dtype_for(device), "use_safetensors": True, "trust_remote_code": False}
     if config_dir is not None:
         kwargs["config"] = AutoConfig.from_pretrained(config_dir, trust_remote_code=False)
+    model: Any
     try:  # fused attention (torch SDPA); an architecture without it keeps its default
         model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", **kwargs)
     except (ValueError, ImportError):
@@ -84,7 +88,7 @@ def attach_lora_adapters(base_model: Any, members: list[ValidatedSubmission], de
             state = load_file(str(Path(member.path) / "adapter_model.safetensors"), device=device)
             # Copies of base tensors (validated equal to the base) must not touch the shared base.
             state = {k: v for k, v in state.items() if ".base_layer." not in k}
-            load = set_peft_model_state_dict(peft_model, state, adapter_name=name)
+            load: Any = set_peft_model_state_dict(peft_model, state, adapter_name=name)
             missing = [k for k in load.missing_keys if f".{name}." in k and "lora_" in k]
             if missing:
                 raise ValueError(f"the adapter config targets modules its weights do not cover, e.g. {missing[0]}")

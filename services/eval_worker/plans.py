@@ -15,10 +15,12 @@ Both give per-example losses equal to one-at-a-time evaluation within 1e-4 (test
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
-from services.eval_worker.logic import PLANS, choose_plan  # noqa: F401  (the choice is pure)
+from services.eval_worker.logic import PLANS as PLANS  # noqa: F401  (the choice is pure)
+from services.eval_worker.logic import choose_plan as choose_plan
 
 
 def _lora_layers(model: Any, name: str) -> list[Any]:

@@ -11,18 +11,19 @@ task's string parameters. Rewards are in [0, 1].
 """
 
 import re
+from typing import Any
 
 NUMBER_PATTERN = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
 
-def _param(params, name, default=None):
+def _param(params: dict[str, str], name: str, default: str | None = None) -> str:
     value = params.get(name, default)
     if value is None:
         raise ValueError(f"reward parameter {name!r} is required")
     return value
 
 
-def _column(columns, name, n):
+def _column(columns: dict[str, list[Any]], name: str, n: int) -> list[Any]:
     if name not in columns:
         raise ValueError(f"reward needs the dataset column {name!r}")
     values = columns[name]
@@ -31,7 +32,7 @@ def _column(columns, name, n):
     return values
 
 
-def format_reward(completions, prompts, columns, params):
+def format_reward(completions: list[str], prompts: list[str], columns: dict[str, list[Any]], params: dict[str, str]) -> list[float]:
     """1 if the completion matches params['pattern'] (params['mode']: search | fullmatch)."""
     pattern = re.compile(_param(params, "pattern"), re.DOTALL)
     mode = params.get("mode", "search")
@@ -41,7 +42,7 @@ def format_reward(completions, prompts, columns, params):
     return [1.0 if match(c.strip()) else 0.0 for c in completions]
 
 
-def length_reward(completions, prompts, columns, params):
+def length_reward(completions: list[str], prompts: list[str], columns: dict[str, list[Any]], params: dict[str, str]) -> list[float]:
     """max(0, 1 - |len(c) - target| / target), lengths in characters (params['target'])."""
     target = float(_param(params, "target"))
     if target <= 0:
@@ -49,11 +50,11 @@ def length_reward(completions, prompts, columns, params):
     return [max(0.0, 1.0 - abs(len(c) - target) / target) for c in completions]
 
 
-def exact_match_reward(completions, prompts, columns, params):
+def exact_match_reward(completions: list[str], prompts: list[str], columns: dict[str, list[Any]], params: dict[str, str]) -> list[float]:
     """1 if the stripped completion equals the row's answer column (params['column'], default answer)."""
     answers = _column(columns, params.get("column", "answer"), len(completions))
     fold = params.get("case_sensitive", "false").lower() != "true"
-    out = []
+    out: list[float] = []
     for c, a in zip(completions, answers):
         c, a = c.strip(), str(a).strip()
         if fold:
@@ -62,11 +63,11 @@ def exact_match_reward(completions, prompts, columns, params):
     return out
 
 
-def numeric_match_reward(completions, prompts, columns, params):
+def numeric_match_reward(completions: list[str], prompts: list[str], columns: dict[str, list[Any]], params: dict[str, str]) -> list[float]:
     """1 if the last number in the completion is within tolerance of the answer column."""
     answers = _column(columns, params.get("column", "answer"), len(completions))
     tolerance = float(params.get("tolerance", "1e-6"))
-    out = []
+    out: list[float] = []
     for c, a in zip(completions, answers):
         numbers = NUMBER_PATTERN.findall(c)
         try:
@@ -82,7 +83,7 @@ def numeric_match_reward(completions, prompts, columns, params):
     return out
 
 
-def keyword_reward(completions, prompts, columns, params):
+def keyword_reward(completions: list[str], prompts: list[str], columns: dict[str, list[Any]], params: dict[str, str]) -> list[float]:
     """Fraction of params['keywords'] (comma separated) present in the completion (case-insensitive)."""
     keywords = [k.strip().lower() for k in _param(params, "keywords").split(",") if k.strip()]
     if not keywords:

@@ -53,7 +53,7 @@ def network_namespace_prefix() -> tuple[str, ...]:
     return ()
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -75,21 +75,23 @@ def run_sandboxed(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             cwd=cwd, env=env, start_new_session=True,
         )
+        stdin, stdout = proc.stdin, proc.stdout
+        assert stdin is not None and stdout is not None  # both are PIPEs
 
         def feed() -> None:
             try:
-                proc.stdin.write(request.encode())
+                stdin.write(request.encode())
             except (BrokenPipeError, OSError):
                 pass
             finally:
                 try:
-                    proc.stdin.close()
+                    stdin.close()
                 except OSError:
                     pass
 
         def drain() -> None:
             size = 0
-            for chunk in iter(lambda: proc.stdout.read(65536), b""):
+            for chunk in iter(lambda: stdout.read(65536), b""):
                 size += len(chunk)
                 if size > limits.max_output_bytes:
                     overflow.set()
@@ -109,7 +111,7 @@ def run_sandboxed(
         proc.wait()
         for t in threads:
             t.join(timeout=5)
-        proc.stdout.close()
+        stdout.close()
 
     if timed_out:
         return SandboxResult(False, error=f"timed out after {limits.wall_seconds:g} s (wall clock)")

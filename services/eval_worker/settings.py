@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gradients.limits import GiB, MAX_SUBMISSION_BYTES
+from gradients.limits import MAX_SUBMISSION_BYTES, GiB
 from gradients.runtime.config import one_of, positive, setting
 
 

@@ -10,8 +10,9 @@ import json
 import os
 import pickle
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 DEFAULT_TARGETS = ("q_proj", "v_proj", "lm_head")  # the head matters most on a random tiny model
 
@@ -170,7 +171,6 @@ def write_disguised_pickle(adapter_dir: str | Path, out_dir: str | Path) -> Path
 
 def write_nan_lora(adapter_dir: str | Path, out_dir: str | Path) -> Path:
     """An adapter with one NaN weight."""
-    import torch
     from safetensors.torch import load_file, save_file
 
     out = Path(out_dir)

@@ -13,9 +13,10 @@ Per-example loss = mean token cross-entropy over the example's completion tokens
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, cast
 
 from services.eval_worker.job import BASELINE_HOTKEY, EvalJob
 from services.eval_worker.model_loading import (
@@ -84,7 +85,7 @@ def split_head(model: Any) -> tuple[Any, Any] | None:
     does more than apply the head to the body's last hidden states."""
     from peft import PeftModel
 
-    inner = model.get_base_model() if isinstance(model, PeftModel) else model
+    inner: Any = model.get_base_model() if isinstance(model, PeftModel) else model
     config = getattr(inner, "config", None)
     if getattr(config, "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
         return None
@@ -108,7 +109,7 @@ def _rows_under(model: Any, owners: list[str] | None) -> Iterator[None]:
         yield
 
 
-def _labelled_token_nll(model: Any, ids: Any, mask: Any, labels: Any, owners: list[str] | None):
+def _labelled_token_nll(model: Any, ids: Any, mask: Any, labels: Any, owners: list[str] | None) -> tuple[Any, Any]:
     """NLL of every labelled token (row-major order) and the batch row it belongs to.
 
     The body runs over the whole batch; the LM head and its log-softmax run only on the positions
@@ -170,7 +171,7 @@ def shared_prefix_length(ids: Any, keep: Any) -> int:
     return max(limit, 0)
 
 
-def _body_after_shared_prefix(body: Any, ids: Any, mask: Any, shared: int):
+def _body_after_shared_prefix(body: Any, ids: Any, mask: Any, shared: int) -> Any:
     """Last hidden states of positions shared.. : the prefix once (batch of one), its cache
     repeated over the rows, then the rest of every row attending to it."""
     import torch
@@ -227,7 +228,7 @@ def unit_nll(
             if any(o is not None for o in owners):
                 if any(o is None for o in owners):
                     raise ValueError("a batch cannot mix adapter rows and as-is rows")
-                names = owners
+                names = cast("list[str]", owners)
             token_nll, row_of = _labelled_token_nll(model, ids.to(device), mask.to(device), labels.to(device), names)
             row_of_cpu = row_of.cpu()
             nll_cpu = token_nll.double().cpu()
@@ -354,7 +355,7 @@ def merged_group_nll(
     members: dict[str, list[tuple[float, int]]] = {}
     with group.model.disable_adapter():  # LoRA layers run their (merged) base layers only
         for hotkey, name in group.owners.items():
-            with merged_adapter(group.model, name):
+            with merged_adapter(group.model, cast(str, name)):  # merged groups are mixed: every owner is named
                 members[hotkey] = sequence_nll(group.model, sequences, [None], pad_id, device, plan)[None]
     return GroupNll(members, reference)
 

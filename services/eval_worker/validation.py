@@ -25,9 +25,10 @@ import json
 import math
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from services.eval_worker.job import EvalLimits, Submission
 

@@ -26,11 +26,11 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import cast
 
 import numpy as np
 
 from services.scorer.scoring_config import DEFAULT_SCORING_CONFIG, ScoringConfig
-
 
 # --------------------------------------------------------------------------- inputs
 
@@ -229,7 +229,7 @@ def task_weight(model_params_billions: float, hours: float, config: ScoringConfi
 
 def _bootstrap_mean_diffs(diff: np.ndarray, samples: int, rng: np.random.Generator) -> np.ndarray:
     idx = rng.integers(0, diff.shape[0], size=(samples, diff.shape[0]))
-    return diff[idx].mean(axis=1)
+    return cast(np.ndarray, diff[idx].mean(axis=1))
 
 
 def paired_bootstrap_confidence(
@@ -366,14 +366,16 @@ def score_task(task: TaskInfo, results: Sequence[SubmissionResult], config: Scor
     hotkeys = [r.miner_hotkey for r in results]
     if len(set(hotkeys)) != len(hotkeys):
         seen: set[str] = set()
-        twice = sorted({hk for hk in hotkeys if hk in seen or seen.add(hk)})
+        # `seen.add` returns None: the `or` records the hotkey and keeps the first occurrence out.
+        twice = sorted({hk for hk in hotkeys if hk in seen or seen.add(hk)})  # type: ignore[func-returns-value]
         raise ValueError(f"results of task {task.task_id} name a miner twice: {twice}")
 
     duplicates = find_duplicates(results, config.duplicate_epsilon)
     credited = [r for r in results if r.valid and r.miner_hotkey not in duplicates]
     credited.sort(key=lambda r: (r.l_weighted, *r.upload_order))
     n = len(credited)
-    flags = suspicious_flags([r.l_test for r in credited], [r.l_synth for r in credited], config.suspicious_alpha)
+    # Credited submissions are valid, so __post_init__ checked their l_test is a finite number.
+    flags = suspicious_flags([cast(float, r.l_test) for r in credited], [r.l_synth for r in credited], config.suspicious_alpha)
 
     confidence = _rank1_confidence(credited[0], credited[1], task, config) if n >= 2 else None
     withhold_first = (
@@ -484,7 +486,7 @@ def normalise_window(sums: np.ndarray) -> np.ndarray:
 def final_transform(x: float, config: ScoringConfig = DEFAULT_SCORING_CONFIG) -> float:
     """Eqs 14–15: β·sigmoid(γ·(x − μ))^ν + ω·x, with libm exp/pow (see module docstring)."""
     sigmoid = 1.0 / (1.0 + math.exp(-config.sigmoid_steepness_gamma * (x - config.sigmoid_shift_mu)))
-    return config.sigmoid_weight_beta * sigmoid**config.sigmoid_power_nu + config.linear_weight * x
+    return cast(float, config.sigmoid_weight_beta * sigmoid**config.sigmoid_power_nu + config.linear_weight * x)
 
 
 def final_scores(temporal: Sequence[float] | np.ndarray, config: ScoringConfig = DEFAULT_SCORING_CONFIG) -> list[float]:

@@ -37,7 +37,7 @@ class LogEntry:
         }
 
     @classmethod
-    def from_fields(cls, fields: dict[bytes, bytes]) -> "LogEntry":
+    def from_fields(cls, fields: dict[bytes, bytes]) -> LogEntry:
         try:
             return cls(
                 task_id=fields[b"task_id"].decode(),
@@ -89,7 +89,7 @@ class Computation:
         }
 
     @classmethod
-    def from_fields(cls, fields: dict[bytes, bytes]) -> "Computation":
+    def from_fields(cls, fields: dict[bytes, bytes]) -> Computation:
         return cls(
             now_us=int(fields[b"now_us"]),
             digest=fields[b"digest"].decode(),

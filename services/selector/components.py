@@ -4,6 +4,7 @@ Selector and MinerGateway servicers and the bus handlers via ctx.state["selector
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import grpc
 
 from gradients.runtime.auth import HotkeyPolicy, MinerAuthenticator, RedisNonceStore

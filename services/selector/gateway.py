@@ -25,8 +25,8 @@ from gradients.runtime import (
     ResourceExhausted,
     ServiceContext,
     events,
+    telemetry,
 )
-from gradients.runtime import telemetry
 from gradients.runtime.artifacts import ArtifactNotFound
 from gradients.runtime.auth import AuthenticatedMiner, SignedRequest, add_signed_servicer, method_path
 from gradients.v1 import common_pb2 as pb
@@ -52,7 +52,7 @@ def submission_msg_id(s: pb.Submission) -> str:
     return f"submission:{s.task_id}:{s.miner_hotkey}:{s.sha256}"
 
 
-def register(servicer: "MinerGatewayServicer", server: grpc.aio.Server) -> None:
+def register(servicer: MinerGatewayServicer, server: grpc.aio.Server) -> None:
     """On the gateway's own public server when one is configured, else on the selector's."""
     add_signed_servicer(servicer, servicer.sel.gateway_server or server, SERVICE)
 
@@ -108,7 +108,7 @@ class MinerGatewayServicer:
                     continue
                 try:
                     offer = await asyncio.wait_for(queue.get(), timeout=wait)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
                 yield offer
         finally:

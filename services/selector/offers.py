@@ -26,7 +26,7 @@ from gradients.v1 import miner_gateway_pb2 as gw
 OFFER_TTL_S = 7 * 24 * 3600
 
 
-class OfferStatus(str, enum.Enum):
+class OfferStatus(str, enum.Enum):  # noqa: UP042  (StrEnum would change str()/format() of members)
     PENDING = "pending"
     ACCEPTED = "accepted"
     DECLINED = "declined"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from redis.asyncio.client import Pipeline
 
@@ -41,7 +41,7 @@ return 0
 
 def utc_day(at: float | None = None) -> str:
     """The UTC calendar day of `at` (epoch seconds; now when None): participation resets at 00:00 UTC."""
-    return datetime.fromtimestamp(time.time() if at is None else at, tz=timezone.utc).date().isoformat()
+    return datetime.fromtimestamp(time.time() if at is None else at, tz=UTC).date().isoformat()
 
 
 @dataclass(frozen=True)

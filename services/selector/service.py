@@ -7,8 +7,6 @@ import logging
 from collections.abc import Awaitable
 from pathlib import Path
 
-import grpc
-
 from gradients.runtime import ConfigError, GrpcService, ServiceContext, ServiceSpec
 from gradients.runtime.auth import AllowList, MetagraphHotkeys, MinerAuthenticator, RedisNonceStore
 from gradients.runtime.outbox import Outbox

@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-
 from gradients.runtime import Consumer, Delivery, EventBus, events
 from gradients.runtime.auth import dev_keypair  # noqa: F401 - tests import it from here too
 from gradients.v1 import common_pb2 as pb
@@ -80,7 +79,7 @@ class EventCollector:
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
 
     @classmethod
-    async def start(cls, nats_url: str, subject: str) -> "EventCollector":
+    async def start(cls, nats_url: str, subject: str) -> EventCollector:
         durable = f"test-{subject.replace('.', '-')}-{uuid.uuid4().hex[:6]}"
         bus = await EventBus.connect(nats_url, durable)
         collector = cls(bus, subject, durable)

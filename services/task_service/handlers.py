@@ -10,9 +10,9 @@ from gradients.task_types import category_of
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import events_pb2 as ev
 from services.task_service.lifecycle import TaskLifecycle, Trigger
+from services.task_service.logic import TaskState, allocate_hours, decide_after_offers
 from services.task_service.publish import WinnerPublisher
 from services.task_service.results import ResultStore
-from services.task_service.logic import TaskState, allocate_hours, decide_after_offers
 
 
 def _trigger(delivery: Delivery) -> Trigger:

@@ -13,11 +13,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from gradients.archive import safe_extract
 from gradients.runtime import Delivery, ServiceContext
 from gradients.sources import hf_offline
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import events_pb2 as ev
-from gradients.archive import safe_extract
 from services.task_service.lifecycle import TaskLifecycle
 from services.task_service.results import ResultStore, winner_of
 

@@ -10,7 +10,6 @@ from services.task_service.scheduler import TaskScheduler
 from services.task_service.servicer import TaskServicer
 from services.task_service.settings import TaskServiceSettings
 
-
 log = logging.getLogger(__name__)
 
 

@@ -20,7 +20,6 @@ from gradients.runtime import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    ResourceExhausted,
     ServiceContext,
     Unauthenticated,
     Unavailable,

@@ -4,8 +4,7 @@ import asyncio
 import os
 import sys
 
-from gradients.runtime import Consumer, EventBus, Store
-from gradients.runtime import events
+from gradients.runtime import Consumer, EventBus, Store, events
 
 
 async def main(nats_url: str, redis_url: str, durable: str) -> None:

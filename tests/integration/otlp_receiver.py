@@ -118,7 +118,7 @@ def _points(request: metrics_service_pb2.ExportMetricsServiceRequest) -> list[Re
 
 
 class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, receiver: "OtlpReceiver"):
+    def __init__(self, receiver: OtlpReceiver):
         self.receiver = receiver
 
     async def Export(self, request, context):
@@ -128,7 +128,7 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
 
 
 class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
-    def __init__(self, receiver: "OtlpReceiver"):
+    def __init__(self, receiver: OtlpReceiver):
         self.receiver = receiver
 
     async def Export(self, request, context):
@@ -153,7 +153,7 @@ class OtlpReceiver:
         """The value for OTEL_EXPORTER_OTLP_ENDPOINT."""
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self) -> "OtlpReceiver":
+    async def start(self) -> OtlpReceiver:
         self._event = asyncio.Event()
         self._server = grpc.aio.server()
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(self), self._server)
@@ -169,7 +169,7 @@ class OtlpReceiver:
             await self._server.stop(0.5)
             self._server = None
 
-    async def __aenter__(self) -> "OtlpReceiver":
+    async def __aenter__(self) -> OtlpReceiver:
         return await self.start()
 
     async def __aexit__(self, *exc) -> None:
@@ -191,7 +191,7 @@ class OtlpReceiver:
             self._event.clear()
             try:
                 await asyncio.wait_for(self._event.wait(), timeout=min(left, 0.5))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def wait_for_spans(self, predicate: Callable[[list[ReceivedSpan]], bool], timeout: float = 20.0):
@@ -210,7 +210,7 @@ class ThreadedOtlpReceiver:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="otlp-receiver", daemon=True)
 
-    def __enter__(self) -> "ThreadedOtlpReceiver":
+    def __enter__(self) -> ThreadedOtlpReceiver:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self.receiver.start(), self._loop).result(10)
         return self

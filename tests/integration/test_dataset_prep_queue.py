@@ -27,13 +27,13 @@ from gradients.mesh import check_health
 from gradients.runtime import EventBus, ServiceHost, events
 from gradients.runtime.bus import wait_for
 from gradients.runtime.embedded import free_port, spawn
+from gradients.splits import read_split_artifact
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import dataset_prep_pb2 as dp
 from gradients.v1 import dataset_prep_pb2_grpc as dp_grpc
 from gradients.v1 import events_pb2 as ev
 from gradients.v1 import task_service_pb2 as ts
 from gradients.v1 import task_service_pb2_grpc as ts_grpc
-from gradients.splits import read_split_artifact
 from services.dataset_prep.handlers import WORK_DURABLE
 from services.task_service.service import SPEC as TASK_SERVICE
 

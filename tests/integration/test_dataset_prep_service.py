@@ -22,13 +22,13 @@ from PIL import Image
 
 from gradients.runtime import ConfigError, EventBus, ServiceHost, events, load_settings
 from gradients.runtime.bus import wait_for
+from gradients.splits import read_split_artifact
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import dataset_prep_pb2 as dp
 from gradients.v1 import dataset_prep_pb2_grpc as dp_grpc
 from gradients.v1 import events_pb2 as ev
 from gradients.v1 import task_service_pb2 as ts
 from gradients.v1 import task_service_pb2_grpc as ts_grpc
-from gradients.splits import read_split_artifact
 from services.dataset_prep.handlers import DURABLE, TaskDataError, parse_image_list
 from services.dataset_prep.service import SPEC as DATASET_PREP
 from services.dataset_prep.settings import DatasetPrepSettings

@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from otlp_receiver import ThreadedOtlpReceiver, spans_by_trace
 
 from gradients.demo import Demo, DemoOptions, run_round
 from gradients.runtime import EventBus, events
 from gradients.v1 import common_pb2 as pb
-from gradients.v1 import events_pb2 as ev
 from services.chain_bridge.logic import chain_weights
-from otlp_receiver import ThreadedOtlpReceiver, spans_by_trace
 
 SIX = {"task_service", "selector", "dataset_prep", "eval_worker", "scorer", "chain_bridge"}
 

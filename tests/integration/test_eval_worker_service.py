@@ -129,7 +129,7 @@ async def test_worker_killed_mid_job_job_completes_on_another_and_is_published_o
         await publish_job(bus, store, base, {"m-untouched": adapters["untouched"], "m-noisy": adapters["noisy"]}, tmp_path)
         busy = None
         for _ in range(300):
-            for name, (proc, address) in procs.items():
+            for name, (_proc, address) in procs.items():
                 st = await status(address)
                 if st is not None and st.current_task_id == "task-1":
                     busy = name

@@ -19,6 +19,7 @@ from miner_sdk.client import MinerClient
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_selector_offers import VALIDATOR, selector  # noqa: E402
+
 from services.selector.testing import dev_keypair  # noqa: E402
 
 PINGY = [("grpc.keepalive_time_ms", 500), ("grpc.keepalive_timeout_ms", 5_000),

@@ -218,7 +218,7 @@ async def test_my_results_shows_only_my_evaluations_and_scores(gateway):
 
 
 def test_the_gateway_accepts_no_upload_that_eval_would_refuse_by_size():
-    from gradients.limits import GiB, MAX_SUBMISSION_BYTES
+    from gradients.limits import MAX_SUBMISSION_BYTES, GiB
     from gradients.runtime import load_settings
     from services.eval_worker.job import EvalLimits
     from services.eval_worker.settings import EvalWorkerSettings

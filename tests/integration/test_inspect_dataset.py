@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import io
 import json
 import logging
 import os
 import shutil
 import tarfile
-import io
 from pathlib import Path
 
 import grpc

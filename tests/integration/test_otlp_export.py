@@ -13,11 +13,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from otlp_receiver import OtlpReceiver, ThreadedOtlpReceiver, spans_by_trace
 
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import task_service_pb2 as ts
 from gradients.v1 import task_service_pb2_grpc as ts_grpc
-from otlp_receiver import OtlpReceiver, ThreadedOtlpReceiver, spans_by_trace
 
 
 def free_port() -> int:

@@ -11,11 +11,11 @@ import textwrap
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from otlp_receiver import OtlpReceiver
 
 from gradients.runtime import Consumer, EventBus, events, metrics
 from gradients.runtime.bus import wait_for
 from gradients.v1 import events_pb2 as ev
-from otlp_receiver import OtlpReceiver
 
 
 def gauge_values(reader: InMemoryMetricReader, name: str) -> dict[tuple, float]:

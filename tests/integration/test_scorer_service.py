@@ -19,17 +19,24 @@ from pathlib import Path
 import grpc
 import pytest
 
+from gradients.commands.scores import replay_from_url
 from gradients.runtime import EventBus, ServiceHost, Store, events
 from gradients.runtime.bus import wait_for
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import events_pb2 as ev
 from gradients.v1 import scorer_pb2 as sc
 from gradients.v1 import scorer_pb2_grpc as sc_grpc
-from gradients.commands.scores import replay_from_url
-from services.scorer.conversion import micros_to_iso, micros_to_seconds, submission_results, task_info, timestamp_to_micros
+from services.scorer.conversion import (
+    micros_to_iso,
+    micros_to_seconds,
+    submission_results,
+    task_info,
+    timestamp_to_micros,
+)
 from services.scorer.logic import replay, score_task
 from services.scorer.repository import ScorerRepository
-from services.scorer.scoring_config import DAY_S, DEFAULT_SCORING_CONFIG as CFG
+from services.scorer.scoring_config import DAY_S
+from services.scorer.scoring_config import DEFAULT_SCORING_CONFIG as CFG
 from services.scorer.service import SPEC
 
 ROOT = Path(__file__).resolve().parents[2]

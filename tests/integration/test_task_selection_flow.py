@@ -3,7 +3,6 @@ miner counted as a decline, and DELAYED (with more time) until miners connect.""
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from pathlib import Path
 

@@ -12,9 +12,7 @@ import hashlib
 import io
 import json
 import tarfile
-import threading
 from concurrent import futures
-from pathlib import Path
 
 import grpc
 import pytest

@@ -8,8 +8,8 @@ from PIL import Image
 
 from gradients.splits import read_split_artifact, split_artifact
 from services.dataset_prep.images import image_name, png_bytes
-from services.dataset_prep.pipeline import PreparedSplit
 from services.dataset_prep.logic import rows_sha256
+from services.dataset_prep.pipeline import PreparedSplit
 
 
 def test_text_artifact_is_the_jsonl_and_hashes_to_the_split_hash():

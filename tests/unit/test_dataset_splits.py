@@ -106,7 +106,7 @@ def test_duplicates_never_straddle_train_and_test():
 
 def test_rows_sha256_is_the_sha256_of_the_canonical_jsonl():
     rows = [{"b": 1, "a": "é"}, {"x": [1, 2]}]
-    expected = hashlib.sha256('{"a":"é","b":1}\n{"x":[1,2]}\n'.encode("utf-8")).hexdigest()
+    expected = hashlib.sha256('{"a":"é","b":1}\n{"x":[1,2]}\n'.encode()).hexdigest()
     assert rows_sha256(rows) == expected
     # Key order inside a row does not change its hash.
     assert row_sha256({"a": "é", "b": 1}) == row_sha256({"b": 1, "a": "é"})

@@ -28,7 +28,8 @@ from services.scorer.keeper import scores_updated
 from services.scorer.logic import ScoredTask, build_score_table, recompute, replay, score_task
 from services.scorer.records import Computation, LogEntry, decode_record, encode_record, scored_differences
 from services.scorer.replay import replay_entries
-from services.scorer.scoring_config import DAY_S, DEFAULT_SCORING_CONFIG as CFG, ScoringConfig
+from services.scorer.scoring_config import DAY_S, ScoringConfig
+from services.scorer.scoring_config import DEFAULT_SCORING_CONFIG as CFG
 
 NOW_US = 1_767_225_600_123_456  # 2026-01-01T00:00:00.123456Z
 
