@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 from dataclasses import dataclass
 
 from gradients.limits import MAX_SUBMISSION_BYTES, GiB
 from gradients.runtime.config import one_of, positive, setting
+
+
+@functools.cache
+def cuda_device_count() -> int:
+    """CUDA devices the driver shows (honouring CUDA_VISIBLE_DEVICES), asked without torch:
+    importing torch in the service process would cost it ~200 MiB only to name its device."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+        count = ctypes.c_int(0)
+        if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+        return count.value
+    except OSError:  # no driver
+        return 0
 
 
 @dataclass(frozen=True)
@@ -36,6 +52,4 @@ class EvalWorkerSettings:
     def resolved_device(self) -> str:
         if self.device != "auto":
             return self.device
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if cuda_device_count() > 0 else "cpu"
