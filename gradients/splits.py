@@ -56,10 +56,17 @@ def _is_tar(data: bytes) -> bool:
     return data[257:262] == b"ustar"
 
 
+def _jsonl_rows(data: bytes) -> list[dict[str, Any]]:
+    """Rows of JSONL bytes. Split on "\\n" only: str.splitlines() also splits on U+2028, U+0085
+    and other separators that json.dumps(ensure_ascii=False) leaves raw inside strings (a
+    generated row holding one broke evaluation with "Unterminated string")."""
+    return [json.loads(line) for line in data.decode("utf-8").split("\n") if line.strip()]
+
+
 def read_split_artifact(data: bytes) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
     """(rows, images by name) from bytes written by split_artifact."""
     if not _is_tar(data):
-        return [json.loads(line) for line in data.decode("utf-8").splitlines() if line], {}
+        return _jsonl_rows(data), {}
     rows: list[dict[str, Any]] = []
     images: dict[str, bytes] = {}
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
@@ -68,7 +75,7 @@ def read_split_artifact(data: bytes) -> tuple[list[dict[str, Any]], dict[str, by
                 continue
             content = tar.extractfile(member).read()  # type: ignore[union-attr]
             if member.name == ROWS_NAME:
-                rows = [json.loads(line) for line in content.decode("utf-8").splitlines() if line]
+                rows = _jsonl_rows(content)
             elif member.name.startswith(IMAGES_DIR):
                 images[member.name[len(IMAGES_DIR) :]] = content
     return rows, images

@@ -56,12 +56,12 @@ def read_training_rows(path: Path, image_root: Path) -> list[dict]:
 
         safe_extract(path, image_root)
         rows_file = image_root / "rows.jsonl"
-        rows = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
+        rows = [json.loads(line) for line in rows_file.read_text(encoding="utf-8").split("\n") if line.strip()]
         for row in rows:  # image rows name files under images/
             if "image" in row and not Path(row["image"]).is_absolute():
                 row["image"] = str(image_root / "images" / Path(row["image"]).name)
         return rows
-    return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+    return [json.loads(line) for line in data.decode("utf-8").split("\n") if line.strip()]
 
 
 class ReferenceMiner:

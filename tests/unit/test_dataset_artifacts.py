@@ -44,3 +44,15 @@ def test_image_artifact_round_trips_and_is_reproducible():
     reordered.images = dict(reversed(list(reordered.images.items())))
     assert split_artifact(reordered) == data
     assert split_artifact(image_split([1, 2, 4])) != data
+
+
+def test_rows_holding_unicode_line_separators_survive_the_artifact():
+    """json.dumps(ensure_ascii=False) leaves U+2028 / U+0085 raw; str.splitlines() would cut the
+    line there (a generated synthetic row did, and evaluation failed with "Unterminated string")."""
+    import json as _json
+
+    from gradients.splits import read_split_artifact
+
+    rows = [{"instruction": "a\u2028b", "output": "c\u0085d\x1ce"}, {"instruction": "plain", "output": "x"}]
+    data = "".join(_json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+    assert read_split_artifact(data) == (rows, {})
