@@ -60,13 +60,14 @@ def test_no_tracked_file_points_outside_the_repository_or_at_flow_md():
     offenders = []
     for name in filter(None, files):
         path = ROOT / name.decode()
-        if path == Path(__file__) or not path.is_file():
+        if not path.is_file():
             continue
         try:
             text = path.read_text()
         except (UnicodeDecodeError, OSError):
             continue  # binary
-        for needle in ("FLOW.md", "../shared"):
+        # Spelt in pieces so that this file does not name what it looks for.
+        for needle in ("FLOW" + ".md", ".." + "/shared"):
             if needle in text:
                 offenders.append(f"{name.decode()}: {needle}")
     assert offenders == []
