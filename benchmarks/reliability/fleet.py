@@ -33,7 +33,7 @@ def build_adapters(base_dir: Path, out_dir: Path, count: int, noise: float = 0.0
     import torch
     from safetensors.torch import load_file, save_file
 
-    from services.eval_worker.testing import save_random_lora
+    from benchmarks.submissions import save_random_lora
 
     seed_dir = out_dir / "seed-lora"
     if not (seed_dir / "adapter_model.safetensors").exists():

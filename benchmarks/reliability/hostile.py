@@ -175,7 +175,7 @@ def _pad_lora_inputs(adapter: Path, out: Path, width: int) -> Path:
 
 def build_bad_archives(base_dir: Path, adapter: Path, out_dir: Path, eval_cap_bytes: int) -> dict[str, Path]:
     """miner name -> the tar it uploads (see BAD_UPLOADS); derived from an honest-looking adapter."""
-    from services.eval_worker import testing as t
+    from benchmarks import submissions as t
 
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="folders-", dir=out_dir))

@@ -37,6 +37,7 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from gradients.runtime.errors import PermissionDenied, Unauthenticated
+from gradients.runtime.loops import every
 
 log = logging.getLogger(__name__)
 
@@ -171,15 +172,13 @@ class MetagraphHotkeys:
         return len(self.uids)
 
     async def refresh_forever(self, interval_s: float) -> None:
-        while True:
-            try:
-                n = await self.refresh()
-                log.info("metagraph of netuid %d on %s: %d allowed hotkeys", self.netuid, self.network, n)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("metagraph refresh failed (keeping %d hotkeys): %s", len(self.uids), exc)
-            await asyncio.sleep(interval_s)
+        """Refresh now and every `interval_s`; a failed refresh keeps the hotkeys known so far."""
+        await every(interval_s, self._refresh_and_log, immediately=True,
+                    name=f"metagraph refresh of netuid {self.netuid} on {self.network} (keeping the known hotkeys)")
+
+    async def _refresh_and_log(self) -> None:
+        n = await self.refresh()
+        log.info("metagraph of netuid %d on %s: %d allowed hotkeys", self.netuid, self.network, n)
 
 
 async def fetch_metagraph_neurons(network: str, netuid: int) -> Sequence[Any]:

@@ -24,6 +24,7 @@ from redis.asyncio.client import Pipeline
 
 from gradients.runtime import events, telemetry
 from gradients.runtime.bus import EventBus
+from gradients.runtime.loops import every
 from gradients.runtime.store import Store
 
 log = logging.getLogger(__name__)
@@ -71,18 +72,21 @@ class Outbox:
 
 async def keep_flushing(bus: EventBus, every_s: float = 1.0) -> None:
     """Publish what earlier flushes of this process's outboxes could not, every `every_s`."""
-    while True:
-        await asyncio.sleep(every_s)
-        for outbox in list(bus.outboxes):
-            try:
-                if await outbox.pending():
-                    published = await outbox.flush()
-                    log.info("outbox %s: published %d queued event(s) on retry", outbox.key, published)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # still away: next round
-                log.warning("outbox %s: %d event(s) still queued: %s", outbox.key,
-                            await _pending_or_unknown(outbox), exc)
+    await every(every_s, lambda: flush_pending(bus), name="outbox retry")
+
+
+async def flush_pending(bus: EventBus) -> None:
+    """One retry round over this process's outboxes; one still failing does not hold up the others."""
+    for outbox in list(bus.outboxes):
+        try:
+            if await outbox.pending():
+                published = await outbox.flush()
+                log.info("outbox %s: published %d queued event(s) on retry", outbox.key, published)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # still away: next round
+            log.warning("outbox %s: %d event(s) still queued: %s", outbox.key,
+                        await _pending_or_unknown(outbox), exc)
 
 
 async def _pending_or_unknown(outbox: Outbox) -> int:

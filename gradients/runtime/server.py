@@ -10,15 +10,16 @@ and a clean stop on SIGTERM/SIGINT.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import faulthandler
 import inspect
 import logging
 import signal
 import sys
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -36,47 +37,75 @@ from gradients.runtime.store import Store
 log = logging.getLogger(__name__)
 
 
+SettingsT = TypeVar("SettingsT")
+ComponentsT = TypeVar("ComponentsT")
+
+
 @dataclass(frozen=True)
-class GrpcService:
+class GrpcService(Generic[SettingsT, ComponentsT]):
     """One gRPC service hosted by a process: its full name, registrar and factory."""
 
     full_name: str
     register: Callable[[Any, grpc.aio.Server], None]
-    factory: Callable[[ServiceContext], Any]
+    factory: Callable[[ServiceContext[SettingsT, ComponentsT]], Any]
 
 
 @dataclass(frozen=True)
-class ServiceSpec:
+class ServiceSpec(Generic[SettingsT, ComponentsT]):
+    """A service: `on_start` builds its long-lived parts (a dataclass, `ComponentsT`) once, and
+    the host keeps them on the context as `ctx.components` for servicers, consumers and loops."""
+
     name: str
     default_port: int
-    grpc_services: tuple[GrpcService, ...] = ()
-    consumers: Callable[[ServiceContext], list[Consumer]] = lambda ctx: []
-    background: Callable[[ServiceContext], list[Coroutine[Any, Any, None]]] = lambda ctx: []
-    settings_type: type | None = None
-    on_start: Callable[[ServiceContext], Awaitable[None]] | None = None
-    on_stop: Callable[[ServiceContext], Awaitable[None]] | None = None
+    grpc_services: tuple[GrpcService[SettingsT, ComponentsT], ...] = ()
+    consumers: Callable[[ServiceContext[SettingsT, ComponentsT]], list[Consumer]] = lambda ctx: []
+    background: Callable[[ServiceContext[SettingsT, ComponentsT]], list[Coroutine[Any, Any, None]]] = lambda ctx: []
+    settings_type: type[SettingsT] | None = None
+    on_start: Callable[[ServiceContext[SettingsT, ComponentsT]], Awaitable[ComponentsT]] | None = None
+    # Called at stop, and after a failed start once on_start has returned.
+    on_stop: Callable[[ServiceContext[SettingsT, ComponentsT]], Awaitable[None]] | None = None
 
 
 @dataclass
-class ServiceContext:
-    """What handlers and servicers of one service share."""
+class ServiceContext(Generic[SettingsT, ComponentsT]):
+    """What handlers and servicers of one service share: its settings, connections and the
+    components its `on_start` built."""
 
     name: str
     mesh: MeshSettings
-    settings: Any
+    settings: SettingsT
     bus: EventBus
     store: Store
     _channels: dict[str, grpc.aio.Channel] = field(default_factory=dict)
-    state: dict[str, Any] = field(default_factory=dict)  # per-service objects built at start
+    _components: ComponentsT | None = None
+    _built: bool = False
+    _artifacts: ArtifactStore | None = None
+
+    @property
+    def components(self) -> ComponentsT:
+        """The service's parts, as its `on_start` returned them."""
+        if not self._built:
+            raise RuntimeError(f"{self.name}: components are used before on_start built them")
+        return cast(ComponentsT, self._components)
+
+    @components.setter
+    def components(self, value: ComponentsT) -> None:
+        self._components = value
+        self._built = True
+
+    @property
+    def built(self) -> bool:
+        """Whether `components` is set (on_start returned)."""
+        return self._built
 
     @property
     def artifacts(self) -> ArtifactStore:
         """The content-addressed store for datasets and submissions (built on first use)."""
-        if "artifacts" not in self.state:
-            self.state["artifacts"] = open_artifact_store(
+        if self._artifacts is None:
+            self._artifacts = open_artifact_store(
                 self.mesh.artifact_backend, self.bus.js, self.mesh.data_dir, self.mesh.stream_replicas
             )
-        return cast(ArtifactStore, self.state["artifacts"])
+        return self._artifacts
 
     def channel(self, address: str) -> grpc.aio.Channel:
         """A cached, traced client channel to another service."""
@@ -185,65 +214,39 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grp
             log.exception("unhandled error in %s", method)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}: {exc}")
 
-        if handler.unary_unary:
-            inner = handler.unary_unary
+        streaming_in, streaming_out = handler.request_streaming, handler.response_streaming
+        inner = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
 
-            async def unary_unary(request: Any, context: Any) -> Any:
-                request = await check(request, context)
-                try:
-                    return await inner(request, context)
-                except (grpc.aio.AbortError, asyncio.CancelledError):
-                    raise
-                except Exception as exc:
-                    await failed(exc, context)
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary, _tolerant(handler.request_deserializer), handler.response_serializer
-            )
-        if handler.unary_stream:
-            inner = handler.unary_stream
-
-            async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-                request = await check(request, context)
-                try:
+        async def replies(request: Any, context: Any) -> AsyncGenerator[Any, None]:
+            """The handler's replies (one for a unary response), its failures mapped to a status."""
+            request = checked_stream(request, context) if streaming_in else await check(request, context)
+            try:
+                if streaming_out:
                     async for item in _responses(inner(request, context)):
                         yield item
-                except (grpc.aio.AbortError, asyncio.CancelledError):
-                    raise
-                except Exception as exc:
-                    await failed(exc, context)
-
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream, _tolerant(handler.request_deserializer), handler.response_serializer
-            )
-        if handler.stream_unary:
-            inner = handler.stream_unary
-
-            async def stream_unary(request_iterator: AsyncIterator[Any], context: Any) -> Any:
-                try:
-                    return await inner(checked_stream(request_iterator, context), context)
-                except (grpc.aio.AbortError, asyncio.CancelledError):
-                    raise
-                except Exception as exc:
-                    await failed(exc, context)
-
-            return grpc.stream_unary_rpc_method_handler(
-                stream_unary, _tolerant(handler.request_deserializer), handler.response_serializer
-            )
-        inner = handler.stream_stream
-
-        async def stream_stream(request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
-            try:
-                async for item in _responses(inner(checked_stream(request_iterator, context), context)):
-                    yield item
+                else:
+                    yield await inner(request, context)
             except (grpc.aio.AbortError, asyncio.CancelledError):
                 raise
             except Exception as exc:
                 await failed(exc, context)
 
-        return grpc.stream_stream_rpc_method_handler(
-            stream_stream, _tolerant(handler.request_deserializer), handler.response_serializer
-        )
+        async def reply(request: Any, context: Any) -> Any:
+            async with contextlib.aclosing(replies(request, context)) as only:
+                return await anext(only)
+
+        make_handler = _METHOD_HANDLERS[(streaming_in, streaming_out)]
+        return make_handler(replies if streaming_out else reply, _tolerant(handler.request_deserializer),
+                            handler.response_serializer)
+
+
+# grpc's constructor of a method handler, by (request streaming, response streaming).
+_METHOD_HANDLERS: dict[tuple[bool, bool], Callable[..., Any]] = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
 
 
 # ---- the running service --------------------------------------------------------------
@@ -254,7 +257,7 @@ class ServiceHost:
     # Hosts started and not yet stopped in this process (a test harness stops leftovers).
     running: weakref.WeakSet[ServiceHost] = weakref.WeakSet()
 
-    def __init__(self, spec: ServiceSpec, ctx: ServiceContext, server: grpc.aio.Server, port: int,
+    def __init__(self, spec: ServiceSpec[Any, Any], ctx: ServiceContext[Any, Any], server: grpc.aio.Server, port: int,
                  health_servicer: health.aio.HealthServicer):
         self.spec = spec
         self.ctx = ctx
@@ -272,7 +275,7 @@ class ServiceHost:
     @classmethod
     async def start(
         cls,
-        spec: ServiceSpec,
+        spec: ServiceSpec[Any, Any],
         env: Mapping[str, str] | None = None,
         span_processors: Iterable[SpanProcessor] = (),
         **mesh_overrides: Any,
@@ -289,7 +292,7 @@ class ServiceHost:
         if not await store.ping():
             await bus.nc.close()
             raise ConnectionError(f"cannot reach Redis at {mesh.redis_url} (GRADIENTS_REDIS_URL)")
-        ctx = ServiceContext(spec.name, mesh, settings, bus, store)
+        ctx: ServiceContext[Any, Any] = ServiceContext(spec.name, mesh, settings, bus, store)
 
         server = new_grpc_server()
         health_servicer = health.aio.HealthServicer()
@@ -297,7 +300,7 @@ class ServiceHost:
         names = [s.full_name for s in spec.grpc_services]
         try:
             if spec.on_start:
-                await spec.on_start(ctx)
+                ctx.components = await spec.on_start(ctx)
             for svc in spec.grpc_services:
                 svc.register(svc.factory(ctx), server)
             reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
@@ -375,10 +378,12 @@ class ServiceHost:
         telemetry.shutdown_tracing()
 
 
-async def _close_after_failed_start(spec: ServiceSpec, ctx: ServiceContext, server: grpc.aio.Server) -> None:
+async def _close_after_failed_start(
+    spec: ServiceSpec[Any, Any], ctx: ServiceContext[Any, Any], server: grpc.aio.Server
+) -> None:
     steps: list[Callable[[], Awaitable[Any]]] = [lambda: server.stop(0)]
     on_stop = spec.on_stop
-    if on_stop:  # the services' on_stop hooks tolerate a half-built ctx.state
+    if on_stop and (ctx.built or spec.on_start is None):  # on_stop closes what on_start built
         steps.append(lambda: on_stop(ctx))
     steps += [ctx.close_channels, ctx.store.close, ctx.bus.nc.close]
     for step in steps:
@@ -401,7 +406,7 @@ async def cancel_all(tasks: list[asyncio.Task[Any]], timeout_s: float = 5.0) -> 
         log.error("background tasks ignored cancellation: %s", [t.get_name() for t in pending])
 
 
-def run_service(spec: ServiceSpec) -> None:
+def run_service(spec: ServiceSpec[Any, Any]) -> None:
     """Entry point of `python -m services.<name>`: run until SIGTERM/SIGINT."""
     try:
         mesh = load_settings(MeshSettings)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from gradients.runtime import Consumer, Delivery, ServiceContext, events
+from gradients.runtime import Consumer, Delivery, events
 from gradients.v1 import events_pb2 as ev
-from services.chain_bridge.components import ChainBridge
+from services.chain_bridge.components import ChainBridge, ChainBridgeContext
 
 log = logging.getLogger(__name__)
 DURABLE = "chain_bridge-scores"
@@ -24,5 +24,5 @@ class ScoresUpdatedHandler:
             log.info("scores %s are older than the pending or last set weights; ignored", event.digest[:16])
 
 
-def consumers(ctx: ServiceContext) -> list[Consumer]:
-    return [Consumer(DURABLE, events.SCORES_UPDATED, ScoresUpdatedHandler(ctx.state["chain_bridge"]).handle)]
+def consumers(ctx: ChainBridgeContext) -> list[Consumer]:
+    return [Consumer(DURABLE, events.SCORES_UPDATED, ScoresUpdatedHandler(ctx.components).handle)]

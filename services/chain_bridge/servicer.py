@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from gradients.runtime import NotFound, ServiceContext
+from gradients.runtime import NotFound
 from gradients.v1 import chain_bridge_pb2 as cb
 from gradients.v1 import chain_bridge_pb2_grpc
 from gradients.v1 import events_pb2 as ev
-from services.chain_bridge.components import ChainBridge
+from services.chain_bridge.components import ChainBridgeContext
 
 
 class ChainBridgeServicer(chain_bridge_pb2_grpc.ChainBridgeServicer):
-    def __init__(self, ctx: ServiceContext):
+    def __init__(self, ctx: ChainBridgeContext):
         self.ctx = ctx
-        self.bridge: ChainBridge = ctx.state["chain_bridge"]
+        self.bridge = ctx.components
 
     async def GetLastWeights(self, request: cb.GetLastWeightsRequest, context) -> ev.WeightsSet:
         last = await self.bridge.state.last()

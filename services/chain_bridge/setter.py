@@ -23,6 +23,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind
 
 from gradients.runtime import Store, telemetry
+from gradients.runtime.loops import stop_if_cancelling
 from gradients.runtime.outbox import Outbox
 from gradients.v1 import events_pb2 as ev
 from services.chain_bridge.backends import ChainUnavailable, RateLimited, WeightsBackend, WeightsSubmission
@@ -110,10 +111,7 @@ class WeightSetter:
             while True:
                 timeout = max(0.0, min(next_try - time.monotonic(), self.options.idle_check_s))
                 await self._sleep_unless_woken(timeout)
-                if asyncio.current_task().cancelling():
-                    # Python 3.11's wait_for (used by the SDK and our chain calls) can swallow a
-                    # cancellation that races a completed call; stop anyway.
-                    raise asyncio.CancelledError
+                stop_if_cancelling()  # the SDK's and our chain calls' wait_for may swallow one
                 if self._wake.is_set():
                     self._wake.clear()
                     if self.status.failures == 0:

@@ -40,11 +40,12 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gradients.runtime import Consumer, Delivery, ServiceContext, Store, events, telemetry
 from gradients.runtime.outbox import Outbox
 from gradients.splits import split_artifact
+from gradients.task_types import kind_of
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import events_pb2 as ev
 from services.dataset_prep.errors import DatasetRejected, GenerationAborted
@@ -63,6 +64,9 @@ from services.dataset_prep.schema import ColumnMapping, TaskKind
 from services.dataset_prep.settings import DatasetPrepSettings, is_diffusers_folder, is_transformers_folder
 from services.dataset_prep.sources import resolve_task_dataset
 
+if TYPE_CHECKING:
+    from services.dataset_prep.service import DatasetPrepContext
+
 log = logging.getLogger(__name__)
 
 DURABLE = "dataset_prep-preparing"  # PREPARING_DATA transitions -> jobs
@@ -70,14 +74,6 @@ WORK_DURABLE = "dataset_prep-workers"  # the jobs, shared by every replica
 RESULT_PREFIX = "dataset-prepared"
 IMAGE_LIST_FORMAT = "image_list"
 IMAGE_LIST_PREFIX = "images:"
-
-KINDS = {
-    pb.INSTRUCT_TEXT: TaskKind.INSTRUCT,
-    pb.CHAT: TaskKind.CHAT,
-    pb.DPO: TaskKind.DPO,
-    pb.GRPO: TaskKind.GRPO,
-    pb.IMAGE: TaskKind.IMAGE,
-}
 
 
 class TaskDataError(Exception):
@@ -155,7 +151,7 @@ def write_image_list(items: list[tuple[str, str]], folder: Path) -> Path:
 
 def dataset_spec(task: pb.Task, work_dir: Path) -> DatasetSpec:
     """The pipeline's view of the task's dataset; TaskDataError when it cannot be one."""
-    kind = KINDS.get(task.type)
+    kind = kind_of(task.type)
     if kind is None:
         raise TaskDataError(f"task type {pb.TaskType.Name(task.type)} has no dataset schema")
     data = task.dataset
@@ -408,9 +404,9 @@ def counts_message(dataset: PreparedDataset) -> str:
 # ---- the consumer -------------------------------------------------------------------------
 
 class DatasetPrepHandler:
-    def __init__(self, ctx: ServiceContext):
+    def __init__(self, ctx: ServiceContext[DatasetPrepSettings, Any]):
         self.ctx = ctx
-        self.settings: DatasetPrepSettings = ctx.settings
+        self.settings = ctx.settings
         self.outbox = Outbox(ctx.store, ctx.bus, "dataset_prep")
         self.cache = GeneratorCache(self.settings.generator_cache)
         self.work_root = Path(ctx.mesh.data_dir) / "dataset_prep"
@@ -518,8 +514,8 @@ class DatasetPrepHandler:
             log.warning("task %s: progress event not published: %s", task_id, exc, extra={"task_id": task_id})
 
 
-def consumers(ctx: ServiceContext) -> list[Consumer]:
-    handler: DatasetPrepHandler = ctx.state["prep_handler"]
+def consumers(ctx: DatasetPrepContext) -> list[Consumer]:
+    handler = ctx.components.handler
     return [
         Consumer(DURABLE, events.TASK_STATE_CHANGED, handler.handle),
         Consumer(WORK_DURABLE, events.DATASET_PREPARE_REQUESTED, handler.handle_job,

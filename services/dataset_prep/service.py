@@ -1,5 +1,9 @@
 """Wiring of dataset_prep: its gRPC API, consumer and settings."""
 
+from __future__ import annotations
+
+from dataclasses import dataclass
+
 from gradients.runtime import GrpcService, ServiceContext, ServiceSpec
 from gradients.v1 import dataset_prep_pb2_grpc
 from services.dataset_prep import handlers
@@ -7,17 +11,25 @@ from services.dataset_prep.servicer import DatasetPrepServicer
 from services.dataset_prep.settings import DatasetPrepSettings
 
 
-async def build(ctx: ServiceContext) -> None:
+@dataclass
+class DatasetPrepComponents:
+    handler: handlers.DatasetPrepHandler
+
+
+DatasetPrepContext = ServiceContext[DatasetPrepSettings, DatasetPrepComponents]
+
+
+async def build(ctx: DatasetPrepContext) -> DatasetPrepComponents:
     handler = handlers.DatasetPrepHandler(ctx)
-    ctx.state["prep_handler"] = handler
     await handler.outbox.flush()  # results a crashed predecessor stored but did not publish
+    return DatasetPrepComponents(handler)
 
 
-async def release(ctx: ServiceContext) -> None:
-    ctx.state["prep_handler"].cache.clear()
+async def release(ctx: DatasetPrepContext) -> None:
+    ctx.components.handler.cache.clear()
 
 
-SPEC = ServiceSpec(
+SPEC: ServiceSpec[DatasetPrepSettings, DatasetPrepComponents] = ServiceSpec(
     name="dataset_prep",
     default_port=50053,
     grpc_services=(

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 from gradients.runtime import InvalidArgument, NotFound, ServiceContext
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import dataset_prep_pb2 as dp
 from gradients.v1 import dataset_prep_pb2_grpc
 from services.dataset_prep.handlers import stored_result
+from services.dataset_prep.settings import DatasetPrepSettings
 from services.dataset_prep.sources import inspect_dataset
 
 
 class DatasetPrepServicer(dataset_prep_pb2_grpc.DatasetPrepServicer):
-    def __init__(self, ctx: ServiceContext):
+    def __init__(self, ctx: ServiceContext[DatasetPrepSettings, Any]):
         self.ctx = ctx
 
     async def GetSplits(self, request: dp.GetSplitsRequest, context) -> pb.DatasetSplits:

@@ -15,6 +15,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from gradients.archive import UnsafeArchive, safe_extract
 from gradients.evaluation import default_criteria
@@ -37,6 +38,9 @@ from services.eval_worker.job import (
 )
 from services.eval_worker.settings import EvalWorkerSettings, GiB
 
+if TYPE_CHECKING:
+    from services.eval_worker.service import EvalWorkerContext
+
 log = logging.getLogger(__name__)
 DURABLE = "eval-workers"
 
@@ -46,9 +50,9 @@ class JobFailed(Exception):
 
 
 class EvalJobHandler:
-    def __init__(self, ctx: ServiceContext):
+    def __init__(self, ctx: ServiceContext[EvalWorkerSettings, Any]):
         self.ctx = ctx
-        self.settings: EvalWorkerSettings = ctx.settings
+        self.settings = ctx.settings
         self.worker_id = self.settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.outbox = Outbox(ctx.store, ctx.bus, f"eval_worker:{self.worker_id}")
         self.work_root = Path(ctx.mesh.data_dir) / "eval" / self.worker_id.replace(":", "_")
@@ -209,5 +213,5 @@ def to_proto(result: SubmissionEval, sub: pb.Submission, per_example: bool = Tru
     )
 
 
-def consumers(ctx: ServiceContext) -> list[Consumer]:
-    return [Consumer(DURABLE, events.EVAL_JOB_REQUESTED, ctx.state["eval_handler"].handle)]
+def consumers(ctx: EvalWorkerContext) -> list[Consumer]:
+    return [Consumer(DURABLE, events.EVAL_JOB_REQUESTED, ctx.components.handler.handle)]

@@ -1,5 +1,9 @@
 """Wiring of eval_worker: the evaluation work queue and a status API."""
 
+from __future__ import annotations
+
+from dataclasses import dataclass
+
 from gradients.runtime import GrpcService, ServiceContext, ServiceSpec
 from gradients.v1 import eval_worker_pb2_grpc
 from services.eval_worker import handlers
@@ -7,11 +11,19 @@ from services.eval_worker.servicer import EvalWorkerServicer
 from services.eval_worker.settings import EvalWorkerSettings
 
 
-async def build(ctx: ServiceContext) -> None:
-    ctx.state["eval_handler"] = handlers.EvalJobHandler(ctx)
+@dataclass
+class EvalWorkerComponents:
+    handler: handlers.EvalJobHandler
 
 
-SPEC = ServiceSpec(
+EvalWorkerContext = ServiceContext[EvalWorkerSettings, EvalWorkerComponents]
+
+
+async def build(ctx: EvalWorkerContext) -> EvalWorkerComponents:
+    return EvalWorkerComponents(handlers.EvalJobHandler(ctx))
+
+
+SPEC: ServiceSpec[EvalWorkerSettings, EvalWorkerComponents] = ServiceSpec(
     name="eval_worker",
     default_port=50054,
     grpc_services=(GrpcService("gradients.v1.EvalWorker", eval_worker_pb2_grpc.add_EvalWorkerServicer_to_server,

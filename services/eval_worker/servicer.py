@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from gradients.runtime import ServiceContext
+from typing import TYPE_CHECKING
+
 from gradients.v1 import eval_worker_pb2 as pb
 from gradients.v1 import eval_worker_pb2_grpc
 
+if TYPE_CHECKING:
+    from services.eval_worker.service import EvalWorkerContext
+
 
 class EvalWorkerServicer(eval_worker_pb2_grpc.EvalWorkerServicer):
-    def __init__(self, ctx: ServiceContext):
+    def __init__(self, ctx: EvalWorkerContext):
         self.ctx = ctx
-        self.handler = ctx.state["eval_handler"]
+        self.handler = ctx.components.handler
 
     async def GetWorkerStatus(self, request: pb.GetWorkerStatusRequest, context) -> pb.WorkerStatus:
         return pb.WorkerStatus(

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-from gradients.runtime import Consumer, Delivery, ServiceContext, events
+from gradients.runtime import Consumer, Delivery, events
 from gradients.v1 import events_pb2 as ev
 from services.scorer.keeper import ScoreKeeper
+
+if TYPE_CHECKING:
+    from services.scorer.service import ScorerContext
 
 log = logging.getLogger(__name__)
 DURABLE = "scorer-eval-completed"
@@ -29,5 +33,5 @@ class EvalCompletedHandler:
             log.info("task %s already scored; redelivery ignored", event.task_id, extra={"task_id": event.task_id})
 
 
-def consumers(ctx: ServiceContext) -> list[Consumer]:
-    return [Consumer(DURABLE, events.EVAL_COMPLETED, EvalCompletedHandler(ctx.state["keeper"]).handle)]
+def consumers(ctx: ScorerContext) -> list[Consumer]:
+    return [Consumer(DURABLE, events.EVAL_COMPLETED, EvalCompletedHandler(ctx.components.keeper).handle)]

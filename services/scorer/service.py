@@ -2,51 +2,46 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Awaitable
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
 
 from gradients.runtime import GrpcService, ServiceContext, ServiceSpec
+from gradients.runtime.loops import every
 from gradients.v1 import scorer_pb2_grpc
 from services.scorer import handlers
 from services.scorer.keeper import ScoreKeeper
 from services.scorer.servicer import ScorerServicer
 from services.scorer.settings import ScorerSettings
 
-log = logging.getLogger(__name__)
+
+@dataclass
+class ScorerComponents:
+    keeper: ScoreKeeper
 
 
-async def build(ctx: ServiceContext) -> None:
+ScorerContext = ServiceContext[ScorerSettings, ScorerComponents]
+
+
+async def build(ctx: ScorerContext) -> ScorerComponents:
     keeper = ScoreKeeper(ctx.store, ctx.bus)
-    ctx.state["keeper"] = keeper
     await keeper.outbox.flush()  # events a crashed predecessor stored but did not publish
+    return ScorerComponents(keeper)
 
 
-async def refresh_forever(ctx: ServiceContext) -> None:
+async def refresh(ctx: ScorerContext) -> None:
     """Re-publish S_final as the windows age, and retry unpublished outbox events."""
-    keeper: ScoreKeeper = ctx.state["keeper"]
-    settings: ScorerSettings = ctx.settings
-    while True:
-        await asyncio.sleep(settings.tick_s)
-        if asyncio.current_task().cancelling():
-            # Python 3.11's wait_for (inside nats-py's publish) can swallow a cancellation that
-            # races a completed call; stop anyway.
-            raise asyncio.CancelledError
-        try:
-            await keeper.outbox.flush()
-            if settings.refresh_s > 0:
-                await keeper.refresh(settings.refresh_s)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("scorer refresh failed (will retry): %s", exc)
+    keeper, settings = ctx.components.keeper, ctx.settings
+    await keeper.outbox.flush()
+    if settings.refresh_s > 0:
+        await keeper.refresh(settings.refresh_s)
 
 
-def background(ctx: ServiceContext) -> list[Awaitable[None]]:
-    return [refresh_forever(ctx)]
+def background(ctx: ScorerContext) -> list[Coroutine[Any, Any, None]]:
+    return [every(ctx.settings.tick_s, lambda: refresh(ctx), name="scorer refresh")]
 
 
-SPEC = ServiceSpec(
+SPEC: ServiceSpec[ScorerSettings, ScorerComponents] = ServiceSpec(
     name="scorer",
     default_port=50055,
     grpc_services=(GrpcService("gradients.v1.Scorer", scorer_pb2_grpc.add_ScorerServicer_to_server, ScorerServicer),),

@@ -6,17 +6,22 @@ ScoresUpdated carried), so the leaderboard, the explanations and the weights agr
 
 from __future__ import annotations
 
-from gradients.runtime import InvalidArgument, NotFound, ServiceContext
+from typing import TYPE_CHECKING
+
+from gradients.runtime import InvalidArgument, NotFound
 from gradients.v1 import scorer_pb2 as sc
 from gradients.v1 import scorer_pb2_grpc
 from services.scorer.keeper import ScoreKeeper
 from services.scorer.logic import build_score_table, explain_miner
 
+if TYPE_CHECKING:
+    from services.scorer.service import ScorerContext
+
 
 class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
-    def __init__(self, ctx: ServiceContext):
+    def __init__(self, ctx: ScorerContext):
         self.ctx = ctx
-        self.keeper: ScoreKeeper = ctx.state["keeper"]
+        self.keeper: ScoreKeeper = ctx.components.keeper
         self.repo = self.keeper.repo
         self.config = self.keeper.config
 

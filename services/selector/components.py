@@ -1,5 +1,5 @@
 """The selector's long-lived objects, built once at start (service.build) and shared by the
-Selector and MinerGateway servicers and the bus handlers via ctx.state["selector"]."""
+Selector and MinerGateway servicers and the bus handlers as `ctx.components`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from gradients.runtime import ServiceContext
 from gradients.runtime.auth import HotkeyPolicy, MinerAuthenticator, RedisNonceStore
 from gradients.runtime.outbox import Outbox
 from services.selector.offers import OfferBook
@@ -34,3 +35,6 @@ class SelectorComponents:
     limiter: HotkeyRateLimiter
     gateway_server: grpc.aio.Server | None = None  # set when the gateway has its own public port
     gateway_port: int | None = None
+
+
+SelectorContext = ServiceContext[SelectorSettings, SelectorComponents]

@@ -23,16 +23,13 @@ from gradients.runtime import (
     NotFound,
     PermissionDenied,
     ResourceExhausted,
-    ServiceContext,
-    events,
     telemetry,
 )
 from gradients.runtime.artifacts import ArtifactNotFound
 from gradients.runtime.auth import AuthenticatedMiner, SignedRequest, add_signed_servicer, method_path
 from gradients.v1 import common_pb2 as pb
-from gradients.v1 import events_pb2 as ev
 from gradients.v1 import miner_gateway_pb2 as gw
-from services.selector.components import SelectorComponents
+from services.selector.components import SelectorContext
 from services.selector.uploads import UploadAssembler, check_upload_header
 
 log = logging.getLogger(__name__)
@@ -48,19 +45,15 @@ SESSION_METADATA = "gm-session-id"
 UPLOAD_ACCEPTED_METADATA = "gm-upload-accepted"  # initial metadata: the upload's first chunk was accepted
 
 
-def submission_msg_id(s: pb.Submission) -> str:
-    return f"submission:{s.task_id}:{s.miner_hotkey}:{s.sha256}"
-
-
 def register(servicer: MinerGatewayServicer, server: grpc.aio.Server) -> None:
     """On the gateway's own public server when one is configured, else on the selector's."""
     add_signed_servicer(servicer, servicer.sel.gateway_server or server, SERVICE)
 
 
 class MinerGatewayServicer:
-    def __init__(self, ctx: ServiceContext):
+    def __init__(self, ctx: SelectorContext):
         self.ctx = ctx
-        self.sel: SelectorComponents = ctx.state["selector"]
+        self.sel = ctx.components
         self.settings = self.sel.settings
 
     async def _authenticate(self, context, path: str, raw: bytes) -> AuthenticatedMiner:
@@ -197,7 +190,7 @@ class MinerGatewayServicer:
             self._check_deadline(task, "before the upload finished")
             previous = await self.sel.submissions.latest(task.task_id, miner.hotkey)
             if previous is not None and previous.sha256 == sha256:
-                await self.sel.outbox.flush()  # in case its event is still waiting there
+                await self.sel.submissions.announce_pending()  # in case its event is still waiting there
                 return gw.UploadResponse(submission=previous)  # the same archive again: nothing changes
             key = await self.ctx.artifacts.put_file(spool)
         finally:
@@ -211,12 +204,7 @@ class MinerGatewayServicer:
             task_id=task.task_id, miner_hotkey=miner.hotkey, artifact=key, sha256=sha256, size_bytes=size,
             uploaded_at=uploaded, upload_seq=await self.sel.submissions.next_seq(task.task_id), kind=kind,
         )
-        async with self.ctx.store.redis.pipeline(transaction=True) as pipe:
-            self.sel.submissions.put(pipe, submission)
-            self.sel.outbox.add(pipe, events.SUBMISSION_RECEIVED, ev.SubmissionReceived(submission=submission),
-                                submission_msg_id(submission), trace_parent=task.trace_parent)
-            await pipe.execute()
-        await self.sel.outbox.flush()
+        await self.sel.submissions.record(submission, trace_parent=task.trace_parent)
         log.info("submission from %s for task %s: %s (%d bytes, seq %d)", miner.hotkey, task.task_id, sha256, size,
                  submission.upload_seq, extra={"task_id": task.task_id, "miner_hotkey": miner.hotkey})
         return submission

@@ -8,18 +8,18 @@
 
 from __future__ import annotations
 
-from gradients.runtime import Consumer, Delivery, ServiceContext, events
+from gradients.runtime import Consumer, Delivery, events
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import events_pb2 as ev
-from services.selector.components import SelectorComponents
+from services.selector.components import SelectorContext
 from services.selector.records import now_or
 from services.selector.registry import utc_day
 
 
 class SelectorHandlers:
-    def __init__(self, ctx: ServiceContext):
+    def __init__(self, ctx: SelectorContext):
         self.ctx = ctx
-        self.sel: SelectorComponents = ctx.state["selector"]
+        self.sel = ctx.components
 
     async def on_offer_state(self, event: ev.TaskStateChanged, delivery: Delivery) -> None:
         if event.to_state != pb.LOOKING_FOR_MINERS:
@@ -69,7 +69,7 @@ class SelectorHandlers:
         await self.ctx.store.apply_once("selector-scores-updated", delivery.msg_id, effect)
 
 
-def consumers(ctx: ServiceContext) -> list[Consumer]:
+def consumers(ctx: SelectorContext) -> list[Consumer]:
     h = SelectorHandlers(ctx)
     return [
         # Rounds wait on miners for seconds each: several run at once.

@@ -3,7 +3,8 @@
 - `gateway-task:<task_id>` hash {version, task}: the task as of its latest state_changed event
   (allowed miners, deadline, train split). Written only by a newer version, so redelivered
   or out-of-order events never roll it back.
-- `gateway-submission:<task_id>` hash {hotkey: Submission}: each miner's latest upload;
+- `gateway-submission:<task_id>` hash {hotkey: Submission}: each miner's latest upload, stored
+  together with its `gradients.submission.received` event (outbox);
   `gateway-upload-seq:<task_id>`: the task's upload counter (upload_seq).
 - `miner-results:<hotkey>` hash {"<task_id>:eval": EvaluationResult, "<task_id>:score": Score}
   and `miner-results-recent:<hotkey>` sorted set task_id → time, for GetMyResults.
@@ -16,8 +17,10 @@ import time
 from google.protobuf.timestamp_pb2 import Timestamp
 from redis.asyncio.client import Pipeline
 
-from gradients.runtime import Store
+from gradients.runtime import Store, events
+from gradients.runtime.outbox import Outbox
 from gradients.v1 import common_pb2 as pb
+from gradients.v1 import events_pb2 as ev
 from gradients.v1 import miner_gateway_pb2 as gw
 
 RECORD_TTL_S = 14 * 24 * 3600
@@ -53,10 +56,15 @@ class GatewayTasks:
         return None if raw is None else pb.Task.FromString(raw)
 
 
+def submission_msg_id(s: pb.Submission) -> str:
+    return f"submission:{s.task_id}:{s.miner_hotkey}:{s.sha256}"
+
+
 class Submissions:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, outbox: Outbox):
         self.store = store
         self.redis = store.redis
+        self.outbox = outbox
 
     def key(self, task_id: str) -> str:
         return self.store.key("gateway-submission", task_id)
@@ -76,6 +84,19 @@ class Submissions:
     def put(self, pipe: Pipeline, submission: pb.Submission) -> None:
         pipe.hset(self.key(submission.task_id), submission.miner_hotkey, submission.SerializeToString())
         pipe.expire(self.key(submission.task_id), RECORD_TTL_S)
+
+    async def record(self, submission: pb.Submission, trace_parent: str = "") -> None:
+        """Store a miner's new latest upload and announce it, in one transaction (outbox)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            self.put(pipe, submission)
+            self.outbox.add(pipe, events.SUBMISSION_RECEIVED, ev.SubmissionReceived(submission=submission),
+                            submission_msg_id(submission), trace_parent=trace_parent)
+            await pipe.execute()
+        await self.outbox.flush()
+
+    async def announce_pending(self) -> None:
+        """Publish what the outbox still holds (an upload repeated while its event waits there)."""
+        await self.outbox.flush()
 
 
 class MinerResults:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
-from gradients.runtime import ConfigError, GrpcService, ServiceContext, ServiceSpec
+import grpc
+
+from gradients.runtime import ConfigError, GrpcService, ServiceSpec
 from gradients.runtime.auth import AllowList, MetagraphHotkeys, MinerAuthenticator, RedisNonceStore
 from gradients.runtime.outbox import Outbox
 from gradients.runtime.server import new_grpc_server
 from gradients.v1 import selector_pb2_grpc
 from services.selector import gateway, handlers
-from services.selector.components import SelectorComponents
+from services.selector.components import SelectorComponents, SelectorContext
 from services.selector.gateway import MinerGatewayServicer
 from services.selector.offers import OfferBook
 from services.selector.ratelimit import HotkeyRateLimiter
@@ -27,7 +30,6 @@ log = logging.getLogger(__name__)
 
 # Nonces are remembered a little longer than the freshness window they must cover.
 NONCE_RETENTION_MARGIN_S = 5.0
-OUTBOX_FLUSH_S = 5.0
 
 
 def validator_hotkey(settings: SelectorSettings, data_dir: Path) -> str:
@@ -59,8 +61,8 @@ def validator_hotkey(settings: SelectorSettings, data_dir: Path) -> str:
     return wallet.hotkey.ss58_address
 
 
-async def build(ctx: ServiceContext) -> None:
-    settings: SelectorSettings = ctx.settings
+async def build(ctx: SelectorContext) -> SelectorComponents:
+    settings = ctx.settings
     try:
         pool_sizes = settings.pool_sizes()
     except ValueError as exc:
@@ -78,7 +80,7 @@ async def build(ctx: ServiceContext) -> None:
     )
     registry = MinerRegistry(ctx.store, settings.session_ttl_s)
     book = OfferBook(ctx.store, ctx.bus.nc)
-    outbox = Outbox(ctx.store, ctx.bus, "selector")
+    outbox = Outbox(ctx.store, ctx.bus, "selector")  # retried by the host's keep_flushing
     rounds = OfferRounds(
         ctx.store, ctx.bus, registry, book, outbox,
         RoundConfig(settings.offer_timeout_s, pool_sizes, ctx.mesh.time_scale), policy.uid_of,
@@ -86,7 +88,7 @@ async def build(ctx: ServiceContext) -> None:
     sel = SelectorComponents(
         settings=settings, receiver_ss58=receiver, policy=policy, nonce_store=nonce_store,
         auth=MinerAuthenticator(receiver, nonce_store, policy, settings.auth_max_age_s, settings.auth_allowed_skew_s),
-        registry=registry, book=book, rounds=rounds, tasks=GatewayTasks(ctx.store), submissions=Submissions(ctx.store),
+        registry=registry, book=book, rounds=rounds, tasks=GatewayTasks(ctx.store), submissions=Submissions(ctx.store, outbox),
         results=MinerResults(ctx.store, settings.results_kept), outbox=outbox,
         limiter=HotkeyRateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
     )
@@ -97,14 +99,13 @@ async def build(ctx: ServiceContext) -> None:
             raise OSError(f"cannot bind the miner gateway port {ctx.mesh.grpc_host}:{settings.gateway_port} "
                           "(GRADIENTS_SELECTOR_GATEWAY_PORT)")
         sel.gateway_server, sel.gateway_port = server, bound
-    ctx.state["selector"] = sel
     await outbox.flush()  # events a crashed predecessor stored but did not publish
     log.info("miner gateway: validator hotkey %s, auth mode %s", receiver, settings.auth_mode)
+    return sel
 
 
-async def run_gateway_server(ctx: ServiceContext) -> None:
-    sel: SelectorComponents = ctx.state["selector"]
-    server = sel.gateway_server
+async def run_gateway_server(ctx: SelectorContext, server: grpc.aio.Server) -> None:
+    sel = ctx.components
     await server.start()
     log.info("miner gateway serving on port %d", sel.gateway_port)
     try:
@@ -113,34 +114,21 @@ async def run_gateway_server(ctx: ServiceContext) -> None:
         await server.stop(ctx.mesh.shutdown_grace_s)
 
 
-async def flush_outbox_forever(ctx: ServiceContext, interval_s: float = OUTBOX_FLUSH_S) -> None:
-    """Publish events whose first publication failed (NATS briefly away); normally a no-op."""
-    sel: SelectorComponents = ctx.state["selector"]
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            await sel.outbox.flush()
-        except Exception as exc:
-            log.warning("outbox flush failed (will retry): %s", exc)
-
-
-def background(ctx: ServiceContext) -> list[Awaitable[None]]:
-    sel: SelectorComponents = ctx.state["selector"]
-    loops: list[Awaitable[None]] = [flush_outbox_forever(ctx)]
+def background(ctx: SelectorContext) -> list[Coroutine[Any, Any, None]]:
+    sel = ctx.components
+    loops: list[Coroutine[Any, Any, None]] = []
     if sel.gateway_server is not None:
-        loops.append(run_gateway_server(ctx))
+        loops.append(run_gateway_server(ctx, sel.gateway_server))
     if isinstance(sel.policy, MetagraphHotkeys):
         loops.append(sel.policy.refresh_forever(sel.settings.metagraph_refresh_s))
     return loops
 
 
-async def stop(ctx: ServiceContext) -> None:
-    sel: SelectorComponents | None = ctx.state.get("selector")
-    if sel is not None:
-        sel.nonce_store.close()
+async def stop(ctx: SelectorContext) -> None:
+    ctx.components.nonce_store.close()
 
 
-SPEC = ServiceSpec(
+SPEC: ServiceSpec[SelectorSettings, SelectorComponents] = ServiceSpec(
     name="selector",
     default_port=50052,
     grpc_services=(

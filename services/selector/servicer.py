@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import random
 
-from gradients.runtime import InvalidArgument, ServiceContext
+from gradients.runtime import InvalidArgument
 from gradients.task_types import category_of
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import selector_pb2 as sel_pb
 from gradients.v1 import selector_pb2_grpc
-from services.selector.components import SelectorComponents
+from services.selector.components import SelectorContext
 from services.selector.logic import select_pool
 from services.selector.rounds import round_rng
 
 
 class SelectorServicer(selector_pb2_grpc.SelectorServicer):
-    def __init__(self, ctx: ServiceContext):
+    def __init__(self, ctx: SelectorContext):
         self.ctx = ctx
-        self.sel: SelectorComponents = ctx.state["selector"]
+        self.sel = ctx.components
 
     async def ListMiners(self, request: sel_pb.ListMinersRequest, context) -> sel_pb.ListMinersResponse:
         miners = await self.sel.registry.miners(self.sel.policy.uid_of)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from typing import TYPE_CHECKING, Any
 
 from gradients.runtime import Consumer, Delivery, ServiceContext, events
 from gradients.task_types import category_of
@@ -13,6 +14,10 @@ from services.task_service.lifecycle import TaskLifecycle, Trigger
 from services.task_service.logic import TaskState, allocate_hours, decide_after_offers
 from services.task_service.publish import WinnerPublisher
 from services.task_service.results import ResultStore
+from services.task_service.settings import TaskServiceSettings
+
+if TYPE_CHECKING:
+    from services.task_service.service import TaskServiceContext
 
 
 def _trigger(delivery: Delivery) -> Trigger:
@@ -20,7 +25,7 @@ def _trigger(delivery: Delivery) -> Trigger:
 
 
 class TaskEventHandlers:
-    def __init__(self, ctx: ServiceContext, lifecycle: TaskLifecycle):
+    def __init__(self, ctx: ServiceContext[TaskServiceSettings, Any], lifecycle: TaskLifecycle):
         self.ctx = ctx
         self.lifecycle = lifecycle
         self.settings = ctx.settings
@@ -114,8 +119,8 @@ class TaskEventHandlers:
         )
 
 
-def consumers(ctx: ServiceContext) -> list[Consumer]:
-    h = TaskEventHandlers(ctx, ctx.state["lifecycle"])
+def consumers(ctx: TaskServiceContext) -> list[Consumer]:
+    h = TaskEventHandlers(ctx, ctx.components.lifecycle)
     return [
         Consumer("task_service-dataset-prepared", events.DATASET_PREPARED, h.on_dataset_prepared),
         Consumer("task_service-miners-selected", events.MINERS_SELECTED, h.on_miners_selected),

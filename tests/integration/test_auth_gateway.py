@@ -83,7 +83,7 @@ async def test_bad_signatures_are_unauthenticated_and_leave_no_trace(gateway, ca
     error = await refused(gateway.address, req, metadata)
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error.details()
     assert await nonce_keys(gateway.ctx.store, MINER.ss58_address) == []
-    registry = gateway.ctx.state["selector"].registry
+    registry = gateway.ctx.components.registry
     assert await registry.miners() == []
 
 
@@ -101,7 +101,7 @@ async def test_unknown_hotkey_is_permission_denied_and_nothing_is_stored(gateway
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert STRANGER.ss58_address in error.details()
     assert await nonce_keys(gateway.ctx.store, STRANGER.ss58_address) == []
-    assert await gateway.ctx.state["selector"].registry.miners() == []
+    assert await gateway.ctx.components.registry.miners() == []
 
 
 async def test_a_replayed_call_is_refused(gateway):
@@ -117,7 +117,7 @@ async def test_a_replay_across_two_gateway_replicas_is_refused(mesh_env):
     # The second replica serves the gateway on its own public port.
     second = await ServiceHost.start(SPEC, env={**env, "GRADIENTS_SELECTOR_GATEWAY_PORT": "0"})
     try:
-        second_gateway = f"127.0.0.1:{second.ctx.state['selector'].gateway_port}"
+        second_gateway = f"127.0.0.1:{second.ctx.components.gateway_port}"
         assert second_gateway != second.address
         metadata = signed(MINER)
         await call(first.address, request(), metadata)
@@ -138,7 +138,7 @@ async def test_sdk_with_real_wallets_and_a_validator_wallet_created_in_embedded_
     try:
         validator_wallet = bt.Wallet(name="validator", hotkey="default", path=str(Path(env["GRADIENTS_DATA_DIR"]) / "wallets"))
         receiver = validator_wallet.hotkeypub.ss58_address
-        assert host.ctx.state["selector"].receiver_ss58 == receiver
+        assert host.ctx.components.receiver_ss58 == receiver
         async with MinerClient(host.address, miner_wallet, receiver) as client:
             assert client.hotkey == miner_wallet.hotkey.ss58_address
             assert (await client.my_results()).final_score == 0.0

@@ -162,7 +162,7 @@ async def test_unreachable_chain_fails_cleanly_retries_and_keeps_pending(mesh_en
     try:
         update = scores_update("d" * 64, 1_767_225_600_000_000, {"5A": 0.9, "5B": 0.3})
         await bus.publish(events.SCORES_UPDATED, update, msg_id="scores:t1")
-        setter = chain.ctx.state["chain_bridge"].setter
+        setter = chain.ctx.components.setter
 
         async def retried() -> bool:
             return setter.status.failures >= 4
@@ -240,7 +240,7 @@ async def test_pending_weights_are_set_once_the_endpoint_is_back_newest_first(me
         return flaky[0]
 
     async def build_with_flaky_backend(ctx):
-        await chain_service.build(ctx, backend_factory=flaky_backend)
+        return await chain_service.build(ctx, backend_factory=flaky_backend)
 
     spec = dataclasses.replace(CHAIN_SPEC, on_start=build_with_flaky_backend)
     chain, channel, stub = await start_chain(env, spec)
@@ -254,7 +254,7 @@ async def test_pending_weights_are_set_once_the_endpoint_is_back_newest_first(me
         await bus.publish(events.SCORES_UPDATED, older, msg_id="scores:older")
         assert await wait_for(_at_least(endpoint, 2), 10)
         await bus.publish(events.SCORES_UPDATED, newer, msg_id="scores:newer")
-        state = chain.ctx.state["chain_bridge"].state
+        state = chain.ctx.components.state
 
         async def newer_pending() -> bool:
             p = await state.pending()
@@ -371,7 +371,7 @@ async def test_two_replicas_set_each_vector_once_and_one_takes_over(mesh_env):
         digests = [e["scores_digest"] for e in entries]
         assert len(digests) == len(set(digests)) and digests == sorted(digests)  # once each, oldest first
         hosts = (first, second)
-        attempts = [h.ctx.state["chain_bridge"].setter.status.attempts for h in hosts]
+        attempts = [h.ctx.components.setter.status.attempts for h in hosts]
         assert min(attempts) == 0, attempts  # only the lease holder ever tried
         # The holder goes away; the other replica takes the lease and sets what comes next.
         holder = hosts[attempts.index(max(attempts))]
@@ -431,7 +431,7 @@ async def test_a_set_whose_record_fails_is_recorded_later_and_never_set_again(me
         return wrapped[0]
 
     async def build_with_refusing_backend(ctx):
-        await chain_service.build(ctx, backend_factory=refusing_backend)
+        return await chain_service.build(ctx, backend_factory=refusing_backend)
 
     chain, channel, stub = await start_chain(env, dataclasses.replace(CHAIN_SPEC, on_start=build_with_refusing_backend))
     bus = await EventBus.connect(env["GRADIENTS_NATS_URL"], "test-driver")
@@ -447,7 +447,7 @@ async def test_a_set_whose_record_fails_is_recorded_later_and_never_set_again(me
         assert await wait_for(record_failed, 10), (await stub.GetChainStatus(cb.GetChainStatusRequest())).last_error
         await asyncio.sleep(1.0)  # record retries (and lease renewals) fail meanwhile
         await store.redis.config_set("min-replicas-to-write", 0)
-        state = chain.ctx.state["chain_bridge"].state
+        state = chain.ctx.components.state
 
         async def recorded() -> bool:
             last = await state.last()

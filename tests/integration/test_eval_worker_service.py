@@ -22,7 +22,7 @@ from gradients.v1 import eval_worker_pb2, eval_worker_pb2_grpc
 from gradients.v1 import events_pb2 as ev
 from miner_sdk.archive import pack
 from services.eval_worker.service import SPEC
-from services.eval_worker.testing import save_random_lora, save_untouched_lora, write_pickled_bin
+from tests.helpers.submissions import save_random_lora, save_untouched_lora, write_pickled_bin
 
 ROWS = [{"instruction": f"add {i} and {i + 1}", "input": "", "output": f"{2 * i + 1}"} for i in range(12)]
 

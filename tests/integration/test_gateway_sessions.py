@@ -31,7 +31,7 @@ async def test_a_miner_offered_tasks_faster_than_the_heartbeat_stays_connected(m
     runner = asyncio.create_task(take_offers())
     try:
         await client.wait_connected(10)
-        sel = host.ctx.state["selector"]
+        sel = host.ctx.components
         session = await sel.registry.session_of(miner.ss58_address)
         assert session is not None
         sent = 0

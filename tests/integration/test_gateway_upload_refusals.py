@@ -42,7 +42,7 @@ async def open_task(host, deadline_in_s: float) -> pb.Task:
     task = make_task(miners=(IN_TASK.ss58_address,), deadline_s=time.time() + deadline_in_s, train_artifact=key,
                      train_rows=1)
     await publish_state(host.ctx.bus, task, pb.TRAINING, version=5)
-    tasks = host.ctx.state["selector"].tasks
+    tasks = host.ctx.components.tasks
     assert await wait_for(lambda: tasks.exists(task.task_id), timeout=10)
     return task
 

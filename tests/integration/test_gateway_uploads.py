@@ -45,7 +45,7 @@ async def open_task(host, deadline_in_s: float = 60.0, miners=(IN_TASK.ss58_addr
     key = await host.ctx.artifacts.put_bytes(TRAIN_DATA)
     task = make_task(miners=miners, deadline_s=time.time() + deadline_in_s, train_artifact=key, train_rows=400)
     await publish_state(host.ctx.bus, task, pb.TRAINING, version=5)
-    tasks = host.ctx.state["selector"].tasks
+    tasks = host.ctx.components.tasks
     assert await wait_for(lambda: tasks.exists(task.task_id), timeout=10)
     return task
 
@@ -113,7 +113,7 @@ async def test_a_later_upload_replaces_an_earlier_one(gateway, tmp_path):
         again = await miner.submit(task.task_id, tmp_path / "v2")
     assert second.upload_seq > first.upload_seq and second.sha256 != first.sha256
     assert again == second  # the same archive again changes nothing
-    latest = await gateway.ctx.state["selector"].submissions.latest(task.task_id, IN_TASK.ss58_address)
+    latest = await gateway.ctx.components.submissions.latest(task.task_id, IN_TASK.ss58_address)
     assert latest == second
 
 
@@ -176,7 +176,7 @@ async def test_upload_and_download_need_membership_of_the_task(gateway, tmp_path
 async def test_uploads_stop_when_the_task_leaves_training(gateway, tmp_path):
     task = await open_task(gateway)
     await publish_state(gateway.ctx.bus, task, pb.PREEVALUATION, version=6)
-    tasks = gateway.ctx.state["selector"].tasks
+    tasks = gateway.ctx.components.tasks
 
     async def closed() -> bool:
         return (await tasks.get(task.task_id)).state == pb.PREEVALUATION

@@ -119,7 +119,7 @@ async def test_fifty_tasks_scored_leaderboard_and_replay_digest(scorer):
 
     assert await wait_for(all_scored, 30), "the scorer did not score the 50 tasks"
     elapsed = time.monotonic() - started
-    outbox_key = host.ctx.state["keeper"].outbox.key
+    outbox_key = host.ctx.components.keeper.outbox.key
 
     async def all_published() -> bool:
         return not await repo.store.redis.hlen(outbox_key)
@@ -198,7 +198,7 @@ async def test_fifty_tasks_scored_leaderboard_and_replay_digest(scorer):
 
     # Windows age: a refresh recomputes at a later "now" (new digest, same 50 tasks); the replay
     # matches it, and an earlier computation can still be replayed at its own "now".
-    refreshed = await host.ctx.state["keeper"].refresh(0.0)
+    refreshed = await host.ctx.components.keeper.refresh(0.0)
     assert refreshed.trigger == "refresh" and refreshed.log_length == 50 and refreshed.now_us > computation.now_us
     assert (await stub.GetLeaderboard(sc.GetLeaderboardRequest())).digest == refreshed.digest != computation.digest
     assert (await replay_from_url(env["GRADIENTS_REDIS_URL"], "gm", None)).matches_live
@@ -212,7 +212,7 @@ async def test_fifty_tasks_scored_leaderboard_and_replay_digest(scorer):
 async def test_duplicate_and_redelivered_eval_completed_score_once(scorer):
     host, stub, bus, repo, env = scorer
     scored_sub = await bus.js.pull_subscribe(events.TASK_SCORED, durable="test-task-scored-once")
-    keeper = host.ctx.state["keeper"]
+    keeper = host.ctx.components.keeper
     real_flush = keeper.outbox.flush
     crashes = []
 
@@ -246,7 +246,7 @@ async def test_duplicate_and_redelivered_eval_completed_score_once(scorer):
 async def test_one_valid_submission_has_no_confidence_and_the_baseline_is_ignored(scorer):
     host, stub, bus, repo, env = scorer
     scored_sub = await bus.js.pull_subscribe(events.TASK_SCORED, durable="test-task-scored-single")
-    keeper = host.ctx.state["keeper"]
+    keeper = host.ctx.components.keeper
     event = ev.EvalCompleted(
         task_id="task-single", type=pb.INSTRUCT_TEXT, worker="w1", base_model_params_b=1.0, hours=1.0, ok=True,
         results=[

@@ -171,7 +171,7 @@ async def test_redelivered_event_republishes_the_stored_outcome_without_new_offe
         # The same event delivered again (here: re-published under another id, as a
         # redelivery after a crash would arrive): no second round, the same outcome.
         await publish_state(host.ctx.bus, task, pb.LOOKING_FOR_MINERS, version=3, msg_id="redelivered")
-        rounds = host.ctx.state["selector"].rounds
+        rounds = host.ctx.components.rounds
         replayed = await rounds.handle(make_task(task_id=task.task_id))
         assert replayed == first
         await asyncio.sleep(1.0)
@@ -218,7 +218,7 @@ async def test_a_round_interrupted_mid_way_resumes_without_offering_anyone_twice
     offers_seen: list = []
     async with selector(mesh_env, names, OFFER_TIMEOUT_S="1", TEXT_POOL_MIN="3", TEXT_POOL_MAX="3") as host:
         miners = await connect(host, list(behaviour.items()), offers_seen)
-        rounds = host.ctx.state["selector"].rounds
+        rounds = host.ctx.components.rounds
         running = asyncio.create_task(rounds.handle(task))
         # Interrupt while the second miner's offer waits for its (never coming) answer.
         assert await wait_for(lambda: _offered(offers_seen, second), timeout=10)
@@ -298,7 +298,7 @@ async def test_an_offer_that_never_reached_the_miner_does_not_exclude_it_from_th
     async with selector(mesh_env, ["stale", "live"], OFFER_TIMEOUT_S="1", TEXT_POOL_MIN="2",
                         TEXT_POOL_MAX="2") as host:
         stale = dev_keypair("stale").ss58_address
-        registry = host.ctx.state["selector"].registry
+        registry = host.ctx.components.registry
         live = await connect(host, [("live", "accept")], offers_seen)
         # "stale" looks connected (its session record survived a restart) but no stream serves it.
         await registry.seen(stale, 7)

@@ -255,10 +255,10 @@ async def test_a_synthetic_task_left_pending_by_a_crash_is_started(mesh_env, tmp
     host = await ServiceHost.start(SPEC, env=dict(mesh_env, **FAST))
     left = pb.Task(task_id="synthetic-left-pending", type=pb.INSTRUCT_TEXT, organic=False, base_model="tiny-llama",
                    dataset=pb.DatasetSpec(uri="/data/syn.jsonl", row_count=500), hours=2, initial_hours=2)
-    await host.ctx.state["lifecycle"].create(left)
+    await host.ctx.components.lifecycle.create(left)
     await host.ctx.store.redis.incr(host.ctx.store.key("synthetic-created"))
     await asyncio.sleep(0.3)  # ticks with synthetic tasks off: it stays PENDING
-    assert await host.ctx.state["lifecycle"].ids_in(pb.PENDING) == [left.task_id]
+    assert await host.ctx.components.lifecycle.ids_in(pb.PENDING) == [left.task_id]
     await host.stop(1)
 
     env = dict(mesh_env, **FAST, GRADIENTS_TASK_MAX_ACTIVE="3", GRADIENTS_TASK_MAX_SYNTHETIC="1",

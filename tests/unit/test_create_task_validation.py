@@ -8,7 +8,7 @@ import pytest
 from gradients.runtime import InvalidArgument
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import task_service_pb2 as ts
-from services.task_service.servicer import MAX_REWARD_CODE_CHARS, validate_create
+from services.task_service.customers import MAX_REWARD_CODE_CHARS, validate_create
 
 
 def grpo_with_code(code: str) -> ts.CreateTaskRequest:

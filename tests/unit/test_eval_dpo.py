@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from gradients.models.tiny import build_tiny_llama
-from services.eval_worker import testing as T
 from services.eval_worker.dpo_eval import dpo_loss, neg_log_sigmoid
 from services.eval_worker.job import EvalJob, EvalLimits, Submission, evaluate_job
+from tests.helpers import submissions as T
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("one_thread")]
 

@@ -10,7 +10,6 @@ import pytest
 
 from gradients.models.tiny import build_tiny_llama
 from services.eval_worker import reward_library as lib
-from services.eval_worker import testing as T
 from services.eval_worker.grpo_eval import generation_seed, k3_kl
 from services.eval_worker.job import (
     EvalJob,
@@ -24,6 +23,7 @@ from services.eval_worker.job import (
 from services.eval_worker.model_loading import load_tokenizer
 from services.eval_worker.rewards import run_reward
 from services.eval_worker.text_data import instruct_example
+from tests.helpers import submissions as T
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("one_thread")]
 FAST_SANDBOX = SandboxLimits(wall_seconds=3.0, cpu_seconds=2)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from services.dataset_prep.tiny_image import build_tiny_sd_pipeline
-from services.eval_worker import testing as T
 from services.eval_worker.image_eval import combine, start_step
 from services.eval_worker.job import EvalJob, EvalLimits, ImageOptions, Submission, evaluate_job
+from tests.helpers import submissions as T
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("one_thread")]
 

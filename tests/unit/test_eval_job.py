@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from gradients.models.tiny import build_tiny_llama
-from services.eval_worker import testing as T
 from services.eval_worker.job import EvalJob, EvalLimits, Submission, evaluate_job
 from services.eval_worker.model_loading import load_tokenizer
 from services.eval_worker.orchestration import plan_groups, run_job
 from services.eval_worker.text_data import text_examples
 from services.eval_worker.validation import ValidatedSubmission
+from tests.helpers import submissions as T
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_thread")]
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from gradients.models.tiny import build_tiny_llama
-from services.eval_worker import testing as T
 from services.eval_worker.job import EvalJob, EvalLimits, Submission, evaluate_job
 from services.eval_worker.model_loading import load_tokenizer
 from services.eval_worker.text_data import (
@@ -21,6 +20,7 @@ from services.eval_worker.text_data import (
 )
 from services.eval_worker.text_eval import BatchPlan, evaluate_text_group, plan_unit_batches
 from services.eval_worker.validation import read_base_info, validate_submission
+from tests.helpers import submissions as T
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("one_thread")]
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from gradients.models.tiny import build_tiny_llama
-from services.eval_worker import testing as T
 from services.eval_worker.job import EvalLimits, Submission
 from services.eval_worker.validation import (
     SubmissionRefused,
@@ -17,6 +16,7 @@ from services.eval_worker.validation import (
     read_base_info,
     validate_submission,
 )
+from tests.helpers import submissions as T
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("one_thread")]
 LIMITS = EvalLimits(max_lora_rank=64)
