@@ -22,20 +22,20 @@ from services.dataset_prep.images import (
     png_bytes,
 )
 from services.dataset_prep.loading import LoadOptions, load_table
-from services.dataset_prep.schema import (
-    ColumnMapping,
-    DatasetSchema,
-    RejectionLimits,
-    TaskKind,
-    standardise,
-)
-from services.dataset_prep.splits import (
+from services.dataset_prep.logic import (
     SplitConfig,
     canonical_json,
     row_sha256,
     rows_sha256,
     split_rows,
     split_sizes,
+)
+from services.dataset_prep.schema import (
+    ColumnMapping,
+    DatasetSchema,
+    RejectionLimits,
+    TaskKind,
+    standardise,
 )
 from services.dataset_prep.synthesis import (
     SynthesisConfig,

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from gradients.runtime.config import ConfigError, non_negative, one_of, positive, setting, url_scheme
 from services.dataset_prep.images import ImageSizing
+from services.dataset_prep.logic import SplitConfig
 from services.dataset_prep.pipeline import PrepConfig
 from services.dataset_prep.schema import RejectionLimits
-from services.dataset_prep.splits import SplitConfig
 from services.dataset_prep.synthesis import SynthesisConfig, task_seed
 
 

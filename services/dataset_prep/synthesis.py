@@ -30,8 +30,8 @@ from services.dataset_prep.images import (
     png_bytes,
     snap_size,
 )
+from services.dataset_prep.logic import row_sha256
 from services.dataset_prep.schema import DatasetSchema, TaskKind
-from services.dataset_prep.splits import row_sha256
 
 StageProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
 

@@ -29,6 +29,7 @@ from services.dataset_prep.generators import (
     OpenAIGeneratorConfig,
 )
 from services.dataset_prep.loading import load_table
+from services.dataset_prep.logic import row_sha256
 from services.dataset_prep.pipeline import (
     DatasetSpec,
     GeneratorSet,
@@ -36,7 +37,6 @@ from services.dataset_prep.pipeline import (
     prepare_dataset,
 )
 from services.dataset_prep.schema import ColumnMapping, RejectionLimits, TaskKind
-from services.dataset_prep.splits import row_sha256
 
 KEYS_RE = re.compile(r"exactly these keys: (.*?)\. Every value")
 SOURCE_RE = re.compile(r"Original example \(JSON\):\n(.*?)\n\nReturn only", re.S)

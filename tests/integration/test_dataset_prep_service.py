@@ -30,9 +30,9 @@ from gradients.v1 import events_pb2 as ev
 from gradients.v1 import task_service_pb2 as ts
 from gradients.v1 import task_service_pb2_grpc as ts_grpc
 from services.dataset_prep.handlers import DURABLE, TaskDataError, parse_image_list
+from services.dataset_prep.logic import row_sha256
 from services.dataset_prep.service import SPEC as DATASET_PREP
 from services.dataset_prep.settings import DatasetPrepSettings
-from services.dataset_prep.splits import row_sha256
 from services.task_service.service import SPEC as TASK_SERVICE
 
 RPC_TIMEOUT_S = 15

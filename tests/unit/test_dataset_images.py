@@ -105,6 +105,7 @@ def test_image_dataset_yields_synthetic_pairs(tmp_path, tiny_sd, tiny_llama):
         LocalGeneratorConfig,
         LocalTransformersGenerator,
     )
+    from services.dataset_prep.logic import SplitConfig
     from services.dataset_prep.pipeline import (
         DatasetSpec,
         GeneratorSet,
@@ -112,7 +113,6 @@ def test_image_dataset_yields_synthetic_pairs(tmp_path, tiny_sd, tiny_llama):
         prepare_dataset,
     )
     from services.dataset_prep.schema import RejectionLimits, TaskKind
-    from services.dataset_prep.splits import SplitConfig
     from services.dataset_prep.synthesis import SynthesisConfig
 
     folder = tmp_path / "imgs"

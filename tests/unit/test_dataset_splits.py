@@ -1,4 +1,4 @@
-"""Split sizes (§3.3), determinism and leakage for services.dataset_prep.splits."""
+"""Split sizes (§3.3), determinism and leakage for services.dataset_prep.logic."""
 
 from __future__ import annotations
 
