@@ -68,6 +68,8 @@ class GenerationStats:
     malformed: int = 0
     dropped_rows: int = 0
     fallback_rows: int = 0  # local generator: rows rebuilt field by field
+    json_valid: int = 0  # local generator: JSON attempts that gave a valid answer
+    json_skipped_rows: int = 0  # local generator: rows sent straight to the fallback
 
 
 class MalformedAnswer(ValueError):
@@ -287,6 +289,11 @@ class LocalGeneratorConfig:
     # the one-row-per-call baseline of benchmarks/synthetic_generation.py.
     batch_rows: int = 32
     batch_tokens: int = 16384
+    # A model that writes no valid JSON answer in its first `json_probe_rows` attempts of a
+    # generate call cannot do the JSON contract (tiny or base models): the rest of the call
+    # goes straight to the field-by-field fallback instead of paying for answers that never
+    # parse. 0 keeps the JSON stage for every row.
+    json_probe_rows: int = 32
 
     def __post_init__(self) -> None:
         if self.batch_rows < 1 or self.batch_tokens < 1:
@@ -313,6 +320,14 @@ def plan_batches(lengths: Sequence[int], max_new_tokens: int, batch_rows: int, b
     if current:
         batches.append(current)
     return batches
+
+
+def json_stage_useless(attempts: int, valid: int, probe_rows: int) -> bool:
+    """After `attempts` JSON attempts of which `valid` parsed: skip the JSON stage from now on?
+
+    Only once at least `probe_rows` attempts were made and none parsed (probe_rows 0: never).
+    """
+    return probe_rows > 0 and attempts >= probe_rows and valid == 0
 
 
 class JsonObjectEnd:
@@ -417,15 +432,24 @@ class _Sampler:
         min_new_tokens: int = 0,
         stop_after_json: bool = False,
     ) -> list[str]:
-        """One `generate` call for several encoded prompts, left-padded to one length."""
+        """One `generate` call for several encoded prompts, padded to one length.
+
+        The prompts' common leading tokens (system prompt, task text) are run once and their
+        key/value cache shared by every row; each row's own tokens follow, left-padded, so every
+        row's generation starts right after its own prompt.
+        """
         import torch
 
         pad = self.tokenizer.pad_token_id
         pad = pad if pad is not None else self.tokenizer.eos_token_id
-        width = max(len(p) for p in prompts)
-        # Left padding: every row's generation starts right after its own prompt.
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], dtype=torch.long)
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
+        shared = shared_prefix_length(prompts, SHARED_PREFIX_MIN_TOKENS)
+        tails = [p[shared:] for p in prompts]
+        width = shared + max(len(t) for t in tails)
+        head = list(prompts[0][:shared])
+        input_ids = torch.tensor([head + [pad] * (width - shared - len(t)) + t for t in tails], dtype=torch.long)
+        attention = torch.tensor(
+            [[1] * shared + [0] * (width - shared - len(t)) + [1] * len(t) for t in tails], dtype=torch.long
+        )
         options: dict[str, Any] = dict(
             max_new_tokens=max_new_tokens,
             min_new_tokens=min_new_tokens,
@@ -440,12 +464,39 @@ class _Sampler:
 
             options["stopping_criteria"] = StoppingCriteriaList([_json_stopping(self.tokenizer, width, len(prompts))])
         # One generation at a time: torch's global RNG is seeded per call for determinism.
-        with self.lock, torch.no_grad():
+        with self.lock, torch.inference_mode():
+            if shared:
+                from transformers import DynamicCache
+
+                cache = DynamicCache(config=self.model.config)
+                self.model(input_ids=input_ids[:1, :shared].to(self.device), cache=cache, use_cache=True)
+                cache.batch_repeat_interleave(len(prompts))
+                options["cache"] = cache
             torch.manual_seed(seed)
             output = self.model.generate(
                 input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), **options
             )
         return [self.tokenizer.decode(row[width:], skip_special_tokens=True) for row in output]
+
+
+# Below this many common leading tokens a shared cache saves less than its own forward costs.
+SHARED_PREFIX_MIN_TOKENS = 8
+
+
+def shared_prefix_length(prompts: Sequence[Sequence[int]], min_tokens: int) -> int:
+    """Leading tokens common to every prompt that can be computed once for the whole batch.
+
+    At least one token of every prompt stays its own (generation continues from it), and a
+    single prompt or a prefix shorter than `min_tokens` shares nothing (0).
+    """
+    if len(prompts) < 2:
+        return 0
+    limit = min(len(p) for p in prompts) - 1
+    length = 0
+    first = prompts[0]
+    while length < limit and all(p[length] == first[length] for p in prompts):
+        length += 1
+    return length if length >= min_tokens else 0
 
 
 @dataclass
@@ -515,6 +566,10 @@ class LocalTransformersGenerator:
         errors = [""] * len(requests)
         fingerprints = [r.fingerprint() for r in requests]
         for attempt in range(self.config.attempts_per_row):
+            if json_stage_useless(self.stats.attempts, self.stats.json_valid, self.config.json_probe_rows):
+                if attempt == 0:
+                    self.stats.json_skipped_rows += len(requests)
+                break
             jobs = [
                 _Job(i, chat_messages(r), r.temperature, (fingerprints[i], "json", attempt))
                 for i, r in enumerate(requests)
@@ -527,6 +582,7 @@ class LocalTransformersGenerator:
             for job, text in zip(jobs, texts, strict=True):
                 try:
                     answers[job.row] = parse_answer(text, requests[job.row].keys)
+                    self.stats.json_valid += 1
                 except MalformedAnswer as err:
                     self.stats.malformed += 1
                     errors[job.row] = str(err)

@@ -88,3 +88,52 @@ def test_a_row_that_never_opens_an_object_is_given_up_after_its_preamble():
     opened = JsonObjectEnd(max_preamble=10)
     assert not opened.feed("Here: {") and not opened.feed('"a": "long text without end')
     assert opened.feed('"}')
+
+
+def test_shared_prefix_is_the_common_leading_tokens_less_one_per_prompt():
+    from services.dataset_prep.generators import shared_prefix_length
+
+    # Common: 1 2 3 (then 4 vs 9); the shortest prompt keeps one token of its own.
+    assert shared_prefix_length([[1, 2, 3, 4, 5], [1, 2, 3, 9]], min_tokens=2) == 3
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]], min_tokens=1) == 2
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 9]], min_tokens=4) == 0  # too short to pay
+    assert shared_prefix_length([[1, 2, 3, 4]], min_tokens=1) == 0  # one prompt: nothing to share
+    assert shared_prefix_length([[5, 2], [1, 2]], min_tokens=1) == 0
+
+
+def test_json_stage_is_skipped_only_after_a_probe_without_one_valid_answer():
+    from services.dataset_prep.generators import json_stage_useless
+
+    assert not json_stage_useless(attempts=31, valid=0, probe_rows=32)
+    assert json_stage_useless(attempts=32, valid=0, probe_rows=32)
+    assert not json_stage_useless(attempts=64, valid=1, probe_rows=32)
+    assert not json_stage_useless(attempts=100, valid=0, probe_rows=0)  # 0: never skipped
+
+
+def test_a_shared_prefix_cache_gives_the_rows_a_plain_batch_gives(tiny_llama, monkeypatch):
+    from services.dataset_prep import generators
+
+    generator = LocalTransformersGenerator(LocalGeneratorConfig(str(tiny_llama)))
+    sampler = generator._sampler
+    requests = [RowRequest({"instruction": f"add {i} and {i * 7}" + " now" * i, "output": str(8 * i)},
+                           ("instruction", "output"), "Write a new example of the same task.", 0.0)
+                for i in range(5)]
+    prompts = [sampler.encode(generators.chat_messages(r), 24) for r in requests]
+    assert generators.shared_prefix_length(prompts, generators.SHARED_PREFIX_MIN_TOKENS) > 0
+    shared = sampler.sample_batch(prompts, 0.0, 1, 24)
+    monkeypatch.setattr(generators, "SHARED_PREFIX_MIN_TOKENS", 10**9)  # no sharing
+    assert sampler.sample_batch(prompts, 0.0, 1, 24) == shared
+
+
+def test_a_model_that_writes_no_json_goes_to_the_fallback_after_the_probe(tiny_llama):
+    options = dict(max_new_tokens=12, fallback_max_new_tokens=6, attempts_per_row=2, batch_rows=4,
+                   json_probe_rows=4)
+    requests = [RowRequest({"instruction": f"add {i} and {i + 1}", "output": str(2 * i + 1)},
+                           ("instruction", "output"), "Write a new example.", 0.6, 0, 1) for i in range(12)]
+    generator = LocalTransformersGenerator(LocalGeneratorConfig(str(tiny_llama), **options))
+    rows = generator.generate(requests)
+    assert all(r is not None for r in rows)
+    # Chunk 1 (4 rows) tries JSON once (4 attempts, none valid): the probe is spent, so its second
+    # attempt and chunks 2-3 go straight to the field-by-field fallback.
+    assert generator.stats.attempts == 4 and generator.stats.json_valid == 0
+    assert generator.stats.json_skipped_rows == 8 and generator.stats.fallback_rows == 12
