@@ -150,7 +150,7 @@ class EvalJobHandler:
                 device=s.resolved_device(),
                 limits=EvalLimits(max_lora_rank=s.max_lora_rank, max_adapter_bytes=int(s.max_upload_gb * GiB),
                                   child_memory_bytes=int(s.child_memory_gb * GiB), child_timeout_s=s.child_timeout_s,
-                                  isolate=s.isolate, eval_plan=s.plan),
+                                  isolate=s.isolate, eval_plan=s.plan, warm_bases=s.warm_bases),
                 test_weight=task.evaluation.test_weight or default.test_weight,
                 dpo_beta=task.evaluation.dpo_beta or default.dpo_beta,
                 grpo=GrpoOptions(num_generations=s.grpo_generations, max_new_tokens=s.grpo_max_new_tokens),

@@ -54,6 +54,8 @@ class EvalLimits:
     torch_threads: int | None = None
     # False runs groups in this process (tests of the numerics, debugging); never in production.
     isolate: bool = True
+    # Bases kept loaded across jobs by warm holders (CPU; services/eval_worker/warm.py); 0: none.
+    warm_bases: int = 1
     # Whether to recompute `directory_sha256` of each upload and refuse a mismatch.
     verify_sha256: bool = False
 
@@ -62,6 +64,8 @@ class EvalLimits:
                      "max_batch_size", "max_adapters_per_group"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"EvalLimits.{name} must be positive, got {getattr(self, name)}")
+        if self.warm_bases < 0:
+            raise ValueError(f"EvalLimits.warm_bases must be >= 0, got {self.warm_bases}")
         if self.child_timeout_s <= 0:
             raise ValueError(f"EvalLimits.child_timeout_s must be positive, got {self.child_timeout_s}")
         if self.eval_plan not in ("auto", "mixed", "merged"):

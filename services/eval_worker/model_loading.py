@@ -44,8 +44,17 @@ def load_tokenizer(base_dir: str) -> Any:
 
 
 def load_causal_lm(path: str, device: str, config_dir: str | None = None) -> Any:
-    """A causal LM from safetensors; config_dir (the base) supplies the config for full uploads."""
+    """A causal LM from safetensors; config_dir (the base) supplies the config for full uploads.
+
+    In a fork of a warm holder (services/eval_worker/warm.py) the base is already loaded: the
+    first load of it takes that copy instead of reading the disk again.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    from services.eval_worker.warm import take_warm_base
+
+    if config_dir is None and (warm := take_warm_base(path, device)) is not None:
+        return warm
 
     kwargs: dict[str, Any] = {"dtype": dtype_for(device), "use_safetensors": True, "trust_remote_code": False}
     if config_dir is not None:

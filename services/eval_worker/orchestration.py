@@ -14,6 +14,7 @@ from services.eval_worker.validation import (
     read_base_info,
     validate_submission,
 )
+from services.eval_worker.warm import WarmBases
 
 
 class GroupFn(Protocol):
@@ -56,6 +57,12 @@ def _child_limits(job: EvalJob) -> ChildLimits:
     )
 
 
+# This worker's warm holders (EvalLimits.warm_bases of them at most; see warm.py).
+WARM = WarmBases()
+# Task types whose groups load the causal-LM base (image groups load a diffusers pipeline).
+WARM_TASK_TYPES = ("INSTRUCT_TEXT", "CHAT", "DPO", "GRPO")
+
+
 def run_groups(
     job: EvalJob, groups: list[list[ValidatedSubmission]], group_fn: GroupFn = evaluate_group,
     with_baseline: bool = True,
@@ -70,6 +77,10 @@ def run_groups(
     def run(members: list[ValidatedSubmission], baseline: bool = False) -> ChildOutcome:
         if limits is None:
             return run_in_process(group_fn, (job, members, baseline))
+        if job.task_type in WARM_TASK_TYPES:
+            warm = WARM.run(group_fn, (job, members, baseline), limits, job.base_model_dir, job.limits.warm_bases)
+            if warm is not None:
+                return warm
         return run_in_child(group_fn, (job, members, baseline), limits)
 
     missing = MemberResult(ok=False, reason="the evaluation returned no result")

@@ -23,6 +23,12 @@ async def build(ctx: EvalWorkerContext) -> EvalWorkerComponents:
     return EvalWorkerComponents(handlers.EvalJobHandler(ctx))
 
 
+async def release(ctx: EvalWorkerContext) -> None:
+    from services.eval_worker.orchestration import WARM
+
+    WARM.close()  # the warm holders and the bases they keep loaded
+
+
 SPEC: ServiceSpec[EvalWorkerSettings, EvalWorkerComponents] = ServiceSpec(
     name="eval_worker",
     default_port=50054,
@@ -31,4 +37,5 @@ SPEC: ServiceSpec[EvalWorkerSettings, EvalWorkerComponents] = ServiceSpec(
     consumers=handlers.consumers,
     settings_type=EvalWorkerSettings,
     on_start=build,
+    on_stop=release,
 )

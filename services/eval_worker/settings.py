@@ -7,7 +7,7 @@ import functools
 from dataclasses import dataclass
 
 from gradients.limits import MAX_SUBMISSION_BYTES, GiB
-from gradients.runtime.config import one_of, positive, setting
+from gradients.runtime.config import non_negative, one_of, positive, setting
 
 
 @functools.cache
@@ -34,6 +34,11 @@ class EvalWorkerSettings:
         "how a group of LoRA adapters is evaluated: auto (merged on CPU, mixed on CUDA), mixed (one batch, "
         "adapters chosen per row) or merged (each adapter merged into the base in turn)",
         check=one_of("auto", "mixed", "merged"),
+    )
+    warm_bases: int = setting(
+        "GRADIENTS_EVAL_WARM_BASES", 1,
+        "base models kept loaded across jobs (CPU): the next job of a base does not load it again; 0 turns it off",
+        check=non_negative,
     )
     child_memory_gb: float = setting("GRADIENTS_EVAL_CHILD_MEMORY_GB", 32.0, "address-space cap of an evaluation child (CPU)", check=positive)
     child_timeout_s: float = setting("GRADIENTS_EVAL_CHILD_TIMEOUT_S", 14400.0, "wall-time cap of an evaluation child", check=positive)
