@@ -25,7 +25,9 @@ from gradients.models import procedural
 from gradients.runtime.auth import dev_keypair
 from gradients.runtime.embedded import spawn
 
-STRATEGIES = ("autotrain-default", "lr-sweep", "random-search")
+# Miner i runs STRATEGIES[i % len]: the first three as before, then the tuned ones.
+STRATEGIES = ("autotrain-default", "lr-sweep", "random-search", "lr-range-cosine", "successive-halving")
+DEFAULT_STRATEGY = "autotrain-default"
 TYPE_NAMES = {"instruct": "INSTRUCT_TEXT", "dpo": "DPO", "grpo": "GRPO", "image": "IMAGE"}
 TERMINAL = {"SCORED", "FAILED", "CANCELLED"}
 LOCAL_ACCOUNT = "local"
@@ -54,6 +56,35 @@ class MinerProcess:
     hotkey: str
     process: subprocess.Popen
     log_path: Path
+
+
+@dataclass
+class TaskLossSummary:
+    """One task's outcome for the summary: the winner's L_weighted against the base model's
+    (EvalCompleted.baseline) and the best autotrain-default miner's (None when none took part
+    or it failed)."""
+
+    task_id: str
+    winner: str  # hotkey of rank 1
+    winner_loss: float
+    base_loss: float | None
+    default_loss: float | None
+    default_miner: str = ""
+
+
+def task_loss_summary(evaluation, scored, strategy_of) -> TaskLossSummary | None:
+    """From a task's EvalCompleted and TaskScored; strategy_of(hotkey) names a miner's strategy."""
+    if evaluation is None or scored is None:
+        return None
+    first = [s for s in scored.scores if s.rank == 1]
+    losses = {r.miner_hotkey: r.loss_weighted for r in evaluation.results if r.ok}
+    if not first or first[0].miner_hotkey not in losses:
+        return None
+    winner = first[0].miner_hotkey
+    defaults = sorted((loss, hk) for hk, loss in losses.items() if strategy_of(hk) == DEFAULT_STRATEGY)
+    base = evaluation.baseline.loss_weighted if evaluation.HasField("baseline") and evaluation.baseline.ok else None
+    return TaskLossSummary(scored.task_id, winner, losses[winner], base,
+                           defaults[0][0] if defaults else None, defaults[0][1] if defaults else "")
 
 
 @dataclass
@@ -298,6 +329,26 @@ class Demo:
         except grpc.aio.AioRpcError:
             pass
         return snap
+
+    async def task_summaries(self) -> list[TaskLossSummary]:
+        """Per scored task: the winner's loss against the base's and the default strategy's,
+        read from task_service's result records (the base's losses are kept only there)."""
+        from gradients.runtime.store import Store
+        from services.task_service.results import ResultStore
+
+        store = Store.from_url(self.mesh.redis_url, self.mesh.service_env().get("GRADIENTS_NAMESPACE") or "gm")
+        out = []
+        try:
+            results = ResultStore(store)
+            for task in await self.mesh.tasks():
+                record = await results.get(task.task_id)
+                summary = task_loss_summary(record.evaluation, record.scored,
+                                            lambda hk: self.names.get(hk, ("?", "?"))[1])
+                if summary is not None:
+                    out.append(summary)
+        finally:
+            await store.close()
+        return out
 
     def finished(self, snap: DemoSnapshot) -> bool:
         from gradients.v1 import common_pb2 as pb

@@ -75,3 +75,16 @@ async def stop_leftover_hosts():
 
     for host in list(ServiceHost.running):
         await host.stop(0.5)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for the module (ask with `pytestmark = pytest.mark.usefixtures("one_thread")`):
+    two torch threads on a shared 2-core box get starved by other processes (10x slower steps),
+    and the deadline and timing tests need steady step times."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -125,12 +125,38 @@ def demo(
     raise typer.Exit(code)
 
 
+def losses_table(demo: Demo) -> Table:
+    """Per scored task: the winner's L_weighted against the base model's and the best
+    autotrain-default miner's ("–" when no default miner took part in the task)."""
+    table = Table(title="Winner against the base model and the default strategy (L_weighted, lower is better)",
+                  expand=True)
+    for col in ("task", "winner", "winner loss", "base loss", "vs base", "best autotrain-default", "vs default"):
+        table.add_column(col)
+    try:
+        summaries = asyncio.run(demo.task_summaries())
+    except Exception as exc:  # the summary must still print the rest
+        table.add_row("-", f"results unavailable: {exc}", "", "", "", "", "")
+        return table
+
+    def gain(reference: float | None, loss: float) -> str:
+        return f"{(reference - loss) / reference:+.1%}" if reference else "–"
+
+    for s in summaries:
+        name, strategy = demo.names.get(s.winner, (short(s.winner), "?"))
+        default = "–" if s.default_loss is None else f"{s.default_loss:.4f} ({demo.names.get(s.default_miner, ('?',))[0]})"
+        table.add_row(short(s.task_id), f"{name} ({strategy})", f"{s.winner_loss:.4f}",
+                      "–" if s.base_loss is None else f"{s.base_loss:.4f}", gain(s.base_loss, s.winner_loss),
+                      default, gain(s.default_loss, s.winner_loss))
+    return table
+
+
 def print_summary(demo: Demo, snap: DemoSnapshot) -> None:
     from gradients.v1 import common_pb2 as pb
 
     console.rule("Round finished")
     console.print(tasks_table(demo, snap))
     console.print(leaderboard_table(demo, snap, "Final leaderboard"))
+    console.print(losses_table(demo))
     if snap.leaderboard:
         best = snap.leaderboard[0]
         name, strategy = demo.names.get(best.miner_hotkey, ("?", "?"))

@@ -1,7 +1,10 @@
 """Procedurally generated instruct datasets (fixed seeds) for demos and benchmarks.
 
 Each family is learnable by a small model in minutes, so a tournament between training
-strategies shows real differences: arithmetic, string transformations and key-value recall.
+strategies shows real differences: arithmetic, string transformations, key-value recall, and
+four output-format families a pretrained 135M model learns in tens of seconds (date
+rewriting, sorting numbers, fields to JSON, parity words). Rows depend only on (family, seed).
+`distinct` gives rows without repeats, for splits that must not share a row.
 """
 
 from __future__ import annotations
@@ -41,18 +44,90 @@ def key_value(rng: random.Random) -> Row:
     return {"instruction": "recall the value for the key", "input": f"{_KEYS[first]} {_KEYS[second]}", "output": value}
 
 
+def date_rewrite(rng: random.Random) -> Row:
+    year, month, day = rng.randint(1950, 2049), rng.randint(1, 12), rng.randint(1, 28)
+    return {
+        "instruction": "rewrite the date as day/month/year",
+        "input": f"{year:04d}-{month:02d}-{day:02d}",
+        "output": f"{day:02d}/{month:02d}/{year:04d}",
+    }
+
+
+def sort_numbers(rng: random.Random) -> Row:
+    numbers = [rng.randint(0, 99) for _ in range(rng.randint(3, 5))]
+    return {
+        "instruction": "sort the numbers from smallest to largest",
+        "input": " ".join(map(str, numbers)),
+        "output": " ".join(map(str, sorted(numbers))),
+    }
+
+
+_NAMES = ["alice", "bruno", "chen", "dara", "emil", "fatima", "goran", "hana", "ivan", "jun", "kofi", "lena"]
+_CITIES = ["paris", "lima", "oslo", "cairo", "quito", "seoul", "accra", "perth", "riga", "tunis"]
+
+
+def fields_to_json(rng: random.Random) -> Row:
+    name, age, city = rng.choice(_NAMES), rng.randint(18, 90), rng.choice(_CITIES)
+    return {
+        "instruction": "write the record as JSON",
+        "input": f"{name}, {age}, {city}",
+        "output": json.dumps({"name": name, "age": age, "city": city}),
+    }
+
+
+def parity(rng: random.Random) -> Row:
+    n = rng.randint(100, 99999)
+    return {"instruction": "is the number even or odd? answer with one word", "input": str(n),
+            "output": "even" if n % 2 == 0 else "odd"}
+
+
+# The demo's instruct pool (gradients demo and other benchmarks iterate over these).
 FAMILIES: dict[str, Callable[[random.Random], Row]] = {
     "arithmetic": arithmetic,
     "strings": string_transform,
     "recall": key_value,
 }
+# Output-format families (benchmarks.tournament_vs_default); `generate` knows both.
+FORMAT_FAMILIES: dict[str, Callable[[random.Random], Row]] = {
+    "dates": date_rewrite,
+    "sorting": sort_numbers,
+    "json": fields_to_json,
+    "parity": parity,
+}
+ALL_FAMILIES = {**FAMILIES, **FORMAT_FAMILIES}
 
 
 def generate(family: str, n_rows: int, seed: int = 0) -> list[Row]:
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; one of {', '.join(FAMILIES)}")
+    if family not in ALL_FAMILIES:
+        raise ValueError(f"unknown family {family!r}; one of {', '.join(ALL_FAMILIES)}")
     rng = random.Random(f"{family}:{seed}")
-    return [FAMILIES[family](rng) for _ in range(n_rows)]
+    return [ALL_FAMILIES[family](rng) for _ in range(n_rows)]
+
+
+def row_key(row: Row) -> str:
+    return json.dumps(row, sort_keys=True)
+
+
+def distinct(rows_of: Callable[[int], list[Row]], n_rows: int, max_tries: int = 20) -> list[Row]:
+    """The first n_rows distinct rows of a seeded generator (rows_of(k): its first k rows),
+    asking for more until enough distinct ones came; a ValueError when the family cannot."""
+    asked = n_rows
+    for _ in range(max_tries):
+        seen: set[str] = set()
+        out = []
+        for row in rows_of(asked):
+            key = row_key(row)
+            if key not in seen:
+                seen.add(key)
+                out.append(row)
+                if len(out) == n_rows:
+                    return out
+        asked *= 2
+    raise ValueError(f"the generator has fewer than {n_rows} distinct rows")
+
+
+def generate_distinct(family: str, n_rows: int, seed: int = 0) -> list[Row]:
+    return distinct(lambda k: generate(family, k, seed), n_rows)
 
 
 def write_jsonl(rows: list[Row], path: Path) -> Path:

@@ -32,15 +32,23 @@ class TaskType(StrEnum):
             raise ValueError(f"task_type must be one of {names}, not {value!r}") from None
 
 
-SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
+SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup", "exponential")
+LORA_TARGETS = {
+    "all-linear": "all-linear",
+    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mlp": ["gate_proj", "up_proj", "down_proj"],
+}
 
 
-def schedule_multiplier(name: str, warmup_ratio: float, progress: float) -> float:
+def schedule_multiplier(name: str, warmup_ratio: float, progress: float, end_factor: float = 1.0) -> float:
     """The learning-rate multiplier at `progress` (0..1) of training, like transformers'
-    schedules of the same names but over a fraction instead of a step count."""
+    schedules of the same names but over a fraction instead of a step count.
+    "exponential" (the LR range test's ramp) grows geometrically from 1 to end_factor."""
     progress = min(max(progress, 0.0), 1.0)
     if name == "constant":
         return 1.0
+    if name == "exponential":
+        return float(end_factor**progress)
     if warmup_ratio > 0 and progress < warmup_ratio:
         return progress / warmup_ratio
     if name == "constant_with_warmup":
@@ -61,12 +69,14 @@ def deadline_schedule(
     (a step-based schedule would leave a time-boxed trial stuck in warm-up at a high lr)."""
     start = time.time()
     budget = deadline.training_end - start
+    # The LR range test's ramp goes by steps only: each step must see its own planned lr.
+    by_time = hp.scheduler != "exponential"
 
     def multiplier(step: int) -> float:
-        progress = step / total_steps
-        if math.isfinite(budget) and budget > 0:
+        progress = step / max(1, total_steps - 1) if not by_time else step / total_steps
+        if by_time and math.isfinite(budget) and budget > 0:
             progress = max(progress, (time.time() - start) / budget)
-        return schedule_multiplier(hp.scheduler, hp.warmup_ratio, progress)
+        return schedule_multiplier(hp.scheduler, hp.warmup_ratio, progress, hp.lr_end_factor)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
 
@@ -87,7 +97,18 @@ class HyperParams:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
+    lora_target: str = "all-linear"  # one of LORA_TARGETS
     max_length: int = 2048  # text: prompt + completion tokens
+    lr_end_factor: float = 1.0  # "exponential" schedule: the last step's lr / learning_rate
+    # Text SFT: pack several examples into one sequence of at most pack_length tokens
+    # (0 = max_length); attention never crosses examples (position ids restart per example).
+    packing: bool = False
+    pack_length: int = 0
+    # Early stopping on the validation slice: score it every eval_every_s seconds of training
+    # (0 = never), keep the best weights, stop after `patience` scores without improvement
+    # (0 = never stop early, only keep the best).
+    eval_every_s: float = 0.0
+    patience: int = 0
     # DPO
     dpo_beta: float = 0.1
     # GRPO
@@ -118,6 +139,12 @@ class HyperParams:
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"HyperParams.{name} must be in [0, 1), not {value}")
+        if self.lora_target not in LORA_TARGETS:
+            raise ValueError(
+                f"HyperParams.lora_target must be one of {sorted(LORA_TARGETS)}, not {self.lora_target!r}"
+            )
+        if not self.lr_end_factor > 0 or self.pack_length < 0 or self.eval_every_s < 0 or self.patience < 0:
+            raise ValueError("HyperParams.lr_end_factor must be positive; pack_length, eval_every_s, patience >= 0")
         if self.scheduler not in SCHEDULES:
             raise ValueError(
                 f"HyperParams.scheduler must be one of {SCHEDULES}, not {self.scheduler!r}"
@@ -135,6 +162,9 @@ class TrialOutcome:
     steps: int  # optimiser steps taken
     seconds: float
     stopped_by_deadline: bool
+    label: str = ""  # what the strategy ran it for ("lr range test", "rung 1", ...)
+    init_from: int | None = None  # the trial whose adapter it continued
+    run: TrialRun | None = None  # the task trainer's full report (losses, lrs, evaluations)
 
 
 @dataclass
@@ -144,7 +174,11 @@ class LoopStats:
     stopped_by_deadline: bool = False
     seconds: float = 0.0
     step_seconds: float = 0.0  # the guard's step estimate at the end
-    losses: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # per micro-step training loss
+    lrs: list[float] = field(default_factory=list)  # per micro-step learning rate
+    evals: list[tuple[float, float]] = field(default_factory=list)  # (unix time, val loss)
+    best_val: float | None = None  # with early stopping: the kept weights' val loss
+    early_stopped: bool = False
 
 
 @dataclass
@@ -156,6 +190,10 @@ class TrialRun:
     val_loss: float | None
     train_seconds: float  # the training loop alone (no setup, saving or scoring)
     step_seconds: float  # how long a step took (the guard's estimate), 0 if none ran
+    losses: list[float] = field(default_factory=list)  # per micro-step training loss
+    lrs: list[float] = field(default_factory=list)  # per micro-step learning rate
+    evals: list[tuple[float, float]] = field(default_factory=list)  # (unix time, val loss)
+    early_stopped: bool = False
 
 
 class TaskTrainer(Protocol):
@@ -182,10 +220,14 @@ class TaskTrainer(Protocol):
         deadline: Deadline,
         seed: int,
         step_hint_s: float = 0.0,
+        init_adapter: Path | None = None,
     ) -> TrialRun:
         """Train a fresh adapter on `base` until done or `deadline`, save it to out_dir, score
         it on val_rows (if any), and remove it from `base` again. step_hint_s: the step time
-        seen in earlier trials, so the first step is not started when it cannot finish."""
+        seen in earlier trials, so the first step is not started when it cannot finish.
+        init_adapter: continue training that saved adapter instead of a fresh one (its LoRA
+        shape is kept; hp's lora_* fields are then ignored). With hp.eval_every_s > 0 the
+        trial scores val_rows during training and keeps its best weights (early stopping)."""
         ...
 
 
@@ -248,11 +290,16 @@ def optimizer_loop(
     deadline: Deadline,
     seed: int,
     step_hint_s: float = 0.0,
+    evaluate: Callable[[], float] | None = None,
 ) -> LoopStats:
     """AdamW over the trainable parameters with warm-up + schedule and gradient accumulation,
     stopping when the planned steps are done or the next micro-step would pass the deadline.
 
     `loss_fn(model, batch)` returns the mean loss of a micro-batch of examples.
+    `evaluate()`: the validation loss of the model as it is now; with hp.eval_every_s > 0 it is
+    called every eval_every_s seconds of training (when one more score still fits before the
+    deadline) and at the end, the best-scoring weights are restored at the end, and training
+    stops after hp.patience scores without improvement (hp.patience > 0).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -275,8 +322,33 @@ def optimizer_loop(
         stats.steps += 1
         pending = 0
 
+    monitor = evaluate if evaluate is not None and hp.eval_every_s > 0 else None
+    best: dict[str, torch.Tensor] | None = None
+    best_val = math.inf
+    bad = 0
+    eval_s = 0.0  # the longest score seen
+    last_eval = started
+    scored_at_step = -1  # the step count when the weights were last scored
+
+    def score() -> None:
+        nonlocal best, best_val, bad, eval_s, last_eval, scored_at_step
+        scored_at_step = stats.steps
+        assert monitor is not None
+        t0 = time.time()
+        value = monitor()
+        model.train()
+        now = time.time()
+        eval_s = max(eval_s, now - t0)
+        last_eval = now
+        stats.evals.append((now, value))
+        if math.isfinite(value) and value < best_val:
+            best_val, bad = value, 0
+            best = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        else:
+            bad += 1
+
     model.train()
-    while stats.steps < total and not guard.stopped_by_deadline:
+    while stats.steps < total and not guard.stopped_by_deadline and not stats.early_stopped:
         order = list(range(len(examples)))
         order_rng.shuffle(order)
         for start in range(0, len(order), hp.batch_size):
@@ -287,13 +359,33 @@ def optimizer_loop(
             loss = loss_fn(model, batch)
             (loss / hp.grad_accum).backward()
             stats.losses.append(float(loss.detach()))
+            stats.lrs.append(float(optimizer.param_groups[0]["lr"]))
             stats.micro_steps += 1
             pending += 1
             if pending == hp.grad_accum:
                 optimiser_step()
             guard.step_finished()
+            if (
+                monitor is not None
+                and pending == 0
+                and time.time() - last_eval >= hp.eval_every_s
+                and time.time() + eval_s + guard.step_estimate() < deadline.training_end
+            ):
+                score()
+                if hp.patience and bad >= hp.patience:
+                    stats.early_stopped = True
+                    break
     if pending:  # a partial accumulation at the end of the data or at the deadline
         optimiser_step()
+    if monitor is not None:
+        if stats.steps and stats.steps != scored_at_step:
+            score()  # the final weights too (the caller leaves time for one validation)
+        if best is not None:
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    if n in best:
+                        p.copy_(best[n])
+            stats.best_val = best_val
     stats.stopped_by_deadline = guard.stopped_by_deadline
     stats.seconds = time.time() - started
     stats.step_seconds = guard.step_estimate() if stats.micro_steps else 0.0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from peft import get_peft_model
+from peft import PeftModel, get_peft_model
 
 from miner_sdk.training.common import (
     HyperParams,
@@ -166,12 +166,22 @@ class DpoTrainer:
         deadline: Deadline,
         seed: int,
         step_hint_s: float = 0.0,
+        init_adapter: Path | None = None,
     ) -> TrialRun:
+        # hp.packing is ignored: a preference pair is scored as two whole sequences, and the
+        # rows are short; DPO always trains unpacked.
         seed_everything(seed)
         pad = pad_id(base.tokenizer)
         train_examples = self._examples(base, train_rows, hp.max_length)
         val_examples = self._examples(base, val_rows, hp.max_length) if val_rows else []
-        model = get_peft_model(base.model, lora_config(hp))
+        if init_adapter is not None:
+            model = PeftModel.from_pretrained(base.model, init_adapter, is_trainable=True)
+        else:
+            model = get_peft_model(base.model, lora_config(hp))
+
+        def validate() -> float:
+            return mean_dpo_loss(model, val_examples, pad, base.device, EVAL_DPO_BETA)
+
         try:
             stats = optimizer_loop(
                 model,
@@ -181,15 +191,23 @@ class DpoTrainer:
                 deadline,
                 seed,
                 step_hint_s,
+                evaluate=validate if val_examples else None,
             )
             save_adapter(model, out_dir)
-            val = (
-                mean_dpo_loss(model, val_examples, pad, base.device, EVAL_DPO_BETA)
-                if val_examples
-                else None
-            )
+            if stats.best_val is not None:
+                val: float | None = stats.best_val
+            else:
+                val = validate() if val_examples else None
         finally:
             base.model = model.unload()
         return TrialRun(
-            stats.steps, stats.stopped_by_deadline, val, stats.seconds, stats.step_seconds
+            stats.steps,
+            stats.stopped_by_deadline,
+            val,
+            stats.seconds,
+            stats.step_seconds,
+            losses=stats.losses,
+            lrs=stats.lrs,
+            evals=stats.evals,
+            early_stopped=stats.early_stopped,
         )

@@ -20,7 +20,9 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gradients import prompts
+from miner_sdk.training import tuning
 from miner_sdk.training.common import (
+    LORA_TARGETS,
     HyperParams,
     RowsCache,
     TrialRun,
@@ -160,6 +162,73 @@ def sft_loss(
     return -lp_sum.sum() / count.sum().clamp(min=1)
 
 
+@dataclass(frozen=True)
+class PackedExample:
+    """Several (prompt, completion) pairs laid end to end in one sequence."""
+
+    segments: tuple[PairExample, ...]
+
+    @property
+    def length(self) -> int:
+        return sum(len(e.prompt_ids) + len(e.completion_ids) for e in self.segments)
+
+
+def pack_examples(examples: Sequence[PairExample], capacity: int) -> list[PackedExample]:
+    """First-fit-decreasing packs of at most `capacity` tokens (tuning.pack_lengths)."""
+    lengths = [len(e.prompt_ids) + len(e.completion_ids) for e in examples]
+    return [
+        PackedExample(tuple(examples[i] for i in pack))
+        for pack in tuning.pack_lengths(lengths, capacity)
+    ]
+
+
+def collate_packed(
+    packs: Sequence[PackedExample], pad: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """input_ids / position_ids / labels of packed sequences, right-padded. Position ids
+    restart at every example (and at the padding), and no attention mask is passed, so
+    transformers builds a block-diagonal causal mask: no token attends across examples."""
+    width = max(p.length for p in packs)
+    ids = torch.full((len(packs), width), pad, dtype=torch.long)
+    positions = torch.zeros((len(packs), width), dtype=torch.long)
+    labels = torch.full((len(packs), width), -100, dtype=torch.long)
+    for row, pack in enumerate(packs):
+        at = 0
+        lengths = []
+        for e in pack.segments:
+            n = len(e.prompt_ids) + len(e.completion_ids)
+            ids[row, at : at + n] = torch.tensor(e.prompt_ids + e.completion_ids, dtype=torch.long)
+            labels[row, at + len(e.prompt_ids) : at + n] = torch.tensor(e.completion_ids, dtype=torch.long)
+            lengths.append(n)
+            at += n
+        if at < width:
+            lengths.append(width - at)
+        positions[row] = torch.tensor(tuning.segment_positions(lengths), dtype=torch.long)
+    return {"input_ids": ids.to(device), "position_ids": positions.to(device), "labels": labels.to(device)}
+
+
+def packed_token_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probability of each labelled next token, mask of labelled positions), both (B, W-1)."""
+    logits = model(
+        input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+    ).logits
+    logits = logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    keep = labels != -100
+    logprobs = torch.log_softmax(logits, dim=-1)
+    token_lp = torch.gather(logprobs, 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return token_lp * keep, keep
+
+
+def packed_sft_loss(
+    model, packs: Sequence[PackedExample], pad: int, device: torch.device
+) -> torch.Tensor:
+    """Mean cross-entropy over the completion tokens of a micro-batch of packs (the same
+    value as sft_loss over the packs' examples)."""
+    token_lp, keep = packed_token_logprobs(model, collate_packed(packs, pad, device))
+    return -token_lp.sum() / keep.sum().clamp(min=1)
+
+
 @torch.no_grad()
 def completion_loss(
     model, tokenizer, rows: Sequence[dict], max_length: int = 2048, batch_size: int = 8
@@ -190,7 +259,7 @@ def lora_config(hp: HyperParams) -> LoraConfig:
         r=hp.lora_r,
         lora_alpha=hp.lora_alpha,
         lora_dropout=hp.lora_dropout,
-        target_modules="all-linear",
+        target_modules=LORA_TARGETS[hp.lora_target],
         task_type="CAUSAL_LM",
     )
 
@@ -240,6 +309,7 @@ class SftTrainer:
         deadline: Deadline,
         seed: int,
         step_hint_s: float = 0.0,
+        init_adapter: Path | None = None,
     ) -> TrialRun:
         seed_everything(seed)
 
@@ -248,28 +318,57 @@ class SftTrainer:
             return encode_rows(base.tokenizer, train_rows, hp.max_length)
 
         examples = self._encoded.get(train_rows, hp.max_length, encode)
-        model = get_peft_model(base.model, lora_config(hp))
         pad = pad_id(base.tokenizer)
+        if hp.packing:
+            capacity = hp.pack_length or hp.max_length
+            units: Sequence[Any] = self._encoded.get(
+                train_rows, (hp.max_length, "packed", capacity), lambda: pack_examples(examples, capacity)
+            )
+
+            def loss_fn(m: Any, batch: list[Any]) -> torch.Tensor:
+                return packed_sft_loss(m, batch, pad, base.device)
+        else:
+            units = examples
+
+            def loss_fn(m: Any, batch: list[Any]) -> torch.Tensor:
+                return sft_loss(m, batch, pad, base.device)
+
+        if init_adapter is not None:
+            model = PeftModel.from_pretrained(base.model, init_adapter, is_trainable=True)
+        else:
+            model = get_peft_model(base.model, lora_config(hp))
+
+        def validate() -> float:
+            return completion_loss(model, base.tokenizer, val_rows, hp.max_length)
+
         try:
             stats = optimizer_loop(
                 model,
-                examples,
-                lambda m, batch: sft_loss(m, batch, pad, base.device),
+                units,
+                loss_fn,
                 hp,
                 deadline,
                 seed,
                 step_hint_s,
+                evaluate=validate if val_rows else None,
             )
             save_adapter(model, out_dir)
-            val = (
-                completion_loss(model, base.tokenizer, val_rows, hp.max_length)
-                if val_rows
-                else None
-            )
+            if stats.best_val is not None:
+                val: float | None = stats.best_val
+            else:
+                val = validate() if val_rows else None
         finally:
             base.model = model.unload()  # the base without LoRA layers, for the next trial
         return TrialRun(
-            stats.steps, stats.stopped_by_deadline, val, stats.seconds, stats.step_seconds
+            stats.steps,
+            stats.stopped_by_deadline,
+            val,
+            stats.seconds,
+            stats.step_seconds,
+            losses=stats.losses,
+            lrs=stats.lrs,
+            evals=stats.evals,
+            early_stopped=stats.early_stopped,
         )
 
 
