@@ -32,8 +32,10 @@ from pathlib import Path
 
 CACHE = Path(os.environ.get("GM_BENCH_CACHE", Path.home() / ".cache" / "gm" / "eval_bench"))
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-WORDS = ("the quick brown fox jumps over the lazy dog answer question result sum list key value "
-         "reverse upper lower find explain write translate recall").split()
+WORDS = (
+    "the quick brown fox jumps over the lazy dog answer question result sum list key value "
+    "reverse upper lower find explain write translate recall"
+).split()
 
 
 def prepare_smollm2(cache: Path = CACHE) -> Path:
@@ -84,8 +86,9 @@ def make_adapters(base: Path, k: int, root: Path) -> list[Path]:
     return paths
 
 
-def reference_eval_one(base: str, adapter: str, rows: list[dict], max_len: int, threads: int | None,
-                       device: str = "cpu") -> list[float]:
+def reference_eval_one(
+    base: str, adapter: str, rows: list[dict], max_len: int, threads: int | None, device: str = "cpu"
+) -> list[float]:
     """The reference method for one submission (runs in its own fresh process)."""
     import torch
     import torch.nn.functional as F
@@ -107,8 +110,9 @@ def reference_eval_one(base: str, adapter: str, rows: list[dict], max_len: int, 
             ids = torch.tensor([ex.input_ids], device=device)
             labels = torch.tensor([ex.labels], device=device)
             logits = model(input_ids=ids).logits[:, :-1].float()
-            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                                  ignore_index=IGNORE_INDEX)
+            nll = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX
+            )
             losses.append(float(nll))
     return losses
 
@@ -187,19 +191,24 @@ def main() -> None:
     base = prepare_tiny() if args.model == "tiny" else prepare_smollm2()
     adapters = make_adapters(base, args.adapters, CACHE / f"{args.model}-adapters")
     rows = make_rows(args.rows)
-    limits = EvalLimits(torch_threads=args.threads, max_batch_tokens=args.max_batch_tokens, max_seq_len=512,
-                        eval_plan=args.plan)
+    limits = EvalLimits(
+        torch_threads=args.threads, max_batch_tokens=args.max_batch_tokens, max_seq_len=512, eval_plan=args.plan
+    )
     k = len(adapters)
     job = EvalJob("bench", "INSTRUCT_TEXT", str(base), rows, device=args.device, limits=limits)
     submissions = [Submission(f"m{i}", str(p)) for i, p in enumerate(adapters)]
     plan = choose_plan(args.plan, args.device, k, True)
-    print(f"model={args.model} adapters={k} rows={len(rows)} device={args.device} plan={args.plan}->{plan} "
-          f"threads={args.threads or torch.get_num_threads()} max_batch_tokens={args.max_batch_tokens} "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(
+        f"model={args.model} adapters={k} rows={len(rows)} device={args.device} plan={args.plan}->{plan} "
+        f"threads={args.threads or torch.get_num_threads()} max_batch_tokens={args.max_batch_tokens} "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
 
     limit = BasePass(base, rows, limits, args.device)
-    print(f"tokens per pass over the rows: {limit.tokens} ({limit.scored} scored, "
-          f"{limit.scored / limit.tokens:.0%}); batches: {len(limit.batches)}")
+    print(
+        f"tokens per pass over the rows: {limit.tokens} ({limit.scored} scored, "
+        f"{limit.scored / limit.tokens:.0%}); batches: {len(limit.batches)}"
+    )
 
     def ours() -> tuple[float, list]:
         t0 = time.perf_counter()
@@ -220,13 +229,19 @@ def main() -> None:
         our_times.append(took)
         print(f"  repeat {i + 1}: base pass {base_times[-1]:.2f} s, ours {took:.2f} s", flush=True)
     base_med, ours_med = statistics.median(base_times), statistics.median(our_times)
-    print(f"(c) limit, the base's plain batched forward over the rows: {spread(base_times)} "
-          f"= {limit.tokens / base_med:,.0f} tokens/s")
-    print(f"(b) ours end to end ({k} submissions + the baseline, start-up, loading and validation included): "
-          f"{spread(our_times)}; first job (warm-up) {first_s:.2f} s")
+    print(
+        f"(c) limit, the base's plain batched forward over the rows: {spread(base_times)} "
+        f"= {limit.tokens / base_med:,.0f} tokens/s"
+    )
+    print(
+        f"(b) ours end to end ({k} submissions + the baseline, start-up, loading and validation included): "
+        f"{spread(our_times)}; first job (warm-up) {first_s:.2f} s"
+    )
     ratio = (k * limit.tokens / ours_med) / (limit.tokens / base_med)
-    print(f"ours / limit: {k * limit.tokens / ours_med:,.0f} / {limit.tokens / base_med:,.0f} tokens/s = {ratio:.2f} "
-          f"(ratio of medians; target >= 1.2)")
+    print(
+        f"ours / limit: {k * limit.tokens / ours_med:,.0f} / {limit.tokens / base_med:,.0f} tokens/s = {ratio:.2f} "
+        f"(ratio of medians; target >= 1.2)"
+    )
     if args.device == "cuda":
         print(f"peak GPU memory of the base pass (this process): {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
         from dataclasses import replace
@@ -239,10 +254,11 @@ def main() -> None:
         t0 = time.perf_counter()
         max_diff = 0.0
         for i, adapter in enumerate(adapters):
-            out = run_in_child(reference_eval_one,
-                               (str(base), str(adapter), rows, limits.max_seq_len, args.threads, args.device),
-                               ChildLimits(memory_bytes=None, timeout_s=3600, torch_threads=args.threads,
-                                           device=args.device))
+            out = run_in_child(
+                reference_eval_one,
+                (str(base), str(adapter), rows, limits.max_seq_len, args.threads, args.device),
+                ChildLimits(memory_bytes=None, timeout_s=3600, torch_threads=args.threads, device=args.device),
+            )
             if not out.ok:
                 raise SystemExit(f"reference run failed: {out.reason}")
             max_diff = max(max_diff, *(abs(a - b) for a, b in zip(out.value, results[i].per_example_test)))

@@ -52,8 +52,9 @@ def table(results: list[ScenarioResult]) -> str:
     rows = [head]
     for r in results:
         figures = ", ".join(f"{k}={_fmt(v)}" for k, v in r.figures.items() if k != "failure_reasons")
-        rows.append((r.category, r.name, str(r.tried), str(r.handled), str(r.lost), str(r.crashes),
-                     f"{r.seconds:.0f}", figures))
+        rows.append(
+            (r.category, r.name, str(r.tried), str(r.handled), str(r.lost), str(r.crashes), f"{r.seconds:.0f}", figures)
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(head) - 1)]
     lines = []
     for i, row in enumerate(rows):
@@ -72,14 +73,16 @@ def totals(results: list[ScenarioResult]) -> str:
     bad = [r for r in results if r.category == "bad input"]
     hostile = [r for r in results if r.category == "hostile"]
     load = [r for r in results if r.category == "load"]
-    return "\n".join([
-        f"faults injected and survived:   {sum(r.handled for r in faults)} of {sum(r.tried for r in faults)}",
-        f"load held:                      {sum(r.handled for r in load)} of {sum(r.tried for r in load)} tasks scored",
-        f"bad inputs tried and handled:   {sum(r.handled for r in bad)} of {sum(r.tried for r in bad)}",
-        f"hostile attempts handled:       {sum(r.handled for r in hostile)} of {sum(r.tried for r in hostile)}",
-        f"data lost:                      {sum(r.lost for r in results)}",
-        f"service crashes:                {sum(r.crashes for r in results)}",
-    ])
+    return "\n".join(
+        [
+            f"faults injected and survived:   {sum(r.handled for r in faults)} of {sum(r.tried for r in faults)}",
+            f"load held:                      {sum(r.handled for r in load)} of {sum(r.tried for r in load)} tasks scored",
+            f"bad inputs tried and handled:   {sum(r.handled for r in bad)} of {sum(r.tried for r in bad)}",
+            f"hostile attempts handled:       {sum(r.handled for r in hostile)} of {sum(r.tried for r in hostile)}",
+            f"data lost:                      {sum(r.lost for r in results)}",
+            f"service crashes:                {sum(r.crashes for r in results)}",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

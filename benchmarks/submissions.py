@@ -18,7 +18,9 @@ from typing import Any
 DEFAULT_TARGETS = ("q_proj", "v_proj", "lm_head")  # the head matters most on a random tiny model
 
 
-def _lora_model(base_dir: str | Path, r: int, init: Any = True, targets: Sequence[str] = DEFAULT_TARGETS, seed: int = 0):
+def _lora_model(
+    base_dir: str | Path, r: int, init: Any = True, targets: Sequence[str] = DEFAULT_TARGETS, seed: int = 0
+):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM

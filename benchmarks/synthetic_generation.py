@@ -53,8 +53,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("tiny", "smollm2"), default="tiny")
     parser.add_argument("--rows", type=int, default=300, help="synthetic rows of the batched run")
-    parser.add_argument("--single-rows", type=int, default=24,
-                        help="rows of the one-row-per-call run (a subset: it is the slow one)")
+    parser.add_argument(
+        "--single-rows", type=int, default=24, help="rows of the one-row-per-call run (a subset: it is the slow one)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -73,9 +74,11 @@ def main(argv: list[str] | None = None) -> None:
     generator = LocalTransformersGenerator(config)
     sources = instruct_sources(args.rows, args.seed)
     single_n = min(args.single_rows, args.rows)
-    print(f"model {args.model} ({path}), {torch.get_num_threads()} torch threads, device {config.device}, "
-          f"max_new_tokens {config.max_new_tokens}, attempts {config.attempts_per_row}, "
-          f"batch {config.batch_rows} rows / {config.batch_tokens} tokens")
+    print(
+        f"model {args.model} ({path}), {torch.get_num_threads()} torch threads, device {config.device}, "
+        f"max_new_tokens {config.max_new_tokens}, attempts {config.attempts_per_row}, "
+        f"batch {config.batch_rows} rows / {config.batch_tokens} tokens"
+    )
 
     # Same generator object, same weights: only the rows per call differ.
     generator.config = dataclasses.replace(config, batch_rows=1)
@@ -88,13 +91,19 @@ def main(argv: list[str] | None = None) -> None:
     single_rate, batched_rate = single_n / single_s, args.rows / batched_s
     subset = f" (a subset of {single_n} of the {args.rows} rows)" if single_n < args.rows else ""
     print(f"{'mode':<18}{'rows':>6}{'kept':>6}{'calls':>7}{'json ok':>9}{'fallback':>10}{'seconds':>10}{'rows/s':>9}")
-    print(f"{'one row per call':<18}{single_n:>6}{single_kept:>6}{single_calls:>7}{single_stats.json_valid:>9}"
-          f"{single_stats.fallback_rows:>10}{single_s:>10.1f}{single_rate:>9.2f}{subset}")
-    print(f"{'batched':<18}{args.rows:>6}{batched_kept:>6}{batched_calls:>7}{batched_stats.json_valid:>9}"
-          f"{batched_stats.fallback_rows:>10}{batched_s:>10.1f}{batched_rate:>9.2f}")
-    print(f"batched / one row per call: {batched_rate / single_rate:.1f}x rows/s; "
-          f"{args.rows} rows batched in {batched_s:.0f} s "
-          f"(one row per call would take about {args.rows / single_rate:.0f} s)")
+    print(
+        f"{'one row per call':<18}{single_n:>6}{single_kept:>6}{single_calls:>7}{single_stats.json_valid:>9}"
+        f"{single_stats.fallback_rows:>10}{single_s:>10.1f}{single_rate:>9.2f}{subset}"
+    )
+    print(
+        f"{'batched':<18}{args.rows:>6}{batched_kept:>6}{batched_calls:>7}{batched_stats.json_valid:>9}"
+        f"{batched_stats.fallback_rows:>10}{batched_s:>10.1f}{batched_rate:>9.2f}"
+    )
+    print(
+        f"batched / one row per call: {batched_rate / single_rate:.1f}x rows/s; "
+        f"{args.rows} rows batched in {batched_s:.0f} s "
+        f"(one row per call would take about {args.rows / single_rate:.0f} s)"
+    )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,11 @@ COMPOSE = DEPLOY / "docker-compose.yml"
 COMPOSE_VARIABLES = [
     ("COMPOSE_PROJECT_NAME", "gradients", "prefix of containers, volumes and the network"),
     ("MESH_IMAGE", "gradients-mesh:latest", "tag of the image built from deploy/Dockerfile"),
-    ("TORCH_INDEX_URL", "https://download.pytorch.org/whl/cpu",
-     "torch wheel index at build time; a CUDA one (e.g. .../whl/cu128) for GPU evaluation"),
+    (
+        "TORCH_INDEX_URL",
+        "https://download.pytorch.org/whl/cpu",
+        "torch wheel index at build time; a CUDA one (e.g. .../whl/cu128) for GPU evaluation",
+    ),
     ("EVAL_WORKER_REPLICAS", "1", "eval_worker containers (each reserves one NVIDIA GPU)"),
     ("TASK_SERVICE_PUBLISHED_PORT", "50051", "host port of task_service (customers)"),
     ("SELECTOR_PUBLISHED_PORT", "50052", "host port of the selector's miner gateway (miners)"),
@@ -140,6 +143,7 @@ def main() -> int:
     from gradients.generated import write_or_check
 
     return write_or_check(OUT, render(), args.check, "python deploy/gen_env_example.py")
+
 
 if __name__ == "__main__":
     sys.exit(main())

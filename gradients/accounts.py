@@ -37,7 +37,7 @@ class AccountError(ValueError):
 class Account:
     name: str
     max_concurrent_tasks: int = 0  # 0 = no limit
-    tasks_per_hour: int = 0        # 0 = no limit
+    tasks_per_hour: int = 0  # 0 = no limit
     created_at: float = 0.0
     revoked: bool = False
 
@@ -70,16 +70,22 @@ def check_quota(account: Account, live_tasks: int, created_times: list[float], n
     times of its tasks (any order). The hourly quota is a sliding window of one hour.
     """
     if account.max_concurrent_tasks and live_tasks >= account.max_concurrent_tasks:
-        return QuotaDecision(False, f"account {account.name} has {live_tasks} tasks running, its limit is "
-                                    f"{account.max_concurrent_tasks}; retry when one of them ends")
+        return QuotaDecision(
+            False,
+            f"account {account.name} has {live_tasks} tasks running, its limit is "
+            f"{account.max_concurrent_tasks}; retry when one of them ends",
+        )
     if account.tasks_per_hour:
         recent = sorted(t for t in created_times if now - t < HOUR_S)
         if len(recent) >= account.tasks_per_hour:
             # The window frees a slot when the oldest task in it is an hour old.
             wait = recent[len(recent) - account.tasks_per_hour] + HOUR_S - now
-            return QuotaDecision(False, f"account {account.name} created {len(recent)} tasks in the last hour, its "
-                                        f"limit is {account.tasks_per_hour}; retry in {max(wait, 1.0):.0f} s",
-                                 max(wait, 1.0))
+            return QuotaDecision(
+                False,
+                f"account {account.name} created {len(recent)} tasks in the last hour, its "
+                f"limit is {account.tasks_per_hour}; retry in {max(wait, 1.0):.0f} s",
+                max(wait, 1.0),
+            )
     return QuotaDecision(True)
 
 
@@ -106,8 +112,9 @@ class AccountStore:
     async def create(self, name: str, max_concurrent_tasks: int = 0, tasks_per_hour: int = 0) -> tuple[Account, str]:
         """A new account and its API key (the only time the key exists in clear)."""
         if not NAME_PATTERN.match(name):
-            raise AccountError("an account name is 1-64 characters of a-z, 0-9, '.', '_' or '-', starting with a "
-                               "letter or digit")
+            raise AccountError(
+                "an account name is 1-64 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit"
+            )
         if max_concurrent_tasks < 0 or tasks_per_hour < 0:
             raise AccountError("quotas must be >= 0 (0 = no limit)")
         api_key = new_api_key()
@@ -117,10 +124,16 @@ class AccountStore:
         if not await self.store.redis.hsetnx(self.account_key(name), "name", name):
             raise AccountError(f"account {name} already exists")
         async with self.store.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.account_key(name), mapping={
-                "key_hash": hashed, "max_concurrent_tasks": max_concurrent_tasks, "tasks_per_hour": tasks_per_hour,
-                "created_at": account.created_at, "revoked": 0,
-            })
+            pipe.hset(
+                self.account_key(name),
+                mapping={
+                    "key_hash": hashed,
+                    "max_concurrent_tasks": max_concurrent_tasks,
+                    "tasks_per_hour": tasks_per_hour,
+                    "created_at": account.created_at,
+                    "revoked": 0,
+                },
+            )
             pipe.sadd(self.index_key, name)
             pipe.set(self.api_key_key(hashed), name)
             await pipe.execute()

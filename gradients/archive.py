@@ -81,7 +81,9 @@ def pack(src: str | Path, dest: str | Path) -> Path:
     return dest
 
 
-def check_members(tar: tarfile.TarFile, max_total_bytes: int | None, max_members: int) -> list[tuple[tarfile.TarInfo, PurePosixPath]]:
+def check_members(
+    tar: tarfile.TarFile, max_total_bytes: int | None, max_members: int
+) -> list[tuple[tarfile.TarInfo, PurePosixPath]]:
     """Every member, checked; raises UnsafeArchive naming the first bad one."""
     members = []
     seen: set[PurePosixPath] = set()

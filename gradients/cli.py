@@ -13,7 +13,9 @@ from rich.table import Table
 
 from gradients.mesh import SERVICES, Mesh, MeshOptions, OperatorInfo, check_health, fixed_addresses, read_state
 
-app = typer.Typer(help="Gradients Mesh: the validator of a decentralised fine-tuning marketplace.", no_args_is_help=True)
+app = typer.Typer(
+    help="Gradients Mesh: the validator of a decentralised fine-tuning marketplace.", no_args_is_help=True
+)
 console = Console()
 
 
@@ -35,7 +37,11 @@ DATA_DIR_OPTION = typer.Option(
 
 
 def _traces_destination(otlp_endpoint: str | None) -> str:
-    return f"traces + metrics → OTLP/gRPC {otlp_endpoint}" if otlp_endpoint else "not exported (set OTEL_EXPORTER_OTLP_ENDPOINT)"
+    return (
+        f"traces + metrics → OTLP/gRPC {otlp_endpoint}"
+        if otlp_endpoint
+        else "not exported (set OTEL_EXPORTER_OTLP_ENDPOINT)"
+    )
 
 
 def health_table(title: str, addresses: dict[str, str], status: dict[str, str], otlp: str | None) -> Table:
@@ -56,14 +62,17 @@ LOCAL_ACCOUNT = "local"
 
 def print_operator_info(info: OperatorInfo, api_key: str) -> None:
     """Where customers and miners connect, the hotkey miners sign for, and the local key."""
+
     def say(text: str) -> None:  # soft_wrap: a piped terminal is 80 columns; keys must stay on one line
         console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     say(f"customer API (TaskService): {info.customer_address}   export GRADIENTS_VALIDATOR={info.customer_address}")
     say(f"miner gateway (MinerGateway): {info.miner_gateway_address}")
     say(f"validator hotkey (miners sign for it): {info.validator_hotkey or 'unknown, see the selector log'}")
-    say(f"  a miner: gradients miner run --validator {info.miner_gateway_address} --validator-hotkey "
-        f"{info.validator_hotkey} --dev-key NAME   (its hotkey must be in GRADIENTS_SELECTOR_ALLOWED_HOTKEYS)")
+    say(
+        f"  a miner: gradients miner run --validator {info.miner_gateway_address} --validator-hotkey "
+        f"{info.validator_hotkey} --dev-key NAME   (its hotkey must be in GRADIENTS_SELECTOR_ALLOWED_HOTKEYS)"
+    )
     # Only the key's hash is stored, so this is the one time it is shown; the next `up` rotates it.
     say(f"customer account '{info.local_account}' API key (shown once; each `up` issues a new one):")
     say(f"  export GRADIENTS_API_KEY={api_key}")
@@ -95,8 +104,16 @@ def up(
     except ValueError as exc:
         console.print(f"[bold red]start-up failed:[/bold red] {exc}")
         raise typer.Exit(1) from None
-    mesh = Mesh(MeshOptions(data_dir=data_dir, nats_url=nats_url or None, redis_url=redis_url or None, otlp_endpoint=otlp,
-                            ready_timeout_s=ready_timeout, addresses=fixed))
+    mesh = Mesh(
+        MeshOptions(
+            data_dir=data_dir,
+            nats_url=nats_url or None,
+            redis_url=redis_url or None,
+            otlp_endpoint=otlp,
+            ready_timeout_s=ready_timeout,
+            addresses=fixed,
+        )
+    )
     # Both explicitly: a shell starting us in the background leaves SIGINT ignored.
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
@@ -112,8 +129,10 @@ def up(
         mesh.publish(info)
         print_operator_info(info, api_key)
         if otlp:
-            console.print(f"traces and metrics → {otlp} (with deploy/'s collector: Jaeger http://localhost:16686, "
-                          "Prometheus http://localhost:9090)")
+            console.print(
+                f"traces and metrics → {otlp} (with deploy/'s collector: Jaeger http://localhost:16686, "
+                "Prometheus http://localhost:9090)"
+            )
         console.print("Press Ctrl-C to stop.")
         while True:
             dead = mesh.dead_children()
@@ -149,8 +168,13 @@ def status(data_dir: Path = DATA_DIR_OPTION) -> None:
     health = {name: check_health(address) for name, address in addresses.items()}
     console.print(health_table("Gradients mesh status", addresses, health, state.get("otlp_endpoint")))
     if state.get("customer_address"):
-        console.print(f"customer API {state['customer_address']}   miner gateway {state['miner_gateway_address']}   "
-                      f"validator hotkey {state['validator_hotkey']}", markup=False, highlight=False, soft_wrap=True)
+        console.print(
+            f"customer API {state['customer_address']}   miner gateway {state['miner_gateway_address']}   "
+            f"validator hotkey {state['validator_hotkey']}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     ok = set(SERVICES) <= set(health) and all(health[name] == "SERVING" for name in SERVICES)
     raise typer.Exit(0 if ok else 1)
 

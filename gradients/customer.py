@@ -146,8 +146,10 @@ def folder_format(path: Path) -> str:
         return "hf_disk"
     if any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.rglob("*") if p.is_file()):
         return "image_folder"
-    raise CustomerError(f"{path} is a folder but neither a saved Hugging Face dataset (dataset_dict.json or "
-                        "state.json) nor a folder of images")
+    raise CustomerError(
+        f"{path} is a folder but neither a saved Hugging Face dataset (dataset_dict.json or "
+        "state.json) nor a folder of images"
+    )
 
 
 def file_format(path: Path, declared: str | None) -> str:
@@ -158,8 +160,9 @@ def file_format(path: Path, declared: str | None) -> str:
     try:
         return FILE_SUFFIXES[path.suffix.lower()]
     except KeyError:
-        raise CustomerError(f"cannot tell the format of {path.name} from its suffix; pass --format "
-                            f"({', '.join(DATASET_FORMATS)})") from None
+        raise CustomerError(
+            f"cannot tell the format of {path.name} from its suffix; pass --format ({', '.join(DATASET_FORMATS)})"
+        ) from None
 
 
 def sha256_file(path: Path) -> str:
@@ -200,11 +203,11 @@ class UploadedDataset:
 
 @dataclass(frozen=True)
 class DownloadedResult:
-    archive: Path        # the archive as received (sha256 checked)
-    out_dir: Path        # where it was extracted
+    archive: Path  # the archive as received (sha256 checked)
+    out_dir: Path  # where it was extracted
     sha256: str
     size_bytes: int
-    kind: str            # adapter | full
+    kind: str  # adapter | full
     base_model: str
     files: tuple[Path, ...]
 
@@ -220,16 +223,26 @@ class _Key:
 
 
 class CustomerClient:
-    def __init__(self, address: str, api_key: str = "", timeout: float = 30.0,
-                 channel: grpc.Channel | None = None, upload_timeout: float | None = 3600.0):
+    def __init__(
+        self,
+        address: str,
+        api_key: str = "",
+        timeout: float = 30.0,
+        channel: grpc.Channel | None = None,
+        upload_timeout: float | None = 3600.0,
+    ):
         self.address = address
         self._key = _Key(api_key.strip())
         self.timeout = timeout
         self.upload_timeout = upload_timeout
         self._own_channel = channel is None
         self.channel = channel or grpc.insecure_channel(
-            address, options=[("grpc.max_receive_message_length", 8 * CHUNK_BYTES),
-                              ("grpc.max_send_message_length", 8 * CHUNK_BYTES)])
+            address,
+            options=[
+                ("grpc.max_receive_message_length", 8 * CHUNK_BYTES),
+                ("grpc.max_send_message_length", 8 * CHUNK_BYTES),
+            ],
+        )
         self.stub = ts_grpc.TaskServiceStub(self.channel)
 
     def __enter__(self) -> CustomerClient:
@@ -251,8 +264,9 @@ class CustomerClient:
 
     # ---- datasets -----------------------------------------------------------------------
 
-    def upload_dataset(self, path: str | Path, format: str | None = None,
-                       progress: Progress | None = None) -> UploadedDataset:
+    def upload_dataset(
+        self, path: str | Path, format: str | None = None, progress: Progress | None = None
+    ) -> UploadedDataset:
         """Stream a local file (or a folder, as a tar) to the validator; its `upload:<sha256>` URI."""
         path = Path(path)
         if not path.exists():
@@ -304,15 +318,29 @@ class CustomerClient:
 
     # ---- tasks --------------------------------------------------------------------------
 
-    def create_task(self, type: str | int, base_model: str, dataset_uri: str = "", format: str = "",
-                    column_mapping: dict[str, str] | None = None, hours: float = 0.0, params_b: float = 0.0,
-                    reward_functions: Iterable[pb.RewardFunction] = (), result_model_name: str = "",
-                    request_id: str = "", images: Iterable[tuple[str, str]] = ()) -> pb.Task:
+    def create_task(
+        self,
+        type: str | int,
+        base_model: str,
+        dataset_uri: str = "",
+        format: str = "",
+        column_mapping: dict[str, str] | None = None,
+        hours: float = 0.0,
+        params_b: float = 0.0,
+        reward_functions: Iterable[pb.RewardFunction] = (),
+        result_model_name: str = "",
+        request_id: str = "",
+        images: Iterable[tuple[str, str]] = (),
+    ) -> pb.Task:
         request = ts.CreateTaskRequest(
             type=task_type(type) if isinstance(type, str) else type,
-            base_model=base_model, base_model_params_b=params_b, hours=hours,
+            base_model=base_model,
+            base_model_params_b=params_b,
+            hours=hours,
             dataset=pb.DatasetSpec(uri=dataset_uri, format=format, column_mapping=column_mapping or {}),
-            reward_functions=list(reward_functions), result_model_name=result_model_name, request_id=request_id,
+            reward_functions=list(reward_functions),
+            result_model_name=result_model_name,
+            request_id=request_id,
             images=[ts.ImageItem(path=p, caption=c) for p, c in images],
         )
         # CreateTask reads the dataset to check it: allow it the validator's inspection time.
@@ -321,37 +349,42 @@ class CustomerClient:
     def get_task(self, task_id: str) -> pb.Task:
         return self.stub.GetTask(ts.GetTaskRequest(task_id=task_id), metadata=self.metadata, timeout=self.timeout)
 
-    def list_tasks(self, state: int = pb.TASK_STATE_UNSPECIFIED, type: int = pb.TASK_TYPE_UNSPECIFIED,
-                   page_size: int = 100) -> list[pb.Task]:
+    def list_tasks(
+        self, state: int = pb.TASK_STATE_UNSPECIFIED, type: int = pb.TASK_TYPE_UNSPECIFIED, page_size: int = 100
+    ) -> list[pb.Task]:
         """Every task of the account (all pages)."""
         tasks: list[pb.Task] = []
         token = ""
         while True:
-            page = self.stub.ListTasks(ts.ListTasksRequest(state=state, type=type, page_size=page_size,
-                                                           page_token=token),
-                                       metadata=self.metadata, timeout=self.timeout)
+            page = self.stub.ListTasks(
+                ts.ListTasksRequest(state=state, type=type, page_size=page_size, page_token=token),
+                metadata=self.metadata,
+                timeout=self.timeout,
+            )
             tasks.extend(page.tasks)
             token = page.next_page_token
             if not token:
                 return tasks
 
     def cancel_task(self, task_id: str, reason: str = "") -> pb.Task:
-        return self.stub.CancelTask(ts.CancelTaskRequest(task_id=task_id, reason=reason), metadata=self.metadata,
-                                    timeout=self.timeout)
+        return self.stub.CancelTask(
+            ts.CancelTaskRequest(task_id=task_id, reason=reason), metadata=self.metadata, timeout=self.timeout
+        )
 
     def watch_task(self, task_id: str, timeout: float | None = None) -> Iterator[ts.TaskUpdate]:
         """The task's current state, then each change and progress report, until it ends."""
-        yield from self.stub.WatchTask(ts.WatchTaskRequest(task_id=task_id), metadata=self.metadata,
-                                       timeout=timeout)
+        yield from self.stub.WatchTask(ts.WatchTaskRequest(task_id=task_id), metadata=self.metadata, timeout=timeout)
 
     # ---- results ------------------------------------------------------------------------
 
     def get_result(self, task_id: str) -> ts.CustomerTaskResult:
-        return self.stub.GetTaskResult(ts.GetResultRequest(task_id=task_id), metadata=self.metadata,
-                                       timeout=self.timeout)
+        return self.stub.GetTaskResult(
+            ts.GetResultRequest(task_id=task_id), metadata=self.metadata, timeout=self.timeout
+        )
 
-    def download_result(self, task_id: str, out_dir: str | Path, progress: Progress | None = None,
-                        extract: bool = True) -> DownloadedResult:
+    def download_result(
+        self, task_id: str, out_dir: str | Path, progress: Progress | None = None, extract: bool = True
+    ) -> DownloadedResult:
         """Write the winning submission's archive into out_dir, check its sha256, extract it there.
 
         A download whose bytes do not match the announced size or sha256 is deleted and refused."""
@@ -359,8 +392,9 @@ class CustomerClient:
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        stream = self.stub.DownloadResult(ts.DownloadResultRequest(task_id=task_id), metadata=self.metadata,
-                                          timeout=self.upload_timeout)
+        stream = self.stub.DownloadResult(
+            ts.DownloadResultRequest(task_id=task_id), metadata=self.metadata, timeout=self.upload_timeout
+        )
         part = out / f".{safe_filename(task_id, 'result')}.part"
         first: ts.ResultChunk | None = None
         digest = hashlib.sha256()
@@ -378,11 +412,15 @@ class CustomerClient:
             if first is None:
                 raise CustomerError(f"the validator sent nothing for task {task_id}")
             if first.size_bytes and received != first.size_bytes:
-                raise CustomerError(f"the download is {received} bytes, the validator announced {first.size_bytes}; "
-                                    "nothing was kept, download it again")
+                raise CustomerError(
+                    f"the download is {received} bytes, the validator announced {first.size_bytes}; "
+                    "nothing was kept, download it again"
+                )
             if digest.hexdigest() != first.sha256:
-                raise CustomerError("the download does not match the sha256 the validator announced; "
-                                    "nothing was kept, download it again")
+                raise CustomerError(
+                    "the download does not match the sha256 the validator announced; "
+                    "nothing was kept, download it again"
+                )
             archive = out / safe_filename(first.filename, f"{safe_filename(task_id, 'result')}-winner.tar")
             part.replace(archive)
         finally:
@@ -394,8 +432,9 @@ class CustomerClient:
             except UnsafeArchive as exc:
                 archive.unlink(missing_ok=True)
                 raise CustomerError(f"the winning archive was refused: {exc}") from None
-        return DownloadedResult(archive, out, first.sha256, received, first.kind or "adapter", first.base_model,
-                                tuple(files))
+        return DownloadedResult(
+            archive, out, first.sha256, received, first.kind or "adapter", first.base_model, tuple(files)
+        )
 
 
 # ---- models -----------------------------------------------------------------------------------
@@ -411,11 +450,16 @@ def resolve_base_model(ref: str) -> Path:
 
     repo, _, revision = ref.partition("@")
     try:
-        return Path(snapshot_download(repo, revision=revision or None,
-                                      local_files_only=os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")))
+        return Path(
+            snapshot_download(
+                repo, revision=revision or None, local_files_only=os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+            )
+        )
     except Exception as exc:  # huggingface_hub raises several types for "not there"
-        raise CustomerError(f"base model {ref!r} is neither a local folder nor in the Hugging Face cache "
-                            f"({type(exc).__name__}); pass --base-model PATH") from None
+        raise CustomerError(
+            f"base model {ref!r} is neither a local folder nor in the Hugging Face cache "
+            f"({type(exc).__name__}); pass --base-model PATH"
+        ) from None
 
 
 def merge_adapter(adapter_dir: str | Path, base_model_dir: str | Path, out_dir: str | Path) -> Path:

@@ -83,8 +83,14 @@ def task_loss_summary(evaluation, scored, strategy_of) -> TaskLossSummary | None
     winner = first[0].miner_hotkey
     defaults = sorted((loss, hk) for hk, loss in losses.items() if strategy_of(hk) == DEFAULT_STRATEGY)
     base = evaluation.baseline.loss_weighted if evaluation.HasField("baseline") and evaluation.baseline.ok else None
-    return TaskLossSummary(scored.task_id, winner, losses[winner], base,
-                           defaults[0][0] if defaults else None, defaults[0][1] if defaults else "")
+    return TaskLossSummary(
+        scored.task_id,
+        winner,
+        losses[winner],
+        base,
+        defaults[0][0] if defaults else None,
+        defaults[0][1] if defaults else "",
+    )
 
 
 @dataclass
@@ -96,6 +102,7 @@ class DemoSnapshot:
 
 
 # ---- assets ---------------------------------------------------------------------------
+
 
 def build_base_model(options: DemoOptions) -> tuple[Path, float]:
     """(model folder, parameters in billions)."""
@@ -132,7 +139,9 @@ def write_pools(options: DemoOptions, base: Path, params_b: float) -> Path:
         if kind == "instruct":
             refs = []
             for family in procedural.FAMILIES:
-                path = procedural.write_jsonl(procedural.generate(family, options.rows, options.seed), data / f"{family}.jsonl")
+                path = procedural.write_jsonl(
+                    procedural.generate(family, options.rows, options.seed), data / f"{family}.jsonl"
+                )
                 refs.append({"uri": str(path), "rows": options.rows})
             pools["datasets"][type_name] = refs
             pools["base_models"][type_name] = [str(base)]
@@ -204,8 +213,9 @@ def pool_share_env(options: DemoOptions) -> dict[str, str]:
     return {f"GRADIENTS_SELECTOR_{kind}_POOL_{end}": share for kind in ("TEXT", "IMAGE") for end in ("MIN", "MAX")}
 
 
-def mesh_env(options: DemoOptions, pools: Path, validator_ss58: str, miner_hotkeys: list[str],
-             prompt_model: Path | None = None) -> dict[str, str]:
+def mesh_env(
+    options: DemoOptions, pools: Path, validator_ss58: str, miner_hotkeys: list[str], prompt_model: Path | None = None
+) -> dict[str, str]:
     """`prompt_model`: the text model that writes image tasks' new prompts (their base is a
     diffusers pipeline); the demo passes its own small text model, so image tasks run offline."""
     env = {
@@ -243,6 +253,7 @@ def mesh_env(options: DemoOptions, pools: Path, validator_ss58: str, miner_hotke
 
 # ---- the round ------------------------------------------------------------------------
 
+
 class Demo:
     def __init__(self, options: DemoOptions):
         self.options = options
@@ -262,8 +273,10 @@ class Demo:
         base, params_b = build_base_model(opts)
         pools = write_pools(opts, base, params_b)
         keys = [dev_keypair(f"gradients-demo-miner-{i + 1}") for i in range(opts.miners)]
-        env = {**pool_share_env(opts),
-               **mesh_env(opts, pools, self.validator.ss58_address, [k.ss58_address for k in keys], prompt_model=base)}
+        env = {
+            **pool_share_env(opts),
+            **mesh_env(opts, pools, self.validator.ss58_address, [k.ss58_address for k in keys], prompt_model=base),
+        }
         # Ledger uids: miner i is uid i (on a chain the metagraph says).
         self.uids = {k.ss58_address: i for i, k in enumerate(keys)}
         uid_file = opts.data_dir / "ledger-uids.json"
@@ -284,13 +297,35 @@ class Demo:
         name = f"miner-{index + 1}"
         strategy = STRATEGIES[index % len(STRATEGIES)]
         log_path = self.options.data_dir / "mesh" / "logs" / f"{name}.log"
-        cmd = [sys.executable, "-m", "gradients.cli", "miner", "run",
-               "--validator", self.mesh.addresses["selector"], "--validator-hotkey", self.validator.ss58_address,
-               "--strategy", strategy, "--dev-key", f"gradients-demo-miner-{index + 1}",
-               "--work-dir", str(self.options.data_dir / "miners" / name), "--seed", str(index),
-               "--upload-margin", str(max(2.0, self.options.time_scale * 0.15))]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+        cmd = [
+            sys.executable,
+            "-m",
+            "gradients.cli",
+            "miner",
+            "run",
+            "--validator",
+            self.mesh.addresses["selector"],
+            "--validator-hotkey",
+            self.validator.ss58_address,
+            "--strategy",
+            strategy,
+            "--dev-key",
+            f"gradients-demo-miner-{index + 1}",
+            "--work-dir",
+            str(self.options.data_dir / "miners" / name),
+            "--seed",
+            str(index),
+            "--upload-margin",
+            str(max(2.0, self.options.time_scale * 0.15)),
+        ]
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONUNBUFFERED": "1",
+        }
         process = spawn(cmd, log_path, env)
         self.miners.append(MinerProcess(name, strategy, hotkey, process, log_path))
         self.names[hotkey] = (name, strategy)
@@ -312,19 +347,24 @@ class Demo:
         snap.tasks = await self.mesh.tasks()
         try:
             async with grpc.aio.insecure_channel(addresses["scorer"]) as ch:
-                board = await scorer_pb2_grpc.ScorerStub(ch).GetLeaderboard(scorer_pb2.GetLeaderboardRequest(), timeout=5)
+                board = await scorer_pb2_grpc.ScorerStub(ch).GetLeaderboard(
+                    scorer_pb2.GetLeaderboardRequest(), timeout=5
+                )
                 snap.leaderboard = list(board.entries)
         except grpc.aio.AioRpcError:
             pass
         try:
             async with grpc.aio.insecure_channel(addresses["chain_bridge"]) as ch:
                 snap.weights = await chain_bridge_pb2_grpc.ChainBridgeStub(ch).GetLastWeights(
-                    chain_bridge_pb2.GetLastWeightsRequest(), timeout=5)
+                    chain_bridge_pb2.GetLastWeightsRequest(), timeout=5
+                )
         except grpc.aio.AioRpcError:
             snap.weights = None
         try:
             async with grpc.aio.insecure_channel(addresses["selector"]) as ch:
-                miners = await selector_pb2_grpc.SelectorStub(ch).ListMiners(selector_pb2.ListMinersRequest(), timeout=5)
+                miners = await selector_pb2_grpc.SelectorStub(ch).ListMiners(
+                    selector_pb2.ListMinersRequest(), timeout=5
+                )
                 snap.miners_connected = sum(1 for m in miners.miners if m.connected)
         except grpc.aio.AioRpcError:
             pass
@@ -342,8 +382,9 @@ class Demo:
             results = ResultStore(store)
             for task in await self.mesh.tasks():
                 record = await results.get(task.task_id)
-                summary = task_loss_summary(record.evaluation, record.scored,
-                                            lambda hk: self.names.get(hk, ("?", "?"))[1])
+                summary = task_loss_summary(
+                    record.evaluation, record.scored, lambda hk: self.names.get(hk, ("?", "?"))[1]
+                )
                 if summary is not None:
                     out.append(summary)
         finally:

@@ -33,8 +33,8 @@ STATE_FILE = "mesh.json"
 @dataclass
 class MeshOptions:
     data_dir: Path = Path(".data")
-    nats_url: str | None = None       # None = start an embedded nats-server
-    redis_url: str | None = None      # None = start an embedded redis-server
+    nats_url: str | None = None  # None = start an embedded nats-server
+    redis_url: str | None = None  # None = start an embedded redis-server
     otlp_endpoint: str | None = None
     ready_timeout_s: float = 60.0
     services: tuple[str, ...] = SERVICES
@@ -69,10 +69,10 @@ def fixed_addresses(env: dict[str, str] | None = None) -> dict[str, str]:
 class OperatorInfo:
     """What miners and customers of this mesh need to know (printed by `up`, kept in mesh.json)."""
 
-    customer_address: str        # task_service: the customer API (authorization: Bearer <key>)
-    miner_gateway_address: str   # selector's MinerGateway (its own port, or GRADIENTS_SELECTOR_GATEWAY_PORT)
-    validator_hotkey: str        # the receiver miners sign for
-    local_account: str = ""      # account created for local use (its key is never written down)
+    customer_address: str  # task_service: the customer API (authorization: Bearer <key>)
+    miner_gateway_address: str  # selector's MinerGateway (its own port, or GRADIENTS_SELECTOR_GATEWAY_PORT)
+    validator_hotkey: str  # the receiver miners sign for
+    local_account: str = ""  # account created for local use (its key is never written down)
 
 
 @dataclass
@@ -190,7 +190,9 @@ class Mesh:
                 return status
             if time.monotonic() > deadline:
                 waiting = {n: s for n, s in status.items() if s != "SERVING"}
-                raise TimeoutError(f"services not SERVING after {timeout_s or self.options.ready_timeout_s}s: {waiting}")
+                raise TimeoutError(
+                    f"services not SERVING after {timeout_s or self.options.ready_timeout_s}s: {waiting}"
+                )
             time.sleep(0.25)
 
     # ---- what to tell miners and customers ----------------------------------------------
@@ -214,8 +216,11 @@ class Mesh:
         import bittensor as bt
 
         path = env.get("GRADIENTS_SELECTOR_WALLET_PATH", "").strip() or str(self.data_dir / "wallets")
-        wallet = bt.Wallet(name=env.get("GRADIENTS_SELECTOR_WALLET_NAME", "").strip() or "validator",
-                           hotkey=env.get("GRADIENTS_SELECTOR_WALLET_HOTKEY", "").strip() or "default", path=path)
+        wallet = bt.Wallet(
+            name=env.get("GRADIENTS_SELECTOR_WALLET_NAME", "").strip() or "validator",
+            hotkey=env.get("GRADIENTS_SELECTOR_WALLET_HOTKEY", "").strip() or "default",
+            path=path,
+        )
         for read in (lambda: wallet.hotkeypub.ss58_address, lambda: wallet.hotkey.ss58_address):
             try:
                 return read()
@@ -224,8 +229,9 @@ class Mesh:
         return ""
 
     def operator_info(self, local_account: str = "") -> OperatorInfo:
-        return OperatorInfo(self.addresses.get("task_service", ""), self.miner_gateway_address(),
-                            self.validator_hotkey(), local_account)
+        return OperatorInfo(
+            self.addresses.get("task_service", ""), self.miner_gateway_address(), self.validator_hotkey(), local_account
+        )
 
     def ensure_account(self, name: str = "local") -> str:
         """Create account `name` in this mesh's Redis, or rotate its key; returns the key."""

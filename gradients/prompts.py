@@ -32,10 +32,14 @@ def prompt_messages(system: str | None, user: str) -> Messages:
     return messages
 
 
-def render_chat(tokenizer: Any, messages: Messages, add_generation_prompt: bool = True,
-                fallback_template: str | None = None) -> str:
+def render_chat(
+    tokenizer: Any, messages: Messages, add_generation_prompt: bool = True, fallback_template: str | None = None
+) -> str:
     """The messages through the tokenizer's chat template (or `fallback_template` when it has none)."""
     template = None if tokenizer.chat_template else fallback_template
-    return cast(str, tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=template
-    ))
+    return cast(
+        str,
+        tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=template
+        ),
+    )

@@ -60,6 +60,7 @@ class SourceRefused(ValueError):
 
 # ---- classification -------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Upload:
     sha256: str
@@ -101,9 +102,11 @@ def classify_dataset_uri(uri: str, field: str = "dataset.uri") -> DatasetSource:
     if "\x00" in text:
         raise SourceRefused(field, "contains a NUL character")
     if text.startswith("upload:"):
-        digest = text[len("upload:"):]
+        digest = text[len("upload:") :]
         if not _SHA256.fullmatch(digest):
-            raise SourceRefused(field, "an upload URI is 'upload:' followed by the 64 lower-case hex digits of its sha256")
+            raise SourceRefused(
+                field, "an upload URI is 'upload:' followed by the 64 lower-case hex digits of its sha256"
+            )
         return Upload(digest)
     parsed = urllib.parse.urlsplit(text)
     scheme = parsed.scheme.lower()
@@ -116,7 +119,9 @@ def classify_dataset_uri(uri: str, field: str = "dataset.uri") -> DatasetSource:
             raise SourceRefused(field, "a file:// URI must name a local path (no host)")
         return LocalPath(urllib.request.url2pathname(parsed.path))
     if scheme and len(scheme) > 1 and "://" in text:
-        raise SourceRefused(field, f"unsupported URI scheme '{scheme}'; use upload:, a Hub id, http(s):// or a local path")
+        raise SourceRefused(
+            field, f"unsupported URI scheme '{scheme}'; use upload:, a Hub id, http(s):// or a local path"
+        )
     if not text.startswith((".", "~", "/")) and not text.lower().endswith(_FILE_SUFFIXES):
         match = _HUB_DATASET.fullmatch(text)
         if match and "--" not in match["repo"] and ".." not in match["repo"]:
@@ -125,6 +130,7 @@ def classify_dataset_uri(uri: str, field: str = "dataset.uri") -> DatasetSource:
 
 
 # ---- local paths ------------------------------------------------------------------------------
+
 
 def _real_roots(roots: Sequence[str | os.PathLike]) -> list[Path]:
     return [Path(os.path.realpath(os.fspath(r))) for r in roots if os.fspath(r).strip()]
@@ -168,6 +174,7 @@ def check_local_path(path: str | os.PathLike, roots: Sequence[str | os.PathLike]
 
 def _check_folder_links(folder: Path, roots: Sequence[Path], field: str) -> None:
     """Every entry of `folder` (recursively) stays inside the roots; a bounded walk."""
+
     def refuse(_err: OSError) -> None:
         raise SourceRefused(field, "holds an entry the service cannot read")
 
@@ -207,8 +214,9 @@ def is_public_address(address: str) -> bool:
             return False
     if isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT:
         return False
-    return ip.is_global and not (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
-                                 or ip.is_reserved or ip.is_unspecified)
+    return ip.is_global and not (
+        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved or ip.is_unspecified
+    )
 
 
 def _split_url(url: str, field: str) -> tuple[str, str, int, str]:
@@ -303,12 +311,16 @@ def fetch_public_url(
         conn_type = _PinnedHTTPS if scheme == "https" else _PinnedHTTP
         conn = conn_type(host, port, ip, remaining, connect)
         try:
-            conn.request("GET", target, headers={"User-Agent": "gradients-mesh-dataset-prep", "Accept-Encoding": "identity"})
+            conn.request(
+                "GET", target, headers={"User-Agent": "gradients-mesh-dataset-prep", "Accept-Encoding": "identity"}
+            )
             response = conn.getresponse()
             if response.status in (301, 302, 303, 307, 308):
                 location = response.getheader("Location")
                 if not location:
-                    raise SourceRefused(field, f"the server answered a redirect (HTTP {response.status}) without a location")
+                    raise SourceRefused(
+                        field, f"the server answered a redirect (HTTP {response.status}) without a location"
+                    )
                 current = urllib.parse.urljoin(current, location)
                 continue
             if not 200 <= response.status < 300:
@@ -329,8 +341,9 @@ def fetch_public_url(
     raise SourceRefused(field, f"more than {MAX_REDIRECTS} redirects")
 
 
-def _stream(response: http.client.HTTPResponse, dest: Path, max_bytes: int, deadline: float,
-            timeout_s: float, field: str) -> None:
+def _stream(
+    response: http.client.HTTPResponse, dest: Path, max_bytes: int, deadline: float, timeout_s: float, field: str
+) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     size = 0
     with dest.open("wb") as out:
@@ -344,6 +357,7 @@ def _stream(response: http.client.HTTPResponse, dest: Path, max_bytes: int, dead
 
 
 # ---- models -----------------------------------------------------------------------------------
+
 
 def hf_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
@@ -385,8 +399,11 @@ def resolve_model(ref: str, cache_dir: Path | None = None, field: str = "base_mo
         return local.resolve()
     match = None if looks_local else _HUB_MODEL.fullmatch(text)
     if match is None or "--" in match["repo"] or ".." in match["repo"]:
-        raise SourceRefused(field, "is neither a local model folder (config.json or model_index.json) "
-                                   "nor a Hugging Face model id 'org/name[@revision]'")
+        raise SourceRefused(
+            field,
+            "is neither a local model folder (config.json or model_index.json) "
+            "nor a Hugging Face model id 'org/name[@revision]'",
+        )
     return _snapshot(match["repo"], match["revision"], cache_dir, field)
 
 
@@ -403,11 +420,17 @@ def _snapshot(repo: str, revision: str | None, cache_dir: Path | None, field: st
     offline = hf_offline()
     shown = repo + (f"@{revision}" if revision else "")
     try:
-        folder = Path(snapshot_download(repo, revision=revision, cache_dir=str(cache_dir) if cache_dir else None,
-                                        local_files_only=offline))
+        folder = Path(
+            snapshot_download(
+                repo, revision=revision, cache_dir=str(cache_dir) if cache_dir else None, local_files_only=offline
+            )
+        )
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
-        raise SourceRefused(field, f"model {shown!r} was not found in the local Hugging Face cache (offline); "
-                                   "download it into the cache first or name a local model folder") from None
+        raise SourceRefused(
+            field,
+            f"model {shown!r} was not found in the local Hugging Face cache (offline); "
+            "download it into the cache first or name a local model folder",
+        ) from None
     except GatedRepoError:
         raise SourceRefused(field, f"model {shown!r} is gated on the Hugging Face Hub") from None
     except RevisionNotFoundError:
@@ -428,7 +451,9 @@ def model_kind(path: Path) -> str:
         return "diffusion"
     if (path / "config.json").is_file():
         return "text"
-    raise SourceRefused("base_model", "is neither a transformers model (config.json) nor a diffusers pipeline (model_index.json)")
+    raise SourceRefused(
+        "base_model", "is neither a transformers model (config.json) nor a diffusers pipeline (model_index.json)"
+    )
 
 
 # Architectures whose MLP has two matrices (up, down) rather than the gated three.
@@ -436,7 +461,18 @@ _PLAIN_MLP = {"gpt2", "gpt_neo", "gpt_neox", "gptj", "opt", "bloom", "falcon", "
 # Architectures with learned absolute position embeddings (n_positions x hidden).
 _LEARNED_POSITIONS = {"gpt2", "gpt_neo", "opt", "gpt_bigcode"}
 # Architectures whose class default is untied input / output embeddings.
-_UNTIED_BY_DEFAULT = {"llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gpt_neox", "olmo", "olmo2"}
+_UNTIED_BY_DEFAULT = {
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen2_moe",
+    "qwen3",
+    "qwen3_moe",
+    "gpt_neox",
+    "olmo",
+    "olmo2",
+}
 
 
 def _first(config: dict[str, Any], *keys: str) -> Any:

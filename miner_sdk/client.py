@@ -48,22 +48,30 @@ SESSION_METADATA = "gm-session-id"  # sent by the gateway when the offer stream 
 UPLOAD_ACCEPTED_METADATA = "gm-upload-accepted"  # sent by the gateway once an upload's first chunk passed its checks
 UPLOAD_VERDICT_WAIT_S = 30.0
 RATE_LIMITED = "rate limit:"  # how the gateway's refusals for going over a hotkey's call budget begin
-RATE_LIMIT_WAIT_S = 30.0      # the longest one call waits out the validator's rate limit or unavailability
+RATE_LIMIT_WAIT_S = 30.0  # the longest one call waits out the validator's rate limit or unavailability
 _RETRY_IN = re.compile(r"retry in ([0-9.]+)s")
 DEFAULT_CHUNK_BYTES = 1024 * 1024
 # Refusals a retry cannot fix.
-FATAL_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT,
-               grpc.StatusCode.UNIMPLEMENTED)
+FATAL_CODES = (
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.UNIMPLEMENTED,
+)
 
 
-def sign_call(wallet: Any, method_path: str, body: bytes, receiver_ss58: str, nonce_ns: int | None = None) -> tuple[tuple[str, str], ...]:
+def sign_call(
+    wallet: Any, method_path: str, body: bytes, receiver_ss58: str, nonce_ns: int | None = None
+) -> tuple[tuple[str, str], ...]:
     """gRPC metadata proving the call comes from the wallet's hotkey (btauth/1).
 
     method "GRPC", path = the full gRPC method path, body = the serialized request (for
     UploadSubmission: its first chunk), receiver = the validator's hotkey; header names
     lowercased, as gRPC metadata requires. (Same contract as gradients.runtime.auth.sign_call.)
     """
-    headers = http_auth.sign(wallet, method="GRPC", path=method_path, body=body, receiver_ss58=receiver_ss58, nonce_ns=nonce_ns)
+    headers = http_auth.sign(
+        wallet, method="GRPC", path=method_path, body=body, receiver_ss58=receiver_ss58, nonce_ns=nonce_ns
+    )
     return tuple((name.lower(), value) for name, value in headers.items())
 
 
@@ -190,11 +198,20 @@ class MinerClient:
         self.client_version = client_version
         # Keepalive pings notice a dead validator (and let it notice us) on a quiet offer stream.
         # grpc keeps the first of repeated keys: merge, so the caller's channel_options win.
-        options = list({"grpc.keepalive_time_ms": 20_000, "grpc.keepalive_timeout_ms": 10_000,
-                        "grpc.keepalive_permit_without_calls": 1, "grpc.http2.max_pings_without_data": 0,
-                        **dict(channel_options)}.items())
-        self._channel = (grpc.aio.secure_channel(validator_address, credentials, options=options) if credentials
-                         else grpc.aio.insecure_channel(validator_address, options=options))
+        options = list(
+            {
+                "grpc.keepalive_time_ms": 20_000,
+                "grpc.keepalive_timeout_ms": 10_000,
+                "grpc.keepalive_permit_without_calls": 1,
+                "grpc.http2.max_pings_without_data": 0,
+                **dict(channel_options),
+            }.items()
+        )
+        self._channel = (
+            grpc.aio.secure_channel(validator_address, credentials, options=options)
+            if credentials
+            else grpc.aio.insecure_channel(validator_address, options=options)
+        )
         self._stub = gw_grpc.MinerGatewayStub(self._channel)
         self._connected = asyncio.Event()
 
@@ -313,7 +330,8 @@ class MinerClient:
         try:
             with os.fdopen(fd, "wb") as out:
                 call = self._stub.DownloadTrainingData(
-                    request, metadata=self._metadata("DownloadTrainingData", request.SerializeToString()))
+                    request, metadata=self._metadata("DownloadTrainingData", request.SerializeToString())
+                )
                 async for chunk in call:
                     out.write(chunk.data)
                     digest.update(chunk.data)
@@ -321,9 +339,13 @@ class MinerClient:
                     if chunk.last:
                         expected = chunk
             if expected is None:
-                raise GatewayRefused("DownloadTrainingData", grpc.StatusCode.DATA_LOSS, "the stream ended before its last chunk")
+                raise GatewayRefused(
+                    "DownloadTrainingData", grpc.StatusCode.DATA_LOSS, "the stream ended before its last chunk"
+                )
             if size != expected.total_bytes or digest.hexdigest() != expected.sha256:
-                raise GatewayRefused("DownloadTrainingData", grpc.StatusCode.DATA_LOSS, "the data does not match its sha256")
+                raise GatewayRefused(
+                    "DownloadTrainingData", grpc.StatusCode.DATA_LOSS, "the data does not match its sha256"
+                )
             os.replace(tmp, dest)
             return dest
         except grpc.aio.AioRpcError as exc:
@@ -396,11 +418,19 @@ class MinerClient:
         except grpc.aio.AioRpcError as exc:
             raise GatewayRefused("UploadSubmission", exc.code(), exc.details() or "") from None
 
-    def _chunks(self, f, task_id: str, sha256: str, size: int, kind: str) -> tuple[gw.UploadChunk, Iterator[gw.UploadChunk]]:
+    def _chunks(
+        self, f, task_id: str, sha256: str, size: int, kind: str
+    ) -> tuple[gw.UploadChunk, Iterator[gw.UploadChunk]]:
         """The first chunk (carrying the header; it is what gets signed) and a generator of the rest."""
         data = f.read(self.chunk_bytes)
-        first = gw.UploadChunk(task_id=task_id, sha256=sha256, total_bytes=size, kind=kind, data=data,
-                               chunk_sha256=hashlib.sha256(data).hexdigest())
+        first = gw.UploadChunk(
+            task_id=task_id,
+            sha256=sha256,
+            total_bytes=size,
+            kind=kind,
+            data=data,
+            chunk_sha256=hashlib.sha256(data).hexdigest(),
+        )
 
         def rest() -> Iterator[gw.UploadChunk]:
             while block := f.read(self.chunk_bytes):

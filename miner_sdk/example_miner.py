@@ -54,8 +54,10 @@ def read_rows(path: Path, limit: int) -> list[dict[str, Any]]:
 def row_messages(row: dict[str, Any]) -> list[dict[str, str]]:
     """The standard text schemas (instruction/input/output[/system] or conversations) as chat messages."""
     if "conversations" in row:
-        return [{"role": m.get("role") or m.get("from", "user"), "content": m.get("content") or m.get("value", "")}
-                for m in row["conversations"]]
+        return [
+            {"role": m.get("role") or m.get("from", "user"), "content": m.get("content") or m.get("value", "")}
+            for m in row["conversations"]
+        ]
     user = row.get("instruction", "")
     if row.get("input"):
         user = f"{user}\n{row['input']}"
@@ -63,8 +65,13 @@ def row_messages(row: dict[str, Any]) -> list[dict[str, str]]:
     return [*messages, {"role": "user", "content": user}, {"role": "assistant", "content": row.get("output", "")}]
 
 
-def train_lora(base_model: str | Path, rows: list[dict[str, Any]], out_dir: Path, config: ExampleMinerConfig,
-               stop_at: float = float("inf")) -> Path:
+def train_lora(
+    base_model: str | Path,
+    rows: list[dict[str, Any]],
+    out_dir: Path,
+    config: ExampleMinerConfig,
+    stop_at: float = float("inf"),
+) -> Path:
     """A few LoRA steps of causal-LM loss on the rows' chat transcripts; saves the adapter (safetensors)."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -73,8 +80,10 @@ def train_lora(base_model: str | Path, rows: list[dict[str, Any]], out_dir: Path
     torch.manual_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
-    model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=2 * config.lora_r, target_modules="all-linear",
-                                             task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        model,
+        LoraConfig(r=config.lora_r, lora_alpha=2 * config.lora_r, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
     texts = [tokenizer.apply_chat_template(row_messages(r), tokenize=False) for r in rows]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
     model.train()
@@ -128,7 +137,9 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--validator", required=True, help="host:port of the validator's miner gateway")
-    parser.add_argument("--validator-hotkey", required=True, help="the validator's hotkey ss58 (calls are signed for it)")
+    parser.add_argument(
+        "--validator-hotkey", required=True, help="the validator's hotkey ss58 (calls are signed for it)"
+    )
     parser.add_argument("--wallet-name", default="miner")
     parser.add_argument("--wallet-hotkey", default="default")
     parser.add_argument("--wallet-path", default="~/.bittensor/wallets")

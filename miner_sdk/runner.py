@@ -81,7 +81,9 @@ class ReferenceMiner:
         await asyncio.to_thread(warm_up, self.options.task_types)
         log.info("training stack loaded in %.1fs", time.monotonic() - started)
         offers = self.client.offers()
-        log.info("miner %s connecting to %s (strategy %s)", self.client.hotkey, self.options.validator, self.options.strategy)
+        log.info(
+            "miner %s connecting to %s (strategy %s)", self.client.hotkey, self.options.validator, self.options.strategy
+        )
         try:
             while not stop.is_set():
                 next_offer = asyncio.ensure_future(offers.__anext__())
@@ -124,14 +126,26 @@ class ReferenceMiner:
             deadline = Deadline(at=offer.deadline.timestamp(), upload_margin_s=self.options.upload_margin_s)
             started = time.time()
             result = await asyncio.to_thread(
-                train, self.options.strategy, TRAINABLE[offer.task_type], offer.base_model, rows,
-                task_dir / "out", deadline, self.options.seed,
-                overrides=self.options.overrides or None, image_root=task_dir / "images",
+                train,
+                self.options.strategy,
+                TRAINABLE[offer.task_type],
+                offer.base_model,
+                rows,
+                task_dir / "out",
+                deadline,
+                self.options.seed,
+                overrides=self.options.overrides or None,
+                image_root=task_dir / "images",
             )
             submission = await self.client.submit(offer.task_id, result.adapter_dir)
-            log.info("uploaded task %s after %.1fs of training (%d trials, best val loss %s), sha256 %s",
-                     offer.task_id, time.time() - started, len(result.trials), result.best_val_loss,
-                     submission.sha256[:12])
+            log.info(
+                "uploaded task %s after %.1fs of training (%d trials, best val loss %s), sha256 %s",
+                offer.task_id,
+                time.time() - started,
+                len(result.trials),
+                result.best_val_loss,
+                submission.sha256[:12],
+            )
             self.done.append({"task_id": offer.task_id, "sha256": submission.sha256})
         except GatewayRefused as exc:
             log.error("task %s: the validator refused %s: %s", offer.task_id, exc.method, exc.details)

@@ -49,7 +49,8 @@ def main() -> int:
         target = ROOT / OUT_PACKAGE
         if args.check:
             stale = [
-                p.name for p in generated
+                p.name
+                for p in generated
                 if not (target / p.name).exists() or not filecmp.cmp(p, target / p.name, shallow=False)
             ]
             extra = {p.name for p in target.glob("*_pb2*.py*")} - {p.name for p in generated}

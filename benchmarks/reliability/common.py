@@ -17,7 +17,7 @@ class ScenarioResult:
     crashes: service processes that died without being killed by the scenario (must be 0).
     """
 
-    category: str              # "faults" | "load" | "bad input" | "hostile"
+    category: str  # "faults" | "load" | "bad input" | "hostile"
     name: str
     tried: int = 0
     handled: int = 0
@@ -26,7 +26,7 @@ class ScenarioResult:
     seconds: float = 0.0
     figures: dict[str, float | int | str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
-    details: list[str] = field(default_factory=list)   # context for a reader, not failures
+    details: list[str] = field(default_factory=list)  # context for a reader, not failures
 
     @property
     def ok(self) -> bool:

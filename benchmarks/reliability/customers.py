@@ -57,31 +57,52 @@ OVERSIZED = "oversized dataset upload"
 MISMATCH = "sha256-mismatched upload"
 QUOTA = "quota exceeded"
 ONE_REQUEST_ID = "20 CreateTask, one request_id"
-CUSTOMER_ROWS = (NO_KEY, BAD_KEY, REVOKED_KEY, FOREIGN_TASK, LOCAL_PATHS, PRIVATE_URLS, OVERSIZED, MISMATCH, QUOTA,
-                 ONE_REQUEST_ID)
+CUSTOMER_ROWS = (
+    NO_KEY,
+    BAD_KEY,
+    REVOKED_KEY,
+    FOREIGN_TASK,
+    LOCAL_PATHS,
+    PRIVATE_URLS,
+    OVERSIZED,
+    MISMATCH,
+    QUOTA,
+    ONE_REQUEST_ID,
+)
 
-MAX_DATASET_BYTES = 200_000       # GRADIENTS_TASK_MAX_DATASET_BYTES for the scenario: oversized stays fast
+MAX_DATASET_BYTES = 200_000  # GRADIENTS_TASK_MAX_DATASET_BYTES for the scenario: oversized stays fast
 SECRET = "GM-CUSTOMER-SECRET-7f3a"  # in the rows of the file outside the roots: must never come back
 PASSWD_MARK = "root:x:0:0"
 CONCURRENT_CREATES = 20
-METHODS = ("CreateTask", "GetTask", "ListTasks", "CancelTask", "WatchTask", "UploadDataset", "GetTaskResult",
-           "DownloadResult")
+METHODS = (
+    "CreateTask",
+    "GetTask",
+    "ListTasks",
+    "CancelTask",
+    "WatchTask",
+    "UploadDataset",
+    "GetTaskResult",
+    "DownloadResult",
+)
 
 
 @dataclass
 class Attempt:
     row: str
     what: str
-    expected: tuple[str, ...]          # any of these status names
-    reasons: tuple[str, ...] = ()      # any of these in the details ("" = no requirement)
+    expected: tuple[str, ...]  # any of these status names
+    reasons: tuple[str, ...] = ()  # any of these in the details ("" = no requirement)
     code: str = ""
     details: str = ""
-    extra: list[str] = field(default_factory=list)   # further failed checks
+    extra: list[str] = field(default_factory=list)  # further failed checks
 
     @property
     def handled(self) -> bool:
-        return (self.code in self.expected and (not self.reasons or any(r in self.details for r in self.reasons))
-                and not self.extra)
+        return (
+            self.code in self.expected
+            and (not self.reasons or any(r in self.details for r in self.reasons))
+            and not self.extra
+        )
 
     def describe(self) -> str:
         more = f"; {'; '.join(self.extra)}" if self.extra else ""
@@ -149,9 +170,14 @@ def bearer(key: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {key}"),)
 
 
-def upload_chunks(data: bytes, filename: str = "train.jsonl", size: int | None = None, sha256: str | None = None,
-                  chunk: int = 64 * 1024) -> list[ts.DatasetChunk]:
-    parts = [data[i:i + chunk] for i in range(0, len(data), chunk)] or [b""]
+def upload_chunks(
+    data: bytes,
+    filename: str = "train.jsonl",
+    size: int | None = None,
+    sha256: str | None = None,
+    chunk: int = 64 * 1024,
+) -> list[ts.DatasetChunk]:
+    parts = [data[i : i + chunk] for i in range(0, len(data), chunk)] or [b""]
     chunks = [ts.DatasetChunk(data=p) for p in parts]
     chunks[0].filename = filename
     chunks[0].size_bytes = len(data) if size is None else size
@@ -177,14 +203,15 @@ class CustomerClient:
     async def call(self, method: str, request, metadata=(), timeout_s: float = 30.0) -> tuple[str, str, object]:
         try:
             if method == "UploadDataset":
-                reply = await asyncio.to_thread(self.sync_stub.UploadDataset, iter(request), metadata=metadata,
-                                                timeout=timeout_s)
+                reply = await asyncio.to_thread(
+                    self.sync_stub.UploadDataset, iter(request), metadata=metadata, timeout=timeout_s
+                )
             elif method in ("WatchTask", "DownloadResult"):
                 stream = getattr(self.stub, method)(request, metadata=metadata, timeout=timeout_s)
                 reply = None
                 try:
                     async for reply in stream:  # noqa: B007  (`reply`, the first reply, is returned below)
-                        break   # the first reply says it was answered; no need to wait for the end
+                        break  # the first reply says it was answered; no need to wait for the end
                 finally:
                     stream.cancel()
             else:
@@ -209,14 +236,28 @@ def requests_for(task_id: str, base_model: str, uri: str) -> dict[str, object]:
 
 
 def create_request(base_model: str, uri: str, request_id: str = "") -> ts.CreateTaskRequest:
-    return ts.CreateTaskRequest(type=pb.INSTRUCT_TEXT, base_model=base_model, hours=1, request_id=request_id,
-                                dataset=pb.DatasetSpec(uri=uri, column_mapping={"instruction": "instruction",
-                                                                                "output": "output"}))
+    return ts.CreateTaskRequest(
+        type=pb.INSTRUCT_TEXT,
+        base_model=base_model,
+        hours=1,
+        request_id=request_id,
+        dataset=pb.DatasetSpec(uri=uri, column_mapping={"instruction": "instruction", "output": "output"}),
+    )
 
 
 class CustomerAttacks:
-    def __init__(self, address: str, redis_url: str, nats_url: str, data_dir: Path, base_model: str, files: Files,
-                 list_tasks: Callable, logs_dir: Path, namespace: str = "gm"):
+    def __init__(
+        self,
+        address: str,
+        redis_url: str,
+        nats_url: str,
+        data_dir: Path,
+        base_model: str,
+        files: Files,
+        list_tasks: Callable,
+        logs_dir: Path,
+        namespace: str = "gm",
+    ):
         self.address = address
         self.redis_url = redis_url
         self.nats_url = nats_url
@@ -263,8 +304,9 @@ class CustomerAttacks:
         synthetic = next((t.task_id for t in await self.list_tasks() if not t.organic), "")
 
         # The victim uploads a dataset and creates its task 20 times at once with one request_id.
-        code, details, upload = await self.client.call("UploadDataset", upload_chunks(self.files.good.read_bytes()),
-                                                       bearer(victim))
+        code, details, upload = await self.client.call(
+            "UploadDataset", upload_chunks(self.files.good.read_bytes()), bearer(victim)
+        )
         if code != "OK":
             self.errors.append(f"the victim's valid upload was refused: {code} {details[:200]}")
             return
@@ -275,16 +317,29 @@ class CustomerAttacks:
 
         # Keys: none, bad, revoked -> UNAUTHENTICATED on every method.
         requests = requests_for(victim_task or "00000000-0000-0000-0000-000000000000", self.base_model, victim_uri)
-        bad_keys = {"unknown key": bearer(new_api_key()), "altered key": bearer(attacker[:-1] + ("A" if attacker[-1] != "A" else "B")),
-                    "wrong scheme": (("authorization", f"Basic {attacker}"),), "empty bearer": (("authorization", "Bearer"),)}
+        bad_keys = {
+            "unknown key": bearer(new_api_key()),
+            "altered key": bearer(attacker[:-1] + ("A" if attacker[-1] != "A" else "B")),
+            "wrong scheme": (("authorization", f"Basic {attacker}"),),
+            "empty bearer": (("authorization", "Bearer"),),
+        }
         for method, request in requests.items():
-            await self.record(Attempt(NO_KEY, f"{method} without a key", ("UNAUTHENTICATED",), ("API key",)),
-                              method, request)
+            await self.record(
+                Attempt(NO_KEY, f"{method} without a key", ("UNAUTHENTICATED",), ("API key",)), method, request
+            )
             for label, metadata in bad_keys.items():
-                await self.record(Attempt(BAD_KEY, f"{method} with {label}", ("UNAUTHENTICATED",), ("API key",)),
-                                  method, request, metadata)
-            await self.record(Attempt(REVOKED_KEY, f"{method} with a revoked key", ("UNAUTHENTICATED",), ("API key",)),
-                              method, request, bearer(revoked))
+                await self.record(
+                    Attempt(BAD_KEY, f"{method} with {label}", ("UNAUTHENTICATED",), ("API key",)),
+                    method,
+                    request,
+                    metadata,
+                )
+            await self.record(
+                Attempt(REVOKED_KEY, f"{method} with a revoked key", ("UNAUTHENTICATED",), ("API key",)),
+                method,
+                request,
+                bearer(revoked),
+            )
 
         # Another account's task (and a synthetic one) is NOT_FOUND; another account's upload is refused.
         for task_id, whose in ((victim_task, "the victim's"), (synthetic, "a synthetic")):
@@ -292,17 +347,35 @@ class CustomerAttacks:
                 self.errors.append(f"no {whose} task to aim at")
                 continue
             for method in ("GetTask", "WatchTask", "CancelTask", "GetTaskResult", "DownloadResult"):
-                await self.record(Attempt(FOREIGN_TASK, f"{method} of {whose} task", ("NOT_FOUND",), ("not found",)),
-                                  method, requests_for(task_id, self.base_model, "")[method], bearer(attacker))
+                await self.record(
+                    Attempt(FOREIGN_TASK, f"{method} of {whose} task", ("NOT_FOUND",), ("not found",)),
+                    method,
+                    requests_for(task_id, self.base_model, "")[method],
+                    bearer(attacker),
+                )
         listed = await self.client.call("ListTasks", ts.ListTasksRequest(page_size=500), bearer(attacker))
         seen = [t.task_id for t in listed[2].tasks] if listed[0] == "OK" else ["?"]
-        self.attempts.append(Attempt(FOREIGN_TASK, "ListTasks by the attacker lists nothing", ("OK",), (),
-                                     listed[0], listed[1], [f"lists {len(seen)} tasks"] if seen else []))
-        await self.record(Attempt(FOREIGN_TASK, "CreateTask on another account's upload", ("INVALID_ARGUMENT",),
-                                  ("dataset.uri",)), "CreateTask", create_request(self.base_model, victim_uri),
-                          bearer(attacker))
+        self.attempts.append(
+            Attempt(
+                FOREIGN_TASK,
+                "ListTasks by the attacker lists nothing",
+                ("OK",),
+                (),
+                listed[0],
+                listed[1],
+                [f"lists {len(seen)} tasks"] if seen else [],
+            )
+        )
+        await self.record(
+            Attempt(FOREIGN_TASK, "CreateTask on another account's upload", ("INVALID_ARGUMENT",), ("dataset.uri",)),
+            "CreateTask",
+            create_request(self.base_model, victim_uri),
+            bearer(attacker),
+        )
         if victim_task:  # the victim still sees (and may cancel) its own task
-            code, details, _ = await self.client.call("CancelTask", ts.CancelTaskRequest(task_id=victim_task), bearer(victim))
+            code, details, _ = await self.client.call(
+                "CancelTask", ts.CancelTaskRequest(task_id=victim_task), bearer(victim)
+            )
             if code not in ("OK", "FAILED_PRECONDITION"):
                 self.errors.append(f"the victim could not cancel its own task: {code} {details[:160]}")
 
@@ -313,8 +386,9 @@ class CustomerAttacks:
 
     async def one_request_id(self, accounts: AccountStore, key: str, uri: str) -> None:
         request = create_request(self.base_model, uri, request_id="hostile-same-request")
-        replies = await asyncio.gather(*(self.client.call("CreateTask", request, bearer(key))
-                                         for _ in range(CONCURRENT_CREATES)))
+        replies = await asyncio.gather(
+            *(self.client.call("CreateTask", request, bearer(key)) for _ in range(CONCURRENT_CREATES))
+        )
         ids = {reply.task.task_id for code, _, reply in replies if code == "OK"}
         codes = sorted({code for code, _, _ in replies})
         owned = await accounts.task_ids("hostile-victim")
@@ -323,21 +397,36 @@ class CustomerAttacks:
             extra.append(f"answers {codes}: {[d[:120] for c, d, _ in replies if c != 'OK'][:2]}")
         if len(ids) != 1 or len(owned) != 1:
             extra.append(f"{len(ids)} task ids answered, {len(owned)} tasks owned")
-        self.attempts.append(Attempt(ONE_REQUEST_ID, f"{CONCURRENT_CREATES} concurrent CreateTask, one request_id",
-                                     ("OK",), (), codes[0] if len(codes) == 1 else ",".join(codes),
-                                     f"{len(ids)} task(s) for {CONCURRENT_CREATES} calls", extra))
+        self.attempts.append(
+            Attempt(
+                ONE_REQUEST_ID,
+                f"{CONCURRENT_CREATES} concurrent CreateTask, one request_id",
+                ("OK",),
+                (),
+                codes[0] if len(codes) == 1 else ",".join(codes),
+                f"{len(ids)} task(s) for {CONCURRENT_CREATES} calls",
+                extra,
+            )
+        )
 
     async def dataset_uris(self, accounts: AccountStore, key: str) -> None:
         f = self.files
         local = {
-            "/etc/passwd": "/etc/passwd", "/": "/", "../x": "../x", "file:///etc/passwd": "file:///etc/passwd",
+            "/etc/passwd": "/etc/passwd",
+            "/": "/",
+            "../x": "../x",
+            "file:///etc/passwd": "file:///etc/passwd",
             "a .. climb out of the root": f"{f.root}/../{f.outside.name}/secret.jsonl",
             "a symlink out of the root": str(f.link),
         }
         before = len(await self.list_tasks())
         for label, uri in local.items():
-            await self.record(Attempt(LOCAL_PATHS, f"CreateTask dataset {label}", ("INVALID_ARGUMENT",), ("dataset",)),
-                              "CreateTask", create_request(self.base_model, uri), bearer(key))
+            await self.record(
+                Attempt(LOCAL_PATHS, f"CreateTask dataset {label}", ("INVALID_ARGUMENT",), ("dataset",)),
+                "CreateTask",
+                create_request(self.base_model, uri),
+                bearer(key),
+            )
         with SecretServer(f.secret.read_bytes()) as server:
             urls = {
                 "loopback (a live server)": f"http://127.0.0.1:{server.port}/train.jsonl",
@@ -347,29 +436,66 @@ class CustomerAttacks:
                 "the metadata address": "http://169.254.169.254/latest/meta-data/",
             }
             for label, uri in urls.items():
-                await self.record(Attempt(PRIVATE_URLS, f"CreateTask dataset {label}", ("INVALID_ARGUMENT",),
-                                          ("dataset",)), "CreateTask", create_request(self.base_model, uri), bearer(key))
+                await self.record(
+                    Attempt(PRIVATE_URLS, f"CreateTask dataset {label}", ("INVALID_ARGUMENT",), ("dataset",)),
+                    "CreateTask",
+                    create_request(self.base_model, uri),
+                    bearer(key),
+                )
             hits = server.hits
         if hits:
             self.attempts[-1].extra.append(f"the loopback server was fetched {hits} times")
         after = len(await self.list_tasks())
         owned = await accounts.task_ids("hostile-attacker")
         if after != before or owned:
-            self.attempts[-1].extra.append(f"refused CreateTask calls stored tasks ({before} -> {after}, attacker owns {owned})")
+            self.attempts[-1].extra.append(
+                f"refused CreateTask calls stored tasks ({before} -> {after}, attacker owns {owned})"
+            )
 
     async def uploads(self, key: str) -> None:
-        big = (self.files.good.read_bytes() * (MAX_DATASET_BYTES // self.files.good.stat().st_size + 2))
+        big = self.files.good.read_bytes() * (MAX_DATASET_BYTES // self.files.good.stat().st_size + 2)
         lied = self.files.good.read_bytes() * 3
         cases = [
-            (OVERSIZED, "an upload announced over the limit", big, upload_chunks(big), ("RESOURCE_EXHAUSTED",), "limit"),
-            (OVERSIZED, "an upload announcing fewer bytes than it sends", lied,
-             upload_chunks(lied, size=len(lied) // 3), ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"), "announced"),
-            (OVERSIZED, "an upload announcing 1 TiB", lied, upload_chunks(lied, size=1 << 40), ("RESOURCE_EXHAUSTED",),
-             "limit"),
-            (MISMATCH, "an upload whose bytes do not match its sha256", lied,
-             upload_chunks(lied, sha256=hashlib.sha256(b"something else").hexdigest()), ("INVALID_ARGUMENT",), "sha256"),
-            (MISMATCH, "an upload with a malformed sha256", lied, upload_chunks(lied, sha256="x" * 64),
-             ("INVALID_ARGUMENT",), "sha256"),
+            (
+                OVERSIZED,
+                "an upload announced over the limit",
+                big,
+                upload_chunks(big),
+                ("RESOURCE_EXHAUSTED",),
+                "limit",
+            ),
+            (
+                OVERSIZED,
+                "an upload announcing fewer bytes than it sends",
+                lied,
+                upload_chunks(lied, size=len(lied) // 3),
+                ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"),
+                "announced",
+            ),
+            (
+                OVERSIZED,
+                "an upload announcing 1 TiB",
+                lied,
+                upload_chunks(lied, size=1 << 40),
+                ("RESOURCE_EXHAUSTED",),
+                "limit",
+            ),
+            (
+                MISMATCH,
+                "an upload whose bytes do not match its sha256",
+                lied,
+                upload_chunks(lied, sha256=hashlib.sha256(b"something else").hexdigest()),
+                ("INVALID_ARGUMENT",),
+                "sha256",
+            ),
+            (
+                MISMATCH,
+                "an upload with a malformed sha256",
+                lied,
+                upload_chunks(lied, sha256="x" * 64),
+                ("INVALID_ARGUMENT",),
+                "sha256",
+            ),
         ]
         bus = await EventBus.connect(self.nats_url, "hostile-customers")
         try:
@@ -387,8 +513,9 @@ class CustomerAttacks:
             self.attempts[-1].extra.append(f"the spool kept {left[:3]}")
 
     async def quota(self, accounts: AccountStore, key: str, victim_uri: str) -> None:
-        code, details, upload = await self.client.call("UploadDataset", upload_chunks(self.files.good.read_bytes()),
-                                                       bearer(key))
+        code, details, upload = await self.client.call(
+            "UploadDataset", upload_chunks(self.files.good.read_bytes()), bearer(key)
+        )
         if code != "OK":
             self.errors.append(f"the limited account's upload was refused: {code} {details[:160]}")
             return
@@ -396,11 +523,19 @@ class CustomerAttacks:
         if first[0] != "OK":
             self.errors.append(f"the limited account's first task was refused: {first[0]} {first[1][:160]}")
             return
-        await self.record(Attempt(QUOTA, "a second task while one runs (max 1 at once)", ("RESOURCE_EXHAUSTED",),
-                                  ("retry",)), "CreateTask", create_request(self.base_model, upload.uri), bearer(key))
+        await self.record(
+            Attempt(QUOTA, "a second task while one runs (max 1 at once)", ("RESOURCE_EXHAUSTED",), ("retry",)),
+            "CreateTask",
+            create_request(self.base_model, upload.uri),
+            bearer(key),
+        )
         await self.client.call("CancelTask", ts.CancelTaskRequest(task_id=first[2].task.task_id), bearer(key))
-        await self.record(Attempt(QUOTA, "a second task within the hour (max 1 per hour)", ("RESOURCE_EXHAUSTED",),
-                                  ("retry in",)), "CreateTask", create_request(self.base_model, upload.uri), bearer(key))
+        await self.record(
+            Attempt(QUOTA, "a second task within the hour (max 1 per hour)", ("RESOURCE_EXHAUSTED",), ("retry in",)),
+            "CreateTask",
+            create_request(self.base_model, upload.uri),
+            bearer(key),
+        )
         owned = await accounts.task_ids("hostile-limited")
         if len(owned) != 1:
             self.attempts[-1].extra.append(f"the limited account owns {len(owned)} tasks, expected 1")
@@ -410,8 +545,12 @@ class CustomerAttacks:
         found = []
         for log in sorted(self.logs_dir.glob("*.log")):
             text = log.read_text(errors="replace")
-            for label, secret in (("the outside file's content", SECRET), ("/etc/passwd's content", PASSWD_MARK),
-                                  ("the outside path", str(self.files.outside)), *(("an API key", k) for k in self.keys)):
+            for label, secret in (
+                ("the outside file's content", SECRET),
+                ("/etc/passwd's content", PASSWD_MARK),
+                ("the outside path", str(self.files.outside)),
+                *(("an API key", k) for k in self.keys),
+            ):
                 if secret in text:
                     found.append(f"{log.name} holds {label}")
         for attempt in self.attempts:
@@ -422,8 +561,9 @@ class CustomerAttacks:
 
 def summarise(attempts: list[Attempt]) -> dict[str, dict]:
     """Per row: tried, handled, the status counts and one reason (for the report)."""
-    out: dict[str, dict] = {row: {"tried": 0, "handled": 0, "codes": {}, "reason": "", "problems": []}
-                            for row in CUSTOMER_ROWS}
+    out: dict[str, dict] = {
+        row: {"tried": 0, "handled": 0, "codes": {}, "reason": "", "problems": []} for row in CUSTOMER_ROWS
+    }
     for a in attempts:
         row = out[a.row]
         row["tried"] += 1

@@ -23,15 +23,15 @@ from gradients.v1 import common_pb2 as pb
 
 @dataclass
 class FaultOptions:
-    data_dir: Path | None = None       # None = a temporary directory
-    rounds: int = 20                   # tasks in the kill -9 scenario
+    data_dir: Path | None = None  # None = a temporary directory
+    rounds: int = 20  # tasks in the kill -9 scenario
     miners: int = 6
     concurrent: int = 3
-    kills: int = 18                    # then the round is left to finish (3 per service)
-    kill_every_s: tuple[float, float] = (3.0, 7.0)   # random pause between kills
-    down_s: tuple[float, float] = (0.2, 2.0)         # how long a killed service stays down
-    restart_tasks: int = 4             # tasks in each NATS / Redis restart scenario
-    outage_time_scale: float = 6.0     # seconds per task hour there: training windows outlast the outage
+    kills: int = 18  # then the round is left to finish (3 per service)
+    kill_every_s: tuple[float, float] = (3.0, 7.0)  # random pause between kills
+    down_s: tuple[float, float] = (0.2, 2.0)  # how long a killed service stays down
+    restart_tasks: int = 4  # tasks in each NATS / Redis restart scenario
+    outage_time_scale: float = 6.0  # seconds per task hour there: training windows outlast the outage
     cluster_tasks: int = 4
     seed: int = 0
     timeout_s: float = 600.0
@@ -39,14 +39,29 @@ class FaultOptions:
 
     @classmethod
     def ci(cls) -> FaultOptions:
-        return cls(rounds=4, concurrent=4, kills=6, restart_tasks=3, cluster_tasks=3, kill_every_s=(0.5, 1.5),
-                   down_s=(0.2, 1.0),
-                   outage_time_scale=4.0, timeout_s=420.0)
+        return cls(
+            rounds=4,
+            concurrent=4,
+            kills=6,
+            restart_tasks=3,
+            cluster_tasks=3,
+            kill_every_s=(0.5, 1.5),
+            down_s=(0.2, 1.0),
+            outage_time_scale=4.0,
+            timeout_s=420.0,
+        )
 
 
 def _result(name: str, harness: RoundHarness, audit, tried: int, handled: int, started: float) -> ScenarioResult:
-    result = ScenarioResult("faults", name, tried=tried, handled=handled, lost=audit.lost,
-                            crashes=len(harness.crashed()), seconds=round(time.monotonic() - started, 1))
+    result = ScenarioResult(
+        "faults",
+        name,
+        tried=tried,
+        handled=handled,
+        lost=audit.lost,
+        crashes=len(harness.crashed()),
+        seconds=round(time.monotonic() - started, 1),
+    )
     result.figures.update({f"tasks_{k.lower()}": v for k, v in audit.by_state.items()})
     result.figures["uploads"] = len(harness.fleet.uploads) if harness.fleet else 0
     if harness.fleet:
@@ -75,11 +90,18 @@ async def wait_serving(harness: RoundHarness, name: str, timeout_s: float = 60.0
 async def kill_each_service(options: FaultOptions, data_dir: Path) -> ScenarioResult:
     """kill -9 a service at a random point, bring it back, repeat (every service in turn) until the tasks end."""
     rng = random.Random(options.seed)
-    harness = RoundHarness(RoundOptions(data_dir=data_dir / "kill", miners=options.miners, tasks=options.rounds,
-                                        concurrent=options.concurrent, timeout_s=options.timeout_s,
-                                        # As in production (hours against seconds), a delayed task's retry
-                                        # waits longer than a selector restart and its miners' reconnection.
-                                        extra_env={"GRADIENTS_TASK_RETRY_WAIT_HOURS": "2"}))
+    harness = RoundHarness(
+        RoundOptions(
+            data_dir=data_dir / "kill",
+            miners=options.miners,
+            tasks=options.rounds,
+            concurrent=options.concurrent,
+            timeout_s=options.timeout_s,
+            # As in production (hours against seconds), a delayed task's retry
+            # waits longer than a selector restart and its miners' reconnection.
+            extra_env={"GRADIENTS_TASK_RETRY_WAIT_HOURS": "2"},
+        )
+    )
     started = time.monotonic()
     kills: list[str] = []
     recovered = 0
@@ -104,8 +126,14 @@ async def kill_each_service(options: FaultOptions, data_dir: Path) -> ScenarioRe
 
         tasks = await harness.wait_finished(on_tick=inject)
         audit = await harness.audit(tasks)
-        result = _result("kill -9 of each service during task rounds", harness, audit,
-                         tried=len(kills), handled=recovered, started=started)
+        result = _result(
+            "kill -9 of each service during task rounds",
+            harness,
+            audit,
+            tried=len(kills),
+            handled=recovered,
+            started=started,
+        )
         result.figures["kills"] = ",".join(f"{n}×{kills.count(n)}" for n in order if n in kills)
         if set(kills) != set(SERVICES):
             result.problem(f"not every service was killed (the round ended first): {sorted(set(kills))}")
@@ -118,9 +146,16 @@ async def restart_infrastructure(options: FaultOptions, data_dir: Path, which: t
     """Stop NATS (JetStream on disk) and/or Redis (AOF) gracefully mid-round and start each again on
     the same port: one restart each time a task is training, in the order given."""
     label = " + ".join(which)
-    harness = RoundHarness(RoundOptions(data_dir=data_dir / f"{'-'.join(which)}-restart", miners=options.miners,
-                                        tasks=options.restart_tasks, concurrent=options.restart_tasks,
-                                        time_scale=options.outage_time_scale, timeout_s=options.timeout_s))
+    harness = RoundHarness(
+        RoundOptions(
+            data_dir=data_dir / f"{'-'.join(which)}-restart",
+            miners=options.miners,
+            tasks=options.restart_tasks,
+            concurrent=options.restart_tasks,
+            time_scale=options.outage_time_scale,
+            timeout_s=options.timeout_s,
+        )
+    )
     started = time.monotonic()
     pending = list(which)
     failures: list[str] = []
@@ -147,8 +182,9 @@ async def restart_infrastructure(options: FaultOptions, data_dir: Path, which: t
 
         tasks = await harness.wait_finished(on_tick=inject)
         audit = await harness.audit(tasks)
-        result = _result(f"{label} restart mid-round", harness, audit, tried=len(which), handled=restarted,
-                         started=started)
+        result = _result(
+            f"{label} restart mid-round", harness, audit, tried=len(which), handled=restarted, started=started
+        )
         for failure in failures:
             result.problem(failure)
         return result
@@ -199,7 +235,9 @@ async def wait_jetstream_ready(url: str, timeout_s: float = 60.0) -> None:
         await asyncio.sleep(0.5)
 
 
-async def nats_cluster_loses_a_node(options: FaultOptions, data_dir: Path, then: tuple[str, ...] = ()) -> ScenarioResult:
+async def nats_cluster_loses_a_node(
+    options: FaultOptions, data_dir: Path, then: tuple[str, ...] = ()
+) -> ScenarioResult:
     """Three routed nats-servers, streams with 3 replicas; one node is killed mid-round.
 
     `then`: further faults in the same round, each once a task is training again: "redis-restart"
@@ -217,11 +255,18 @@ async def nats_cluster_loses_a_node(options: FaultOptions, data_dir: Path, then:
     last = 0.0
     try:
         await wait_jetstream_ready(cluster.url)
-        harness = RoundHarness(RoundOptions(data_dir=base / "round", miners=options.miners,
-                                            tasks=options.cluster_tasks, concurrent=options.cluster_tasks,
-                                            time_scale=options.outage_time_scale,
-                                            nats_url=cluster.url, timeout_s=options.timeout_s,
-                                            extra_env={"GRADIENTS_STREAM_REPLICAS": "3"}))
+        harness = RoundHarness(
+            RoundOptions(
+                data_dir=base / "round",
+                miners=options.miners,
+                tasks=options.cluster_tasks,
+                concurrent=options.cluster_tasks,
+                time_scale=options.outage_time_scale,
+                nats_url=cluster.url,
+                timeout_s=options.timeout_s,
+                extra_env={"GRADIENTS_STREAM_REPLICAS": "3"},
+            )
+        )
         await harness.start()
 
         async def inject(tasks) -> None:
@@ -250,7 +295,8 @@ async def nats_cluster_loses_a_node(options: FaultOptions, data_dir: Path, then:
         tasks = await harness.wait_finished(on_tick=inject)
         audit = await harness.audit(tasks)
         name = "3-node NATS cluster loses a node" + "".join(
-            {"redis-restart": ", Redis restarted", "node-restart": ", the node comes back"}[t] for t in then)
+            {"redis-restart": ", Redis restarted", "node-restart": ", the node comes back"}[t] for t in then
+        )
         result = _result(name, harness, audit, tried=len(steps), handled=len(done), started=started)
         for failure in failures:
             result.problem(failure)

@@ -47,8 +47,10 @@ def build_adapters(base_dir: Path, out_dir: Path, count: int, noise: float = 0.0
             gen = torch.Generator().manual_seed(1000 + i)
             # Only the LoRA factors: PEFT also saves copies of base layers (".base_layer."), which
             # evaluation accepts only when identical to the base model's.
-            noisy = {k: (v + noise * torch.randn(v.shape, generator=gen)).contiguous() if "lora_" in k else v
-                     for k, v in tensors.items()}
+            noisy = {
+                k: (v + noise * torch.randn(v.shape, generator=gen)).contiguous() if "lora_" in k else v
+                for k, v in tensors.items()
+            }
             shutil.copy(seed_dir / "adapter_config.json", folder / "adapter_config.json")
             partial = folder / "adapter_model.safetensors.partial"  # the folder may be a shared cache
             save_file(noisy, str(partial))
@@ -76,16 +78,14 @@ class StageTimes:
 
 
 class FastMiner:
-    def __init__(self, name: str, address: str, validator_hotkey: str, adapter: Path, work_dir: Path,
-                 fleet: Fleet):
+    def __init__(self, name: str, address: str, validator_hotkey: str, adapter: Path, work_dir: Path, fleet: Fleet):
         self.name = name
         self.keypair = dev_keypair(name)
         self.hotkey = self.keypair.ss58_address
         self.adapter = adapter
         self.work_dir = work_dir
         self.fleet = fleet
-        self.client = MinerClient(address, self.keypair, validator_hotkey,
-                                  backoff=Backoff(initial_s=0.2, max_s=2.0))
+        self.client = MinerClient(address, self.keypair, validator_hotkey, backoff=Backoff(initial_s=0.2, max_s=2.0))
         self._runner: asyncio.Task | None = None
         self._work: set[asyncio.Task] = set()
 
@@ -120,12 +120,16 @@ class FastMiner:
                     submission = await self.client.submit(task_id, self.adapter)
                     break
                 except GatewayRefused as exc:
-                    if exc.code.name not in ("UNAVAILABLE", "INTERNAL", "UNKNOWN", "DEADLINE_EXCEEDED") \
-                            or time.time() > offer.deadline.timestamp():
+                    if (
+                        exc.code.name not in ("UNAVAILABLE", "INTERNAL", "UNKNOWN", "DEADLINE_EXCEEDED")
+                        or time.time() > offer.deadline.timestamp()
+                    ):
                         raise
                     await asyncio.sleep(0.5)
             self.fleet.times.upload.append(time.monotonic() - started)
-            self.fleet.uploads.append(Upload(task_id, self.hotkey, submission.sha256, submission.upload_seq, time.time()))
+            self.fleet.uploads.append(
+                Upload(task_id, self.hotkey, submission.sha256, submission.upload_seq, time.time())
+            )
         except GatewayRefused as exc:
             self.fleet.refusals.append(f"{self.name} task {task_id}: {exc.method} {exc.code.name} {exc.details}")
         except asyncio.CancelledError:
@@ -149,8 +153,10 @@ class Fleet:
         self.refusals: list[str] = []
         self.errors: list[str] = []
         self.times = StageTimes()
-        self.miners = [FastMiner(n, address, validator_hotkey, adapters[i % len(adapters)], work_dir / n, self)
-                       for i, n in enumerate(names)]
+        self.miners = [
+            FastMiner(n, address, validator_hotkey, adapters[i % len(adapters)], work_dir / n, self)
+            for i, n in enumerate(names)
+        ]
 
     @property
     def hotkeys(self) -> list[str]:

@@ -56,33 +56,45 @@ from benchmarks.reliability.fleet import dev_keypair
 from gradients.mesh import SERVICES, Mesh, MeshOptions, check_health
 
 CATEGORY = "bad input"
-GRPC_MAX_MESSAGE = 4 * 1024 * 1024          # gRPC's default max receive message size
-SIGNED_SERVICES = ("gradients.v1.MinerGateway",)   # btauth-gated (gradients.runtime.auth)
+GRPC_MAX_MESSAGE = 4 * 1024 * 1024  # gRPC's default max receive message size
+SIGNED_SERVICES = ("gradients.v1.MinerGateway",)  # btauth-gated (gradients.runtime.auth)
 CUSTOMER_SERVICES = ("gradients.v1.TaskService",)  # API-key gated (authorization: Bearer, gradients.accounts)
 CUSTOMER_ACCOUNT = "fuzz"
 # Variants that carry no valid credential: an OK answer to one of them is a defect.
 UNCREDENTIALED = frozenset({"unsigned", "forged", "no-key", "bad-key"})
 # Hosted by every process besides its SPEC's services (gradients.runtime.server).
-COMMON_SERVICES = (health_pb2.DESCRIPTOR.services_by_name["Health"],
-                   reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"])
+COMMON_SERVICES = (
+    health_pb2.DESCRIPTOR.services_by_name["Health"],
+    reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+)
 COMMON_METHODS = frozenset(m.full_name for s in COMMON_SERVICES for m in s.methods)
 S = grpc.StatusCode
-PROPER = frozenset({
-    S.OK, S.INVALID_ARGUMENT, S.NOT_FOUND, S.FAILED_PRECONDITION, S.OUT_OF_RANGE, S.UNAUTHENTICATED,
-    S.PERMISSION_DENIED, S.RESOURCE_EXHAUSTED, S.ALREADY_EXISTS, S.UNIMPLEMENTED,
-})
-MAX_STREAM_REPLIES = 20        # a server stream is cancelled by the client after this many replies
+PROPER = frozenset(
+    {
+        S.OK,
+        S.INVALID_ARGUMENT,
+        S.NOT_FOUND,
+        S.FAILED_PRECONDITION,
+        S.OUT_OF_RANGE,
+        S.UNAUTHENTICATED,
+        S.PERMISSION_DENIED,
+        S.RESOURCE_EXHAUSTED,
+        S.ALREADY_EXISTS,
+        S.UNIMPLEMENTED,
+    }
+)
+MAX_STREAM_REPLIES = 20  # a server stream is cancelled by the client after this many replies
 
 
 @dataclass
 class FuzzOptions:
-    data_dir: Path | None = None          # None = a temporary folder, removed afterwards
+    data_dir: Path | None = None  # None = a temporary folder, removed afterwards
     examples_per_method: int = 200
     seed: int = 9
-    unary_concurrency: int = 6            # calls in flight per service
-    stream_concurrency: int = 16          # server streams mostly wait for their deadline
-    stream_deadline_s: float = 1.0        # server streams (OpenSession, Watch...) may wait until it
-    unary_deadline_s: float = 30.0        # a unary call without an answer by then hung: a defect
+    unary_concurrency: int = 6  # calls in flight per service
+    stream_concurrency: int = 16  # server streams mostly wait for their deadline
+    stream_deadline_s: float = 1.0  # server streams (OpenSession, Watch...) may wait until it
+    unary_deadline_s: float = 30.0  # a unary call without an answer by then hung: a defect
     rss_growth_limit_mib: float = 150.0
     services: tuple[str, ...] = SERVICES
 
@@ -93,9 +105,10 @@ class FuzzOptions:
 
 # ---- what to fuzz --------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class FuzzTarget:
-    service: str                 # the mesh process hosting it
+    service: str  # the mesh process hosting it
     method: MethodDescriptor
 
     @property
@@ -149,21 +162,59 @@ def fuzz_targets(services: tuple[str, ...] = SERVICES) -> dict[str, list[FuzzTar
 
 # ---- drawing cases with hypothesis ------------------------------------------------------------
 
+
 @dataclass
 class Case:
-    label: str                                  # typed | corrupt | random | under-limit | over-limit
-    payloads: list[bytes]                       # one per request message
-    forgery: tuple[int, str] | None = None      # (btauth header index, replacement value)
+    label: str  # typed | corrupt | random | under-limit | over-limit
+    payloads: list[bytes]  # one per request message
+    forgery: tuple[int, str] | None = None  # (btauth header index, replacement value)
 
 
 GENERIC_WORDS = [
-    "", " ", "0", "-1", "1e309", "NaN", "null", "true", "\x00", "\u202e", "\U0001f4a5", "a" * 300, "%s%s%n",
-    "{}", "[", "*", ">", "a.b.*", "..", "\\", "' OR 1=1 --", "\r\n", "9" * 5000, str(2**64), "-" + str(2**63 + 1),
+    "",
+    " ",
+    "0",
+    "-1",
+    "1e309",
+    "NaN",
+    "null",
+    "true",
+    "\x00",
+    "\u202e",
+    "\U0001f4a5",
+    "a" * 300,
+    "%s%s%n",
+    "{}",
+    "[",
+    "*",
+    ">",
+    "a.b.*",
+    "..",
+    "\\",
+    "' OR 1=1 --",
+    "\r\n",
+    "9" * 5000,
+    str(2**64),
+    "-" + str(2**63 + 1),
 ]
 # Words the API takes as values, so some drawn messages get past the first check.
 DOMAIN_WORDS = [
-    "adapter", "full", "code", "format", "length", "exact_match", "instruction", "output", "prompt", "chosen",
-    "rejected", "conversations", "jsonl", "hf:", hashlib.sha256(b"").hexdigest(), hashlib.sha256(b"x").hexdigest(),
+    "adapter",
+    "full",
+    "code",
+    "format",
+    "length",
+    "exact_match",
+    "instruction",
+    "output",
+    "prompt",
+    "chosen",
+    "rejected",
+    "conversations",
+    "jsonl",
+    "hf:",
+    hashlib.sha256(b"").hexdigest(),
+    hashlib.sha256(b"x").hexdigest(),
 ]
 ASCII_HEADER = string.ascii_letters + string.digits + string.punctuation + " "
 
@@ -176,10 +227,16 @@ def _edged_ints(lo: int, hi: int, st):
 def _scalar(data, fd: FieldDescriptor, words: list[str], st):
     t = FieldDescriptor
     ranges = {
-        t.TYPE_INT32: (-2**31, 2**31 - 1), t.TYPE_SINT32: (-2**31, 2**31 - 1), t.TYPE_SFIXED32: (-2**31, 2**31 - 1),
-        t.TYPE_INT64: (-2**63, 2**63 - 1), t.TYPE_SINT64: (-2**63, 2**63 - 1), t.TYPE_SFIXED64: (-2**63, 2**63 - 1),
-        t.TYPE_UINT32: (0, 2**32 - 1), t.TYPE_FIXED32: (0, 2**32 - 1),
-        t.TYPE_UINT64: (0, 2**64 - 1), t.TYPE_FIXED64: (0, 2**64 - 1),
+        t.TYPE_INT32: (-(2**31), 2**31 - 1),
+        t.TYPE_SINT32: (-(2**31), 2**31 - 1),
+        t.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
+        t.TYPE_INT64: (-(2**63), 2**63 - 1),
+        t.TYPE_SINT64: (-(2**63), 2**63 - 1),
+        t.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
+        t.TYPE_UINT32: (0, 2**32 - 1),
+        t.TYPE_FIXED32: (0, 2**32 - 1),
+        t.TYPE_UINT64: (0, 2**64 - 1),
+        t.TYPE_FIXED64: (0, 2**64 - 1),
     }
     if fd.type in ranges:
         return data.draw(_edged_ints(*ranges[fd.type], st))
@@ -191,7 +248,7 @@ def _scalar(data, fd: FieldDescriptor, words: list[str], st):
         return data.draw(st.floats())
     if fd.type == t.TYPE_ENUM:
         known = st.sampled_from([v.number for v in fd.enum_type.values])
-        return data.draw(known if fd.enum_type.is_closed else st.one_of(known, _edged_ints(-2**31, 2**31 - 1, st)))
+        return data.draw(known if fd.enum_type.is_closed else st.one_of(known, _edged_ints(-(2**31), 2**31 - 1, st)))
     kind = data.draw(st.integers(0, 9))
     if fd.type == t.TYPE_BYTES:
         if kind < 7:
@@ -239,13 +296,13 @@ def fill_message(data, message: Message, words: list[str], st, depth: int = 0) -
 def _corrupt(data, raw: bytes, st) -> bytes:
     how = data.draw(st.sampled_from(["truncate", "flip", "wrong-wire-type", "garbage-tail", "bad-length"]))
     if how == "truncate" and raw:
-        return raw[:data.draw(st.integers(0, len(raw) - 1))]
+        return raw[: data.draw(st.integers(0, len(raw) - 1))]
     if how == "flip" and raw:
         at = data.draw(st.integers(0, len(raw) - 1))
-        return raw[:at] + bytes([raw[at] ^ data.draw(st.integers(1, 255))]) + raw[at + 1:]
+        return raw[:at] + bytes([raw[at] ^ data.draw(st.integers(1, 255))]) + raw[at + 1 :]
     if how == "wrong-wire-type":  # field 1..15 with a wire type its declaration does not have
         return bytes([(data.draw(st.integers(1, 15)) << 3) | data.draw(st.sampled_from([0, 1, 2, 5]))]) + raw
-    if how == "bad-length":       # a length-delimited field 1 that claims more bytes than follow
+    if how == "bad-length":  # a length-delimited field 1 that claims more bytes than follow
         return b"\x0a\xff\xff\xff\x0f" + raw
     return raw + data.draw(st.binary(min_size=1, max_size=16))
 
@@ -276,8 +333,13 @@ def draw_cases(method: MethodDescriptor, count: int, seed: int, words: list[str]
     cases: list[Case] = []
 
     @fixed_seed(seed ^ zlib.crc32(method.full_name.encode()))
-    @settings(max_examples=count, database=None, phases=[Phase.generate], deadline=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=count,
+        database=None,
+        phases=[Phase.generate],
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(st.data())
     def draw(data) -> None:
         length = data.draw(st.integers(1, 4)) if method.client_streaming else 1
@@ -312,6 +374,7 @@ def _varint(value: int) -> bytes:
 
 # ---- calling -----------------------------------------------------------------------------------
 
+
 @dataclass
 class Outcome:
     code: grpc.StatusCode
@@ -323,7 +386,7 @@ class Outcome:
 class Signer:
     """Signs a gateway call as an allowed miner (btauth/1 over the exact first payload)."""
 
-    miner: object                 # bittensor Keypair
+    miner: object  # bittensor Keypair
     validator_ss58: str
 
     def metadata(self, path: str, body: bytes, variant: str, forgery: tuple[int, str] | None):
@@ -355,13 +418,20 @@ class Customer:
         index, text = forgery or (0, "")
         text = text.strip()
         altered = self.api_key[:-1] + ("A" if self.api_key[-1:] != "A" else "B")
-        value = (f"Bearer {new_api_key()}", f"Bearer {altered}", f"Bearer {text}".strip(), f"Basic {self.api_key}",
-                 text, self.api_key)[index % 6]   # unknown, altered, junk, wrong scheme, raw junk, no scheme
+        value = (
+            f"Bearer {new_api_key()}",
+            f"Bearer {altered}",
+            f"Bearer {text}".strip(),
+            f"Basic {self.api_key}",
+            text,
+            self.api_key,
+        )[index % 6]  # unknown, altered, junk, wrong scheme, raw junk, no scheme
         return (("authorization", value),) if value else ()
 
 
-def call_client_stream(channel: grpc.Channel, target: FuzzTarget, case: Case, metadata,
-                       options: FuzzOptions) -> Outcome:
+def call_client_stream(
+    channel: grpc.Channel, target: FuzzTarget, case: Case, metadata, options: FuzzOptions
+) -> Outcome:
     """A client-streaming call on the blocking API. grpc.aio's client reports a write that
     fails because the server already answered as INTERNAL "Internal error from Core" instead
     of the server's status (grpc/grpc#36066); the blocking client reports what the server said."""
@@ -382,8 +452,9 @@ def call_client_stream(channel: grpc.Channel, target: FuzzTarget, case: Case, me
         return Outcome(exc.code(), exc.details() or "", cancelled)
 
 
-async def call_method(channel: grpc.aio.Channel, target: FuzzTarget, case: Case, metadata,
-                      options: FuzzOptions) -> Outcome:
+async def call_method(
+    channel: grpc.aio.Channel, target: FuzzTarget, case: Case, metadata, options: FuzzOptions
+) -> Outcome:
     """A unary-request call on grpc.aio (client streams: `call_client_stream`)."""
     method = target.method
     timeout = options.stream_deadline_s if method.server_streaming else options.unary_deadline_s
@@ -416,18 +487,19 @@ def is_handled(target: FuzzTarget, variant: str, outcome: Outcome) -> bool:
     if outcome.code in PROPER:
         return True
     if outcome.code == S.DEADLINE_EXCEEDED and target.method.server_streaming:
-        return True   # a stream that waits (offers, watch) ran into our short deadline
+        return True  # a stream that waits (offers, watch) ran into our short deadline
     return outcome.code == S.CANCELLED and outcome.cancelled_by_client
 
 
 # ---- per service ---------------------------------------------------------------------------------
+
 
 @dataclass
 class MethodStats:
     path: str
     tried: int = 0
     handled: int = 0
-    codes: Counter = field(default_factory=Counter)      # "variant:CODE" -> calls
+    codes: Counter = field(default_factory=Counter)  # "variant:CODE" -> calls
     bad: list[str] = field(default_factory=list)
 
 
@@ -440,7 +512,7 @@ class ServiceReport:
     alive: bool = True
     health: str = ""
     exit_log: str = ""
-    unfuzzed: list[str] = field(default_factory=list)   # served (per reflection) but not fuzzed
+    unfuzzed: list[str] = field(default_factory=list)  # served (per reflection) but not fuzzed
     seconds: float = 0.0
 
     @property
@@ -476,9 +548,17 @@ async def served_services(address: str) -> set[str]:
 CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 
 
-async def fuzz_service(service: str, address: str, targets: list[FuzzTarget], signer: Signer, words: list[str],
-                       options: FuzzOptions, report: ServiceReport, drawn: dict[str, list[Case]],
-                       customer: Customer | None = None) -> None:
+async def fuzz_service(
+    service: str,
+    address: str,
+    targets: list[FuzzTarget],
+    signer: Signer,
+    words: list[str],
+    options: FuzzOptions,
+    report: ServiceReport,
+    drawn: dict[str, list[Case]],
+    customer: Customer | None = None,
+) -> None:
     started = time.monotonic()
     blocking = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
     async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
@@ -486,15 +566,22 @@ async def fuzz_service(service: str, address: str, targets: list[FuzzTarget], si
             stats = report.methods.setdefault(target.path, MethodStats(target.path))
             key = target.method.full_name
             if key not in drawn:  # health/reflection cases are drawn once, shared by every process
-                drawn[key] = await asyncio.to_thread(draw_cases, target.method, options.examples_per_method,
-                                                     options.seed, words)
+                drawn[key] = await asyncio.to_thread(
+                    draw_cases, target.method, options.examples_per_method, options.seed, words
+                )
             cases = drawn[key] + oversized_cases(target.method)
-            limit = asyncio.Semaphore(options.stream_concurrency if target.method.server_streaming
-                                      else options.unary_concurrency)
+            limit = asyncio.Semaphore(
+                options.stream_concurrency if target.method.server_streaming else options.unary_concurrency
+            )
 
             # The loop's values bound as defaults (all calls are gathered within this iteration anyway).
-            async def one(case: Case, variant: str, limit: asyncio.Semaphore = limit, target: FuzzTarget = target,
-                          stats: MethodStats = stats) -> None:
+            async def one(
+                case: Case,
+                variant: str,
+                limit: asyncio.Semaphore = limit,
+                target: FuzzTarget = target,
+                stats: MethodStats = stats,
+            ) -> None:
                 async with limit:
                     if target.signed:
                         metadata = signer.metadata(target.path, case.payloads[0], variant, case.forgery)
@@ -511,8 +598,9 @@ async def fuzz_service(service: str, address: str, targets: list[FuzzTarget], si
                 if is_handled(target, variant, outcome):
                     stats.handled += 1
                 elif len(stats.bad) < 20:
-                    stats.bad.append(f"{target.path} [{variant}/{case.label}]: {outcome.code.name}: "
-                                     f"{outcome.details[:300]}")
+                    stats.bad.append(
+                        f"{target.path} [{variant}/{case.label}]: {outcome.code.name}: {outcome.details[:300]}"
+                    )
 
             await asyncio.gather(*(one(case, variant) for case in cases for variant in target.variants))
             if key not in COMMON_METHODS:
@@ -522,6 +610,7 @@ async def fuzz_service(service: str, address: str, targets: list[FuzzTarget], si
 
 
 # ---- the mesh ------------------------------------------------------------------------------------
+
 
 async def stage_training_task(mesh: Mesh, miner_ss58: str) -> str:
     """A task in TRAINING with the fuzz miner in it, so signed calls naming it get past the
@@ -546,8 +635,14 @@ async def stage_training_task(mesh: Mesh, miner_ss58: str) -> str:
 
 
 def _words(mesh_words: list[str]) -> list[str]:
-    enums = [v.name for s in generated_services().values() for m in s.methods
-             for f in m.input_type.fields if f.enum_type for v in f.enum_type.values]
+    enums = [
+        v.name
+        for s in generated_services().values()
+        for m in s.methods
+        for f in m.input_type.fields
+        if f.enum_type
+        for v in f.enum_type.values
+    ]
     return GENERIC_WORDS + DOMAIN_WORDS + sorted(set(enums)) + mesh_words
 
 
@@ -555,16 +650,24 @@ def _words(mesh_words: list[str]) -> list[str]:
 class FuzzReport:
     services: dict[str, ServiceReport]
     seconds: float
-    problems: list[str] = field(default_factory=list)    # mesh-wide (start-up, staging)
+    problems: list[str] = field(default_factory=list)  # mesh-wide (start-up, staging)
 
     def results(self, options: FuzzOptions) -> list[ScenarioResult]:
         out = []
         for name, rep in self.services.items():
-            result = ScenarioResult(CATEGORY, f"fuzz {name}", tried=rep.tried, handled=rep.handled,
-                                    crashes=0 if rep.alive else 1, seconds=round(rep.seconds, 1))
+            result = ScenarioResult(
+                CATEGORY,
+                f"fuzz {name}",
+                tried=rep.tried,
+                handled=rep.handled,
+                crashes=0 if rep.alive else 1,
+                seconds=round(rep.seconds, 1),
+            )
             result.figures = {
-                "methods": len(rep.methods), "rss_before_mib": round(rep.rss_before_kib / 1024, 1),
-                "rss_after_mib": round(rep.rss_after_kib / 1024, 1), "seconds": round(rep.seconds, 1),
+                "methods": len(rep.methods),
+                "rss_before_mib": round(rep.rss_before_kib / 1024, 1),
+                "rss_after_mib": round(rep.rss_after_kib / 1024, 1),
+                "seconds": round(rep.seconds, 1),
             }
             for stats in rep.methods.values():
                 result.problems += stats.bad
@@ -594,30 +697,51 @@ async def fuzz_mesh(options: FuzzOptions) -> FuzzReport:
         "GRADIENTS_SELECTOR_VALIDATOR_HOTKEY": validator.ss58_address,
         # One fuzz miner makes hundreds of calls a second: the payloads, not the rate, are under test.
         "GRADIENTS_SELECTOR_RATE_LIMIT_PER_S": "0",
-        "GRADIENTS_SHUTDOWN_GRACE_S": "2", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+        "GRADIENTS_SHUTDOWN_GRACE_S": "2",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
     }
     mesh = Mesh(MeshOptions(data_dir=data_dir / "mesh", services=options.services, extra_env=env))
     targets = fuzz_targets(options.services)
     reports = {name: ServiceReport(name) for name in options.services}
     hosted = {t.method.containing_service.full_name for per_service in targets.values() for t in per_service}
-    problems = [f"{full} is declared in gradients/v1 but no process hosts it"
-                for full in sorted(set(generated_services()) - hosted)] if options.services == SERVICES else []
+    problems = (
+        [
+            f"{full} is declared in gradients/v1 but no process hosts it"
+            for full in sorted(set(generated_services()) - hosted)
+        ]
+        if options.services == SERVICES
+        else []
+    )
     try:
         await asyncio.to_thread(mesh.start)
         await asyncio.to_thread(mesh.wait_ready, 90.0)
         for name, rep in reports.items():
             expected = {t.method.containing_service.full_name for t in targets[name]}
             rep.unfuzzed = sorted(await served_services(mesh.addresses[name]) - expected)
-        words = _words([await stage_training_task(mesh, miner.ss58_address), miner.ss58_address,
-                        validator.ss58_address, str(uuid.uuid4())])
+        words = _words(
+            [
+                await stage_training_task(mesh, miner.ss58_address),
+                miner.ss58_address,
+                validator.ss58_address,
+                str(uuid.uuid4()),
+            ]
+        )
         for name, rep in reports.items():
             rep.rss_before_kib = rss_kib(mesh.children[name].process.pid)
         signer = Signer(miner, validator.ss58_address)
         customer = Customer(await asyncio.to_thread(mesh.ensure_account, CUSTOMER_ACCOUNT))
         drawn: dict[str, list[Case]] = {}
-        await asyncio.gather(*(fuzz_service(name, mesh.addresses[name], targets[name], signer, words, options,
-                                            reports[name], drawn, customer) for name in options.services))
+        await asyncio.gather(
+            *(
+                fuzz_service(
+                    name, mesh.addresses[name], targets[name], signer, words, options, reports[name], drawn, customer
+                )
+                for name in options.services
+            )
+        )
         await asyncio.sleep(1.0)  # let a process that is about to die do so
         for name, rep in reports.items():
             child = mesh.children[name]

@@ -42,13 +42,13 @@ class RoundOptions:
     miners: int = 6
     tasks: int = 4
     concurrent: int = 2
-    time_scale: float = 3.0          # real seconds per nominal hour: 1-3 h tasks train for 3-9 s
+    time_scale: float = 3.0  # real seconds per nominal hour: 1-3 h tasks train for 3-9 s
     rows: int = 60
     nats_url: str | None = None
     redis_url: str | None = None
     timeout_s: float = 300.0
     eval_workers: int = 1
-    dataset_replicas: int = 1        # dataset_prep processes on the jobs.prepare work queue
+    dataset_replicas: int = 1  # dataset_prep processes on the jobs.prepare work queue
     extra_env: dict[str, str] = field(default_factory=dict)
     # More allowed miners beside the fleet (e.g. hostile ones the scenario drives itself).
     extra_hotkeys: list[str] = field(default_factory=list)
@@ -58,11 +58,11 @@ class RoundOptions:
 class Audit:
     tasks: list = field(default_factory=list)
     by_state: dict[str, int] = field(default_factory=dict)
-    stuck: list[str] = field(default_factory=list)            # not terminal
+    stuck: list[str] = field(default_factory=list)  # not terminal
     failed_without_reason: list[str] = field(default_factory=list)
     duplicate_scores: list[str] = field(default_factory=list)  # task scored / evaluated more than once
     lost_submissions: list[str] = field(default_factory=list)  # acknowledged upload missing downstream
-    honest_refused: list[str] = field(default_factory=list)    # a fleet (valid) upload failed evaluation
+    honest_refused: list[str] = field(default_factory=list)  # a fleet (valid) upload failed evaluation
     failure_reasons: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -85,30 +85,38 @@ class RoundHarness:
         self.mesh: Mesh | None = None
         self.fleet: Fleet | None = None
         self.validator = dev_keypair("gradients-reliability-validator")
-        self.killed: Counter[str] = Counter()   # service -> times killed by the scenario
+        self.killed: Counter[str] = Counter()  # service -> times killed by the scenario
         self.extra_workers: dict[str, str] = {}  # extra process name -> its service module
-        self.api_key = ""                      # the `reliability` account's key (customer_metadata)
+        self.api_key = ""  # the `reliability` account's key (customer_metadata)
 
     # ---- start / stop ------------------------------------------------------------------
 
     def env(self, hotkeys: list[str]) -> dict[str, str]:
         o = self.options
-        demo = DemoOptions(data_dir=self.data_dir, miners=o.miners, tasks=o.tasks, time_scale=o.time_scale,
-                           rows=o.rows, concurrent=o.concurrent)
+        demo = DemoOptions(
+            data_dir=self.data_dir,
+            miners=o.miners,
+            tasks=o.tasks,
+            time_scale=o.time_scale,
+            rows=o.rows,
+            concurrent=o.concurrent,
+        )
         # The tiny model and the fleet's adapters are deterministic: built once per machine, shared by runs.
         base, params_b = build_base_model(DemoOptions(data_dir=ASSET_CACHE))
         self.base_dir = base
         pools = write_pools(demo, base, params_b)
         env = mesh_env(demo, pools, self.validator.ss58_address, hotkeys)
-        env.update({
-            "GRADIENTS_CHAIN_LEDGER_UIDS": str(write_uid_file(self.data_dir / "ledger-uids.json", hotkeys)),
-            "GRADIENTS_DATASET_MAX_SYNTH_ROWS": "4",
-            "GRADIENTS_DATASET_LOCAL_MAX_NEW_TOKENS": "16",
-            "GRADIENTS_SELECTOR_OFFER_TIMEOUT_S": "3",
-            "GRADIENTS_BUS_ACK_WAIT_S": "5",  # a killed consumer's message comes back this soon
-            "GRADIENTS_BUS_NAK_DELAY_S": "0.5",
-            "GRADIENTS_SHUTDOWN_GRACE_S": "2",
-        })
+        env.update(
+            {
+                "GRADIENTS_CHAIN_LEDGER_UIDS": str(write_uid_file(self.data_dir / "ledger-uids.json", hotkeys)),
+                "GRADIENTS_DATASET_MAX_SYNTH_ROWS": "4",
+                "GRADIENTS_DATASET_LOCAL_MAX_NEW_TOKENS": "16",
+                "GRADIENTS_SELECTOR_OFFER_TIMEOUT_S": "3",
+                "GRADIENTS_BUS_ACK_WAIT_S": "5",  # a killed consumer's message comes back this soon
+                "GRADIENTS_BUS_NAK_DELAY_S": "0.5",
+                "GRADIENTS_SHUTDOWN_GRACE_S": "2",
+            }
+        )
         env.update(o.extra_env)
         return env
 
@@ -118,8 +126,9 @@ class RoundHarness:
         names = fleet_names(o.miners)
         hotkeys = [dev_keypair(n).ss58_address for n in names] + list(o.extra_hotkeys)
         env = self.env(hotkeys)
-        self.mesh = Mesh(MeshOptions(data_dir=self.data_dir / "mesh", nats_url=o.nats_url, redis_url=o.redis_url,
-                                     extra_env=env))
+        self.mesh = Mesh(
+            MeshOptions(data_dir=self.data_dir / "mesh", nats_url=o.nats_url, redis_url=o.redis_url, extra_env=env)
+        )
         self.mesh.start()
         for i in range(1, o.eval_workers):
             self.add_eval_worker(f"eval_worker_{i + 1}")
@@ -128,8 +137,9 @@ class RoundHarness:
         await asyncio.to_thread(self.mesh.wait_ready)
         self.api_key = await asyncio.to_thread(self.mesh.ensure_account, CUSTOMER_ACCOUNT)
         adapters = await asyncio.to_thread(build_adapters, self.base_dir, ASSET_CACHE / "adapters-v2", o.miners)
-        self.fleet = Fleet(names, self.mesh.addresses["selector"], self.validator.ss58_address, adapters,
-                           self.data_dir / "miners")
+        self.fleet = Fleet(
+            names, self.mesh.addresses["selector"], self.validator.ss58_address, adapters, self.data_dir / "miners"
+        )
         await self.fleet.start()
 
     def add_eval_worker(self, name: str) -> None:
@@ -184,8 +194,11 @@ class RoundHarness:
 
     def crashed(self) -> list[str]:
         """Service processes that exited on their own (not killed by the scenario)."""
-        return [f"{c.name} exited {c.process.returncode}: {c.log_tail(600)}"
-                for c in self.mesh.children.values() if c.process.poll() is not None and c.process.returncode != -9]
+        return [
+            f"{c.name} exited {c.process.returncode}: {c.log_tail(600)}"
+            for c in self.mesh.children.values()
+            if c.process.poll() is not None and c.process.returncode != -9
+        ]
 
     # ---- progress ----------------------------------------------------------------------
 
@@ -228,16 +241,19 @@ class RoundHarness:
                 audit.failure_reasons[t.task_id] = t.failure_reason
                 if not t.failure_reason:
                     audit.failed_without_reason.append(t.task_id)
-        stream = await read_events(self.mesh.nats_url, (events.EVAL_COMPLETED, events.TASK_SCORED,
-                                                          events.SUBMISSION_RECEIVED))
+        stream = await read_events(
+            self.mesh.nats_url, (events.EVAL_COMPLETED, events.TASK_SCORED, events.SUBMISSION_RECEIVED)
+        )
         for subject in (events.EVAL_COMPLETED, events.TASK_SCORED):
             counts = Counter(m.task_id for m in stream[subject])
             audit.duplicate_scores += [f"{subject} published {n}× for {tid}" for tid, n in counts.items() if n > 1]
         for scored in stream[events.TASK_SCORED]:
             per_miner = Counter(s.miner_hotkey for s in scored.scores)
             audit.duplicate_scores += [f"{scored.task_id}: {h} scored {n}×" for h, n in per_miner.items() if n > 1]
-        received = {(m.submission.task_id, m.submission.miner_hotkey, m.submission.sha256)
-                    for m in stream[events.SUBMISSION_RECEIVED]}
+        received = {
+            (m.submission.task_id, m.submission.miner_hotkey, m.submission.sha256)
+            for m in stream[events.SUBMISSION_RECEIVED]
+        }
         results = {(c.task_id, r.miner_hotkey): r for c in stream[events.EVAL_COMPLETED] for r in c.results}
         evaluated = set(results)
         state = {t.task_id: t for t in tasks}

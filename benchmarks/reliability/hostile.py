@@ -65,7 +65,7 @@ SERVICE = "/gradients.v1.MinerGateway/"
 # Size caps set small so the oversized uploads stay fast (honest adapters are ~150 KB,
 # the tiny base model ~600 KB).
 GATEWAY_MAX_UPLOAD_BYTES = 1_500_000
-EVAL_MAX_UPLOAD_GB = 0.00075       # int(0.00075 GiB) = 805,306 bytes
+EVAL_MAX_UPLOAD_GB = 0.00075  # int(0.00075 GiB) = 805,306 bytes
 PWNED_MARKER = Path("/tmp/gm_eval_pwned")  # what unpickling the pickle payload would create
 # Statuses that mean the gateway did not answer the call properly (overloaded, crashed).
 UNANSWERED = {"UNAVAILABLE", "UNKNOWN", "INTERNAL", "DEADLINE_EXCEEDED", "CANCELLED"}
@@ -73,17 +73,17 @@ UNANSWERED = {"UNAVAILABLE", "UNKNOWN", "INTERNAL", "DEADLINE_EXCEEDED", "CANCEL
 
 @dataclass
 class HostileOptions:
-    data_dir: Path | None = None      # None = a temporary directory
+    data_dir: Path | None = None  # None = a temporary directory
     honest: int = 3
     tasks: int = 3
     concurrent: int = 3
-    time_scale: float = 4.0           # 1-3 h tasks train for 4-12 s
-    protocol_repeats: int = 3         # each protocol attack on each method, per task
-    flood_calls: int = 300            # AnswerOffer and GetMyResults calls each
+    time_scale: float = 4.0  # 1-3 h tasks train for 4-12 s
+    protocol_repeats: int = 3  # each protocol attack on each method, per task
+    flood_calls: int = 300  # AnswerOffer and GetMyResults calls each
     flood_uploads: int = 60
-    flood_concurrency: int = 100      # calls in flight at once
-    probe_interval_s: float = 0.1     # honest miners' GetMyResults probes
-    baseline_s: float = 1.5           # probing before the flood starts
+    flood_concurrency: int = 100  # calls in flight at once
+    probe_interval_s: float = 0.1  # honest miners' GetMyResults probes
+    baseline_s: float = 1.5  # probing before the flood starts
     # Honest calls slower than this during the flood = hurt: half the 3 s offer answer window, so an
     # honest miner still answers its offers in time (the box is shared: absolute latency is noisy).
     max_honest_p95_s: float = 1.5
@@ -101,9 +101,9 @@ class HostileOptions:
 class BadUpload:
     """A poisoned upload the gateway accepts and the eval worker must refuse."""
 
-    miner: str      # key name of the hostile miner that uploads it
-    row: str        # result row it counts in
-    reason: str     # expected in EvaluationResult.failure_reason
+    miner: str  # key name of the hostile miner that uploads it
+    row: str  # result row it counts in
+    reason: str  # expected in EvaluationResult.failure_reason
     kind: str = "adapter"
 
 
@@ -121,15 +121,30 @@ BAD_UPLOADS = (
 )
 COPIER = "hostile-copier"
 FLOODER = "hostile-flooder"
-OUTSIDER = "hostile-outsider"        # allowed on the validator, never takes a task
-STRANGER = "hostile-stranger"        # a valid key the validator does not allow
+OUTSIDER = "hostile-outsider"  # allowed on the validator, never takes a task
+STRANGER = "hostile-stranger"  # a valid key the validator does not allow
 OTHER_VALIDATOR = "hostile-other-validator"
 IN_TASK = tuple(b.miner for b in BAD_UPLOADS) + (COPIER, FLOODER)
 
-ROWS = ("unsigned call", "forged signature", "replayed nonce", "stale timestamp", "wrong receiver", "unknown hotkey",
-        "not a miner of the task", "late upload", "pickle upload", "path traversal archive", "symlink archive",
-        "oversized upload", "wrong base architecture", "NaN weights", "copied submission", "flood",
-        *CUSTOMER_ROWS)
+ROWS = (
+    "unsigned call",
+    "forged signature",
+    "replayed nonce",
+    "stale timestamp",
+    "wrong receiver",
+    "unknown hotkey",
+    "not a miner of the task",
+    "late upload",
+    "pickle upload",
+    "path traversal archive",
+    "symlink archive",
+    "oversized upload",
+    "wrong base architecture",
+    "NaN weights",
+    "copied submission",
+    "flood",
+    *CUSTOMER_ROWS,
+)
 HONEST_ROW = "honest miners unaffected"
 
 
@@ -199,9 +214,12 @@ def build_bad_archives(base_dir: Path, adapter: Path, out_dir: Path, eval_cap_by
     archives = {name: pack(folder, out_dir / f"{name}.tar") for name, folder in folders.items()}
 
     honest = _adapter_members(adapter)
-    archives["hostile-tar-dotdot"] = write_tar(out_dir / "dotdot.tar", honest + [_member("../../gm-hostile-escape.txt", b"owned")])
-    archives["hostile-tar-absolute"] = write_tar(out_dir / "absolute.tar",
-                                                 honest + [_member("/tmp/gm-hostile-escape.txt", b"owned")])
+    archives["hostile-tar-dotdot"] = write_tar(
+        out_dir / "dotdot.tar", honest + [_member("../../gm-hostile-escape.txt", b"owned")]
+    )
+    archives["hostile-tar-absolute"] = write_tar(
+        out_dir / "absolute.tar", honest + [_member("/tmp/gm-hostile-escape.txt", b"owned")]
+    )
     link = tarfile.TarInfo("README.md")
     link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
     archives["hostile-tar-symlink"] = write_tar(out_dir / "symlink.tar", honest + [(link, None)])
@@ -225,7 +243,7 @@ class Call:
     row: str
     what: str
     expected_code: str
-    expected_reasons: tuple[str, ...]   # any of these in the details
+    expected_reasons: tuple[str, ...]  # any of these in the details
     code: str = ""
     details: str = ""
 
@@ -237,9 +255,10 @@ class Call:
         return f"{self.what}: got {self.code} {self.details[:120]!r}, expected {self.expected_code} {self.expected_reasons}"
 
 
-def upload_chunks(task_id: str, data: bytes, kind: str = "adapter", chunk: int = 256 * 1024,
-                  announce_bytes: int | None = None) -> list[gw.UploadChunk]:
-    parts = [data[i:i + chunk] for i in range(0, len(data), chunk)] or [b""]
+def upload_chunks(
+    task_id: str, data: bytes, kind: str = "adapter", chunk: int = 256 * 1024, announce_bytes: int | None = None
+) -> list[gw.UploadChunk]:
+    parts = [data[i : i + chunk] for i in range(0, len(data), chunk)] or [b""]
     chunks = [gw.UploadChunk(data=p, chunk_sha256=hashlib.sha256(p).hexdigest()) for p in parts]
     first = chunks[0]
     first.task_id, first.sha256, first.kind = task_id, hashlib.sha256(data).hexdigest(), kind
@@ -269,7 +288,9 @@ class RawGateway:
         self.sync_channel.close()
 
     def sign(self, key, method: str, body, receiver: str | None = None, nonce_ns: int | None = None):
-        return sign_call(key, SERVICE + method, first_message(method, body), receiver or self.validator, nonce_ns=nonce_ns)
+        return sign_call(
+            key, SERVICE + method, first_message(method, body), receiver or self.validator, nonce_ns=nonce_ns
+        )
 
     async def send(self, method: str, body, metadata, timeout_s: float = 20.0) -> tuple[str, str, object]:
         """(status name, details, reply); an OpenSession that opens is cancelled at once."""
@@ -291,7 +312,7 @@ class RawGateway:
             else:
                 reply = await getattr(self.stub, method)(body, metadata=metadata, timeout=timeout_s)
             return "OK", "", reply
-        except grpc.RpcError as exc:   # AioRpcError, or the blocking client's error (also a grpc.Call)
+        except grpc.RpcError as exc:  # AioRpcError, or the blocking client's error (also a grpc.Call)
             return exc.code().name, exc.details() or "", None
 
     def _upload(self, chunks: list[gw.UploadChunk], metadata, timeout_s: float) -> gw.UploadResponse:
@@ -319,7 +340,7 @@ def find_attempt(task_id: str, hotkey: str, offer_id: str, limit: int = 200) -> 
 
 @dataclass
 class Probe:
-    phase: str          # "baseline" | "flood"
+    phase: str  # "baseline" | "flood"
     seconds: float
     code: str
 
@@ -328,8 +349,8 @@ class Probe:
 class TaskAttackState:
     task_id: str
     deadline: float
-    uploads: dict[str, pb.Submission] = field(default_factory=dict)   # hostile miner -> acknowledged upload
-    refused: dict[str, str] = field(default_factory=dict)             # hostile miner -> why its upload was refused
+    uploads: dict[str, pb.Submission] = field(default_factory=dict)  # hostile miner -> acknowledged upload
+    refused: dict[str, str] = field(default_factory=dict)  # hostile miner -> why its upload was refused
 
 
 class Hostiles:
@@ -351,7 +372,7 @@ class Hostiles:
         self.tasks: dict[str, TaskAttackState] = {}
         self.probes: list[Probe] = []
         self.flood_codes: Counter[str] = Counter()
-        self.flood_details: dict[str, str] = {}   # status -> one example of its details
+        self.flood_details: dict[str, str] = {}  # status -> one example of its details
         self.flood_calls = 0
         self.flood_seconds = 0.0
         self.flooded = False
@@ -369,11 +390,14 @@ class Hostiles:
 
     def start(self) -> None:
         handlers: dict[str, Callable[[str, ReceivedOffer], Awaitable[None]]] = {
-            b.miner: self.upload_bad for b in BAD_UPLOADS}
+            b.miner: self.upload_bad for b in BAD_UPLOADS
+        }
         handlers[COPIER] = self.copy_honest
         handlers[FLOODER] = self.attack_gateway
         for name, handler in handlers.items():
-            client = MinerClient(self.address, self.keys[name], self.validator, backoff=Backoff(initial_s=0.2, max_s=1.0))
+            client = MinerClient(
+                self.address, self.keys[name], self.validator, backoff=Backoff(initial_s=0.2, max_s=1.0)
+            )
             self.clients[name] = client
             self.runners.append(asyncio.create_task(self._take_offers(name, client, handler), name=f"hostile {name}"))
 
@@ -384,7 +408,7 @@ class Hostiles:
         try:
             async for offer in client.offers():
                 try:
-                    if not await offer.accept():   # the SDK waits out the flooder's own rate limit
+                    if not await offer.accept():  # the SDK waits out the flooder's own rate limit
                         continue
                 except GatewayRefused as exc:
                     self.errors.append(f"{name} task {offer.task_id}: its acceptance was refused: {exc}")
@@ -405,8 +429,9 @@ class Hostiles:
 
     async def _training(self, name: str, offer: ReceivedOffer) -> TaskAttackState:
         """Wait until the task is open for uploads (its training data downloads)."""
-        await self.clients[name].download_training_data(offer.task_id, self.archive_dir / name / f"{offer.task_id}.data",
-                                                        wait_s=60)
+        await self.clients[name].download_training_data(
+            offer.task_id, self.archive_dir / name / f"{offer.task_id}.data", wait_s=60
+        )
         return self.tasks.setdefault(offer.task_id, TaskAttackState(offer.task_id, offer.deadline.timestamp()))
 
     async def upload_bad(self, name: str, offer: ReceivedOffer) -> None:
@@ -434,8 +459,12 @@ class Hostiles:
             state.refused[name] = f"{exc.code.name}: {exc.details}"
         await asyncio.sleep(max(0.0, state.deadline - time.time()) + 0.3)
         later = self.harness.fleet.miners[1 % len(self.harness.fleet.miners)].adapter
-        call = Call("late upload", "an upload after the deadline", "FAILED_PRECONDITION",
-                    ("deadline", "not TRAINING", "left TRAINING"))
+        call = Call(
+            "late upload",
+            "an upload after the deadline",
+            "FAILED_PRECONDITION",
+            ("deadline", "not TRAINING", "left TRAINING"),
+        )
         try:
             await self.clients[name].submit(offer.task_id, later)
             call.code = "OK"
@@ -448,12 +477,15 @@ class Hostiles:
         key = self.keys[name]
         big = random.Random(1).randbytes(GATEWAY_MAX_UPLOAD_BYTES + 500_000)
         announced = upload_chunks(task_id, big)
-        lying = upload_chunks(task_id, big[:GATEWAY_MAX_UPLOAD_BYTES - 100_000], announce_bytes=100_000)
-        for what, chunks, reason in (("an upload announced over the size cap", announced, "upload limit"),
-                                     ("an upload announced small, sent big", lying, "bytes received")):
+        lying = upload_chunks(task_id, big[: GATEWAY_MAX_UPLOAD_BYTES - 100_000], announce_bytes=100_000)
+        for what, chunks, reason in (
+            ("an upload announced over the size cap", announced, "upload limit"),
+            ("an upload announced small, sent big", lying, "bytes received"),
+        ):
             call = Call("oversized upload", what, "RESOURCE_EXHAUSTED", (reason,))
-            call.code, call.details, _ = await self.raw.send("UploadSubmission", chunks,
-                                                             self.raw.sign(key, "UploadSubmission", chunks))
+            call.code, call.details, _ = await self.raw.send(
+                "UploadSubmission", chunks, self.raw.sign(key, "UploadSubmission", chunks)
+            )
             self.calls.append(call)
 
     # ---- protocol attacks, outsider and flood (driven by the flooder, once it may upload) ----
@@ -472,8 +504,9 @@ class Hostiles:
             await self.flood(name, offer, state, attempt)
         else:  # still leave a failed submission: one per task, like the first
             try:
-                await self.clients[name].upload_archive(offer.task_id, self.archive_dir / f"junk-{offer.task_id}.tar",
-                                                        "adapter")
+                await self.clients[name].upload_archive(
+                    offer.task_id, self.archive_dir / f"junk-{offer.task_id}.tar", "adapter"
+                )
             except GatewayRefused as exc:
                 state.refused[name] = f"{exc.code.name}: {exc.details}"
 
@@ -483,23 +516,54 @@ class Hostiles:
         other_bodies = method_bodies(task_id + "-x", victim_offer[::-1], junk[::-1], version="hostile/2")
         now = time.time_ns()
         for method, body in bodies.items():
-            forged = tuple((k, victim.ss58_address if k == "x-bittensor-hotkey" else v)
-                           for k, v in raw.sign(stranger, method, body))
+            forged = tuple(
+                (k, victim.ss58_address if k == "x-bittensor-hotkey" else v)
+                for k, v in raw.sign(stranger, method, body)
+            )
             cases = [
                 ("unsigned call", "no signature", None, "UNAUTHENTICATED", ("requires a btauth/1 hotkey signature",)),
-                ("forged signature", "a stranger's signature claiming an honest hotkey", forged, "UNAUTHENTICATED",
-                 ("BadSignature",)),
-                ("forged signature", "an honest signature over another body (tampered in transit)",
-                 raw.sign(victim, method, other_bodies[method]), "UNAUTHENTICATED", ("BadSignature",)),
-                ("stale timestamp", "an honest call signed 60 s ago",
-                 raw.sign(victim, method, body, nonce_ns=now - 60 * 10**9), "UNAUTHENTICATED", ("StaleRequest",)),
-                ("stale timestamp", "an honest call dated 60 s ahead",
-                 raw.sign(victim, method, body, nonce_ns=now + 60 * 10**9), "UNAUTHENTICATED", ("StaleRequest",)),
-                ("wrong receiver", "an honest call signed for another validator",
-                 raw.sign(victim, method, body, receiver=self.hotkey(OTHER_VALIDATOR)), "UNAUTHENTICATED",
-                 ("WrongReceiver",)),
-                ("unknown hotkey", "a valid signature by a hotkey the validator does not allow",
-                 raw.sign(stranger, method, body), "PERMISSION_DENIED", ("is not an allowed miner",)),
+                (
+                    "forged signature",
+                    "a stranger's signature claiming an honest hotkey",
+                    forged,
+                    "UNAUTHENTICATED",
+                    ("BadSignature",),
+                ),
+                (
+                    "forged signature",
+                    "an honest signature over another body (tampered in transit)",
+                    raw.sign(victim, method, other_bodies[method]),
+                    "UNAUTHENTICATED",
+                    ("BadSignature",),
+                ),
+                (
+                    "stale timestamp",
+                    "an honest call signed 60 s ago",
+                    raw.sign(victim, method, body, nonce_ns=now - 60 * 10**9),
+                    "UNAUTHENTICATED",
+                    ("StaleRequest",),
+                ),
+                (
+                    "stale timestamp",
+                    "an honest call dated 60 s ahead",
+                    raw.sign(victim, method, body, nonce_ns=now + 60 * 10**9),
+                    "UNAUTHENTICATED",
+                    ("StaleRequest",),
+                ),
+                (
+                    "wrong receiver",
+                    "an honest call signed for another validator",
+                    raw.sign(victim, method, body, receiver=self.hotkey(OTHER_VALIDATOR)),
+                    "UNAUTHENTICATED",
+                    ("WrongReceiver",),
+                ),
+                (
+                    "unknown hotkey",
+                    "a valid signature by a hotkey the validator does not allow",
+                    raw.sign(stranger, method, body),
+                    "PERMISSION_DENIED",
+                    ("is not an allowed miner",),
+                ),
             ]
             for row, what, metadata, code, reasons in cases:
                 call = Call(row, f"{method}: {what}", code, reasons)
@@ -518,17 +582,25 @@ class Hostiles:
             body = method_bodies(f"{task_id}-missing", "0" * 32, junk)[method]
         metadata = self.raw.sign(key, method, body)
         await self.raw.send(method, body, metadata)
-        call = Call("replayed nonce", f"{method}: the same signed call sent twice", "UNAUTHENTICATED", ("ReplayedRequest",))
+        call = Call(
+            "replayed nonce", f"{method}: the same signed call sent twice", "UNAUTHENTICATED", ("ReplayedRequest",)
+        )
         call.code, call.details, _ = await self.raw.send(method, body, metadata)
         self.calls.append(call)
 
     async def outsider_attacks(self, task_id: str, junk: bytes) -> None:
         """An allowed miner that never took this task tries to download its data and upload to it."""
         key = self.keys[OUTSIDER]
-        for method, body in (("DownloadTrainingData", gw.DownloadRequest(task_id=task_id)),
-                             ("UploadSubmission", upload_chunks(task_id, junk))):
-            call = Call("not a miner of the task", f"{method} by an allowed miner outside the task", "PERMISSION_DENIED",
-                        (f"is not a miner of task {task_id}",))
+        for method, body in (
+            ("DownloadTrainingData", gw.DownloadRequest(task_id=task_id)),
+            ("UploadSubmission", upload_chunks(task_id, junk)),
+        ):
+            call = Call(
+                "not a miner of the task",
+                f"{method} by an allowed miner outside the task",
+                "PERMISSION_DENIED",
+                (f"is not a miner of task {task_id}",),
+            )
             call.code, call.details, _ = await self.raw.send(method, body, self.raw.sign(key, method, body))
             self.calls.append(call)
 
@@ -537,12 +609,26 @@ class Hostiles:
         honest miners' call latency is probed from this one."""
         o, task_id = self.options, offer.task_id
         spec = FloodSpec(
-            address=self.address, validator=self.validator, miner=name, task_id=task_id, own_offer=offer.offer_id,
+            address=self.address,
+            validator=self.validator,
+            miner=name,
+            task_id=task_id,
+            own_offer=offer.offer_id,
             foreign_offers=[offer_id_for(task_id, attempt, k.ss58_address) for k in self.honest_keys.values()],
-            calls=o.flood_calls, uploads=o.flood_uploads, concurrency=o.flood_concurrency)
+            calls=o.flood_calls,
+            uploads=o.flood_uploads,
+            concurrency=o.flood_concurrency,
+        )
         flooder = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "benchmarks.reliability.hostile", "flood", json.dumps(asdict(spec)),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=str(REPO_ROOT))
+            sys.executable,
+            "-m",
+            "benchmarks.reliability.hostile",
+            "flood",
+            json.dumps(asdict(spec)),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=str(REPO_ROOT),
+        )
         stop_probes = asyncio.Event()
         phase = {"now": "baseline"}
         probes = [asyncio.create_task(self._probe(m.client, phase, stop_probes)) for m in self.harness.fleet.miners]
@@ -600,11 +686,11 @@ class Hostiles:
 class FloodSpec:
     address: str
     validator: str
-    miner: str                 # key name of the flooding miner
+    miner: str  # key name of the flooding miner
     task_id: str
-    own_offer: str             # its own offer (already answered)
+    own_offer: str  # its own offer (already answered)
     foreign_offers: list[str]  # honest miners' offers of the same task
-    calls: int                 # AnswerOffer and GetMyResults calls each
+    calls: int  # AnswerOffer and GetMyResults calls each
     uploads: int
     concurrency: int
 
@@ -615,9 +701,14 @@ async def run_flood(spec: FloodSpec) -> dict:
     rng = random.Random(7)
     calls: list[tuple[str, object]] = []
     for i in range(spec.calls):
-        kind = i % 3   # re-answer its own offer, answer an honest miner's offer, answer an offer that does not exist
-        offer_id = (spec.own_offer if kind == 0 else spec.foreign_offers[i % len(spec.foreign_offers)] if kind == 1
-                    else f"{rng.getrandbits(128):032x}")
+        kind = i % 3  # re-answer its own offer, answer an honest miner's offer, answer an offer that does not exist
+        offer_id = (
+            spec.own_offer
+            if kind == 0
+            else spec.foreign_offers[i % len(spec.foreign_offers)]
+            if kind == 1
+            else f"{rng.getrandbits(128):032x}"
+        )
         calls.append(("AnswerOffer", gw.AnswerOfferRequest(offer_id=offer_id, accept=True)))
         calls.append(("GetMyResults", gw.GetMyResultsRequest(task_id=spec.task_id if i % 2 else "")))
     for i in range(spec.uploads):
@@ -628,11 +719,11 @@ async def run_flood(spec: FloodSpec) -> dict:
     gate = asyncio.Semaphore(spec.concurrency)
 
     async def one(method: str, body) -> None:
-        async with gate:   # signed just before sending: a nonce is only fresh for seconds
+        async with gate:  # signed just before sending: a nonce is only fresh for seconds
             code, detail, reply = await raw.send(method, body, raw.sign(key, method, body), timeout_s=30.0)
         details.setdefault(code, detail)
         if method == "AnswerOffer" and code == "OK" and reply.recorded:
-            code = "OK-recorded"   # a second or foreign acceptance must never be recorded
+            code = "OK-recorded"  # a second or foreign acceptance must never be recorded
         codes[f"{method} {code}"] += 1
 
     print("ready", flush=True)
@@ -665,8 +756,9 @@ def call_rows(hostiles: Hostiles, started: float) -> dict[str, ScenarioResult]:
     return rows
 
 
-def check_uploads(rows: dict[str, ScenarioResult], hostiles: Hostiles, evaluated: dict, scored: dict,
-                  finished: dict[str, pb.Task]) -> None:
+def check_uploads(
+    rows: dict[str, ScenarioResult], hostiles: Hostiles, evaluated: dict, scored: dict, finished: dict[str, pb.Task]
+) -> None:
     """Each poisoned upload: evaluated ok=False with its reason, task score −1 (a valid one exists)."""
     for task_id, state in hostiles.tasks.items():
         task = finished.get(task_id)
@@ -685,9 +777,13 @@ def check_uploads(rows: dict[str, ScenarioResult], hostiles: Hostiles, evaluated
             if result is None or score is None:
                 row.problem(f"{where}: no evaluation result or score")
             elif result.ok or bad.reason not in result.failure_reason:
-                row.problem(f"{where}: evaluated ok={result.ok} reason {result.failure_reason[:160]!r}, expected {bad.reason!r}")
+                row.problem(
+                    f"{where}: evaluated ok={result.ok} reason {result.failure_reason[:160]!r}, expected {bad.reason!r}"
+                )
             elif score.task_score != -1.0 or score.rank != 0 or not score.reason.startswith("failed:"):
-                row.problem(f"{where}: scored {score.task_score} rank {score.rank} ({score.reason[:80]}), expected −1 failed")
+                row.problem(
+                    f"{where}: scored {score.task_score} rank {score.rank} ({score.reason[:80]}), expected −1 failed"
+                )
             else:
                 row.handled += 1
                 row.figures.setdefault("reason", result.failure_reason[:160])
@@ -712,7 +808,9 @@ def check_copy(row: ScenarioResult, hostiles: Hostiles, evaluated: dict, scored:
         if task is None or task.state != pb.SCORED or copy_score is None or victim_score is None:
             row.problem(f"{where}: not scored")
         elif not copy_score.duplicate or copy_score.task_score != -1.0 or victim not in copy_score.reason:
-            row.problem(f"{where}: copy scored {copy_score.task_score} duplicate={copy_score.duplicate} ({copy_score.reason})")
+            row.problem(
+                f"{where}: copy scored {copy_score.task_score} duplicate={copy_score.duplicate} ({copy_score.reason})"
+            )
         elif victim_score.duplicate or victim_score.rank < 1:
             row.problem(f"{where}: the original lost its credit ({victim_score.reason})")
         else:
@@ -740,21 +838,25 @@ def check_flood(row: ScenarioResult, hostiles: Hostiles, scored: dict, options: 
     base = [p.seconds for p in hostiles.probes if p.phase == "baseline" and p.code == "OK"]
     during = [p for p in hostiles.probes if p.phase == "flood"]
     ok_during = [p.seconds for p in during if p.code == "OK"]
-    row.figures.update({
-        "honest_baseline_p50_ms": round(1000 * percentile(base, 50), 1),
-        "honest_baseline_p95_ms": round(1000 * percentile(base, 95), 1),
-        "honest_flood_p50_ms": round(1000 * percentile(ok_during, 50), 1),
-        "honest_flood_p95_ms": round(1000 * percentile(ok_during, 95), 1),
-        "honest_flood_max_ms": round(1000 * max(ok_during, default=float("nan")), 1),
-        "honest_flood_calls": len(during),
-    })
+    row.figures.update(
+        {
+            "honest_baseline_p50_ms": round(1000 * percentile(base, 50), 1),
+            "honest_baseline_p95_ms": round(1000 * percentile(base, 95), 1),
+            "honest_flood_p50_ms": round(1000 * percentile(ok_during, 50), 1),
+            "honest_flood_p95_ms": round(1000 * percentile(ok_during, 95), 1),
+            "honest_flood_max_ms": round(1000 * max(ok_during, default=float("nan")), 1),
+            "honest_flood_calls": len(during),
+        }
+    )
     failed = [p.code for p in during if p.code != "OK"]
     if failed:
         row.problem(f"{len(failed)} honest calls failed during the flood: {Counter(failed)}")
     if not ok_during:
         row.problem("no honest call completed during the flood")
     elif percentile(ok_during, 95) > options.max_honest_p95_s:
-        row.problem(f"honest p95 latency {percentile(ok_during, 95):.2f}s during the flood (limit {options.max_honest_p95_s}s)")
+        row.problem(
+            f"honest p95 latency {percentile(ok_during, 95):.2f}s during the flood (limit {options.max_honest_p95_s}s)"
+        )
     flooder = hostiles.hotkey(FLOODER)
     lines = [s for (t, h), s in scored.items() if h == flooder]
     if any(s.task_score > -1.0 or s.rank != 0 for s in lines):
@@ -763,9 +865,16 @@ def check_flood(row: ScenarioResult, hostiles: Hostiles, scored: dict, options: 
 
 async def check_customers(rows: dict[str, ScenarioResult], harness: RoundHarness, files: Files) -> None:
     """The customer attacks (customers.py) on the round's mesh, one row per kind."""
-    attacks = CustomerAttacks(harness.mesh.addresses["task_service"], harness.mesh.redis_url, harness.mesh.nats_url,
-                              harness.mesh.data_dir, str(harness.base_dir), files, harness.list_tasks,
-                              harness.mesh.data_dir / "logs")
+    attacks = CustomerAttacks(
+        harness.mesh.addresses["task_service"],
+        harness.mesh.redis_url,
+        harness.mesh.nats_url,
+        harness.mesh.data_dir,
+        str(harness.base_dir),
+        files,
+        harness.list_tasks,
+        harness.mesh.data_dir / "logs",
+    )
     try:
         await attacks.run()
     except Exception as exc:  # noqa: BLE001 - a broken scenario is a problem on every customer row
@@ -781,8 +890,16 @@ async def check_customers(rows: dict[str, ScenarioResult], harness: RoundHarness
         row.problems += summary["problems"] + [f"scenario: {e}" for e in attacks.errors] + crashed
 
 
-def check_honest(row: ScenarioResult, hostiles: Hostiles, harness: RoundHarness, audit, finished: dict,
-                 evaluated: dict, scored: dict, received: list) -> None:
+def check_honest(
+    row: ScenarioResult,
+    hostiles: Hostiles,
+    harness: RoundHarness,
+    audit,
+    finished: dict,
+    evaluated: dict,
+    scored: dict,
+    received: list,
+) -> None:
     fleet = harness.fleet
     honest = set(fleet.hotkeys)
     acknowledged = fleet.acknowledged()
@@ -828,11 +945,13 @@ def check_honest(row: ScenarioResult, hostiles: Hostiles, harness: RoundHarness,
     row.lost = audit.lost
     row.crashes = len(harness.crashed())
     times = fleet.times
-    row.figures.update({
-        "tasks_scored": sum(1 for t in finished.values() if t.state == pb.SCORED),
-        "honest_upload_p95_ms": round(1000 * percentile(times.upload, 95), 1),
-        "honest_answer_p95_ms": round(1000 * percentile(times.offer_to_answer, 95), 1),
-    })
+    row.figures.update(
+        {
+            "tasks_scored": sum(1 for t in finished.values() if t.state == pb.SCORED),
+            "honest_upload_p95_ms": round(1000 * percentile(times.upload, 95), 1),
+            "honest_answer_p95_ms": round(1000 * percentile(times.offer_to_answer, 95), 1),
+        }
+    )
 
 
 async def run(options: HostileOptions | None = None) -> list[ScenarioResult]:
@@ -840,18 +959,26 @@ async def run(options: HostileOptions | None = None) -> list[ScenarioResult]:
     folder = ScenarioDir(options.data_dir, "gm-hostile-")
     data_dir = folder.path
     participants = options.honest + len(IN_TASK)
-    harness = RoundHarness(RoundOptions(
-        data_dir=data_dir / "round", miners=options.honest, tasks=options.tasks, concurrent=options.concurrent,
-        time_scale=options.time_scale, timeout_s=options.timeout_s, extra_hotkeys=Hostiles.hotkeys(),
-        extra_env={
-            # Every miner in every task: the hostile ones must reach the deep layers.
-            "GRADIENTS_SELECTOR_TEXT_POOL_MIN": str(participants),
-            "GRADIENTS_SELECTOR_TEXT_POOL_MAX": str(participants),
-            "GRADIENTS_TASK_MIN_ACCEPTANCES": str(participants),
-            "GRADIENTS_TASK_MAX_DELAYS": "100",
-            "GRADIENTS_SELECTOR_MAX_UPLOAD_BYTES": str(GATEWAY_MAX_UPLOAD_BYTES),
-            "GRADIENTS_EVAL_MAX_UPLOAD_GB": str(EVAL_MAX_UPLOAD_GB),
-        }))
+    harness = RoundHarness(
+        RoundOptions(
+            data_dir=data_dir / "round",
+            miners=options.honest,
+            tasks=options.tasks,
+            concurrent=options.concurrent,
+            time_scale=options.time_scale,
+            timeout_s=options.timeout_s,
+            extra_hotkeys=Hostiles.hotkeys(),
+            extra_env={
+                # Every miner in every task: the hostile ones must reach the deep layers.
+                "GRADIENTS_SELECTOR_TEXT_POOL_MIN": str(participants),
+                "GRADIENTS_SELECTOR_TEXT_POOL_MAX": str(participants),
+                "GRADIENTS_TASK_MIN_ACCEPTANCES": str(participants),
+                "GRADIENTS_TASK_MAX_DELAYS": "100",
+                "GRADIENTS_SELECTOR_MAX_UPLOAD_BYTES": str(GATEWAY_MAX_UPLOAD_BYTES),
+                "GRADIENTS_EVAL_MAX_UPLOAD_GB": str(EVAL_MAX_UPLOAD_GB),
+            },
+        )
+    )
     files = Files(data_dir / "customers")
     harness.options.extra_env.update(files.env())
     pwned_before = PWNED_MARKER.exists()
@@ -861,17 +988,23 @@ async def run(options: HostileOptions | None = None) -> list[ScenarioResult]:
         await harness.start()
         phases = {"start_s": time.monotonic() - started}
         hostiles = Hostiles(options, harness, harness.mesh.addresses["selector"], data_dir / "hostile")
-        hostiles.archives = await asyncio.to_thread(build_bad_archives, harness.base_dir, harness.fleet.miners[0].adapter,
-                                                    data_dir / "hostile" / "archives", int(EVAL_MAX_UPLOAD_GB * 1024**3))
+        hostiles.archives = await asyncio.to_thread(
+            build_bad_archives,
+            harness.base_dir,
+            harness.fleet.miners[0].adapter,
+            data_dir / "hostile" / "archives",
+            int(EVAL_MAX_UPLOAD_GB * 1024**3),
+        )
         # Tasks wait (DELAYED) until every participant accepted: GRADIENTS_TASK_MIN_ACCEPTANCES.
         hostiles.start()
         await hostiles.wait_connected()
         finished_list = await harness.wait_finished()
         phases["round_s"] = time.monotonic() - started - phases["start_s"]
-        await asyncio.sleep(0.5)   # late-upload attempts run just after their deadline
+        await asyncio.sleep(0.5)  # late-upload attempts run just after their deadline
         audit = await harness.audit(finished_list)
-        stream = await read_events(harness.mesh.nats_url, (events.EVAL_COMPLETED, events.TASK_SCORED,
-                                                            events.SUBMISSION_RECEIVED))
+        stream = await read_events(
+            harness.mesh.nats_url, (events.EVAL_COMPLETED, events.TASK_SCORED, events.SUBMISSION_RECEIVED)
+        )
         finished = {t.task_id: t for t in finished_list}
         evaluated = {(c.task_id, r.miner_hotkey): r for c in stream[events.EVAL_COMPLETED] for r in c.results}
         scored = {(m.task_id, s.miner_hotkey): s for m in stream[events.TASK_SCORED] for s in m.scores}

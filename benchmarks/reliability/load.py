@@ -54,28 +54,40 @@ class LoadOptions:
     # gateway and the download: at 3 or 8 s/h a 1 h task left its miners < 1.5 s to upload.
     time_scale: float = 20.0
     rows: int = 60
-    pool_min: int = 8             # text pool size: the paper's 8-15
+    pool_min: int = 8  # text pool size: the paper's 8-15
     pool_max: int = 15
-    eval_workers: int = 2         # eval_worker processes on the one work queue
+    eval_workers: int = 2  # eval_worker processes on the one work queue
     dataset_concurrency: int = 1  # tasks one dataset_prep replica prepares at once
     # One round per entry: dataset_prep processes sharing the jobs.prepare work queue.
     dataset_replicas: tuple[int, ...] = (1, 3)
     timeout_s: float = 280.0
-    sample_every_s: float = 2.0   # how often connected miners are counted
+    sample_every_s: float = 2.0  # how often connected miners are counted
     data_dir: Path | None = None  # None = a temporary folder
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def ci(cls, data_dir: Path | None = None) -> LoadOptions:
-        return cls(miners=40, tasks=8, concurrent=8, time_scale=6.0, pool_min=4, pool_max=6, eval_workers=1,
-                   timeout_s=90.0, data_dir=data_dir, dataset_replicas=(1,))
+        return cls(
+            miners=40,
+            tasks=8,
+            concurrent=8,
+            time_scale=6.0,
+            pool_min=4,
+            pool_max=6,
+            eval_workers=1,
+            timeout_s=90.0,
+            data_dir=data_dir,
+            dataset_replicas=(1,),
+        )
 
     @property
     def name(self) -> str:
         return f"{self.miners} miners × {self.tasks} tasks"
 
     def round_name(self, replicas: int) -> str:
-        return self.name if len(self.dataset_replicas) == 1 and replicas == 1 else f"{self.name}, {replicas} dataset_prep"
+        return (
+            self.name if len(self.dataset_replicas) == 1 and replicas == 1 else f"{self.name}, {replicas} dataset_prep"
+        )
 
     def env(self) -> dict[str, str]:
         return {
@@ -132,7 +144,7 @@ def timeline(changes: list) -> Timeline:
 
 @dataclass
 class StreamCounts:
-    events: int                    # messages on the domain stream
+    events: int  # messages on the domain stream
     per_subject: dict[str, int]
     dead_letters: int
 
@@ -178,7 +190,8 @@ class ConnectedSampler:
         try:
             async with grpc.aio.insecure_channel(self.address) as ch:
                 reply = await selector_pb2_grpc.SelectorStub(ch).ListMiners(
-                    selector_pb2.ListMinersRequest(connected_only=True), timeout=10)
+                    selector_pb2.ListMinersRequest(connected_only=True), timeout=10
+                )
             self.counts.append(len(reply.miners))
         except grpc.aio.AioRpcError as exc:
             self.failures.append(f"ListMiners: {exc.code().name} {exc.details()}")
@@ -228,8 +241,10 @@ def compare_replicas(results: list[ScenarioResult], counts: tuple[int, ...]) -> 
     ratio = replica_speedup(one, many)
     by_count[most].figures["preparing_data_p99_vs_1_replica"] = _r(ratio)
     if ratio > REPLICA_P99_TARGET:
-        by_count[most].problem(f"preparing data p99 with {most} replicas is {ratio:.2f}× the 1-replica figure "
-                               f"({many:.1f}s vs {one:.1f}s); the target is at most {REPLICA_P99_TARGET}")
+        by_count[most].problem(
+            f"preparing data p99 with {most} replicas is {ratio:.2f}× the 1-replica figure "
+            f"({many:.1f}s vs {one:.1f}s); the target is at most {REPLICA_P99_TARGET}"
+        )
 
 
 async def run_round(o: LoadOptions, data_dir: Path, replicas: int = 1) -> ScenarioResult:
@@ -237,10 +252,20 @@ async def run_round(o: LoadOptions, data_dir: Path, replicas: int = 1) -> Scenar
     # The adapters first: building them must not happen while tasks already wait for miners.
     base, _ = build_base_model(DemoOptions(data_dir=data_dir, rows=o.rows))
     await asyncio.to_thread(build_adapters, base, data_dir / "adapters", o.miners)
-    harness = RoundHarness(RoundOptions(data_dir=data_dir, miners=o.miners, tasks=o.tasks, concurrent=o.concurrent,
-                                        time_scale=o.time_scale, rows=o.rows, timeout_s=o.timeout_s,
-                                        eval_workers=o.eval_workers, dataset_replicas=replicas,
-                                        extra_env=o.env()))
+    harness = RoundHarness(
+        RoundOptions(
+            data_dir=data_dir,
+            miners=o.miners,
+            tasks=o.tasks,
+            concurrent=o.concurrent,
+            time_scale=o.time_scale,
+            rows=o.rows,
+            timeout_s=o.timeout_s,
+            eval_workers=o.eval_workers,
+            dataset_replicas=replicas,
+            extra_env=o.env(),
+        )
+    )
     started = time.monotonic()
     try:
         await harness.start()
@@ -276,29 +301,40 @@ async def run_round(o: LoadOptions, data_dir: Path, replicas: int = 1) -> Scenar
     for stage in MINER_STAGES:
         _p50_p99(figures, f"miner_{stage}", getattr(fleet.times, stage))
     _p50_p99(figures, "task", times.end_to_end)
-    figures.update({
-        "tasks_in_flight_max": times.at_once.get("in flight", 0),
-        "training_at_once_max": times.at_once.get("TRAINING", 0),
-        "evaluating_at_once_max": times.at_once.get("EVALUATING", 0),
-        "miners_connected_min": min(sampler.counts, default=0),
-        "accepted": accepted,
-        "uploads": len(acknowledged),
-        "upload_margin_min_s": _r(min(margins, default=math.nan)),
-        "scored_results": sum(1 for c in evaluations for r in c.results if r.ok),
-        "events": counts.events,
-        "events_per_s": _r(counts.events / window),
-        "tasks_per_min": _r(len(scored) / window * 60),
-        "connect_s": _r(connected_s),
-        "round_s": _r(window),
-        "wall_s": _r(result.seconds),
-    })
+    figures.update(
+        {
+            "tasks_in_flight_max": times.at_once.get("in flight", 0),
+            "training_at_once_max": times.at_once.get("TRAINING", 0),
+            "evaluating_at_once_max": times.at_once.get("EVALUATING", 0),
+            "miners_connected_min": min(sampler.counts, default=0),
+            "accepted": accepted,
+            "uploads": len(acknowledged),
+            "upload_margin_min_s": _r(min(margins, default=math.nan)),
+            "scored_results": sum(1 for c in evaluations for r in c.results if r.ok),
+            "events": counts.events,
+            "events_per_s": _r(counts.events / window),
+            "tasks_per_min": _r(len(scored) / window * 60),
+            "connect_s": _r(connected_s),
+            "round_s": _r(window),
+            "wall_s": _r(result.seconds),
+        }
+    )
     result.figures = figures
     judge(result, o, audit, fleet, evaluations, crashed, sampler, counts, trouble)
     return result
 
 
-def judge(result: ScenarioResult, o: LoadOptions, audit, fleet, evaluations, crashed, sampler,
-          counts: StreamCounts, trouble: list[str]) -> None:
+def judge(
+    result: ScenarioResult,
+    o: LoadOptions,
+    audit,
+    fleet,
+    evaluations,
+    crashed,
+    sampler,
+    counts: StreamCounts,
+    trouble: list[str],
+) -> None:
     """Every error under load is a problem of the result."""
     for state, count in sorted(audit.by_state.items()):
         if state != "SCORED":
@@ -312,8 +348,12 @@ def judge(result: ScenarioResult, o: LoadOptions, audit, fleet, evaluations, cra
         if len(items) > 5:
             result.problem(f"{len(items)} {kind}s in all")
     # Every fleet upload is an honest adapter of the base model: evaluation must score it.
-    failed = [f"{c.task_id}/{r.miner_hotkey[:8]}: {r.failure_reason[:160]}"
-              for c in evaluations for r in c.results if not r.ok]
+    failed = [
+        f"{c.task_id}/{r.miner_hotkey[:8]}: {r.failure_reason[:160]}"
+        for c in evaluations
+        for r in c.results
+        if not r.ok
+    ]
     failed += [f"{c.task_id}: job failed: {c.failure_reason[:160]}" for c in evaluations if not c.ok]
     for text in failed[:5]:
         result.problem(f"evaluation failed an honest upload: {text}")
@@ -349,8 +389,11 @@ def main() -> None:
     for name in ("miners", "tasks", "concurrent", "eval_workers", "dataset_concurrency", "pool_min", "pool_max"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int)
     parser.add_argument("--time-scale", type=float)
-    parser.add_argument("--dataset-replicas", type=lambda v: tuple(int(x) for x in v.split(",")),
-                        help="comma-separated dataset_prep replica counts, one round each (default 1,3)")
+    parser.add_argument(
+        "--dataset-replicas",
+        type=lambda v: tuple(int(x) for x in v.split(",")),
+        help="comma-separated dataset_prep replica counts, one round each (default 1,3)",
+    )
     parser.add_argument("--data-dir", type=Path, help="keep the mesh's logs and data here")
     args = parser.parse_args()
     options = LoadOptions.ci() if args.ci else LoadOptions()

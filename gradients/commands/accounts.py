@@ -19,17 +19,28 @@ from rich.table import Table
 
 from gradients.accounts import Account, AccountError, AccountStore
 
-app = typer.Typer(help="Customer accounts and API keys (operators; talks to the validator's Redis).",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Customer accounts and API keys (operators; talks to the validator's Redis).", no_args_is_help=True
+)
 
 EXIT_ERROR = 2
 
-REDIS_OPTION = typer.Option("", "--redis-url", envvar="GRADIENTS_REDIS_URL", show_envvar=True,
-                            help="the validator's Redis (default: the local mesh's, from <data-dir>/mesh.json)")
-NAMESPACE_OPTION = typer.Option("gm", "--namespace", envvar="GRADIENTS_NAMESPACE", show_envvar=True,
-                                help="Redis key prefix of the mesh")
-DATA_DIR_OPTION = typer.Option(Path(".data"), "--data-dir", envvar="GRADIENTS_DATA_DIR",
-                               help="data dir of a local `gradients up` (its mesh.json names the Redis)")
+REDIS_OPTION = typer.Option(
+    "",
+    "--redis-url",
+    envvar="GRADIENTS_REDIS_URL",
+    show_envvar=True,
+    help="the validator's Redis (default: the local mesh's, from <data-dir>/mesh.json)",
+)
+NAMESPACE_OPTION = typer.Option(
+    "gm", "--namespace", envvar="GRADIENTS_NAMESPACE", show_envvar=True, help="Redis key prefix of the mesh"
+)
+DATA_DIR_OPTION = typer.Option(
+    Path(".data"),
+    "--data-dir",
+    envvar="GRADIENTS_DATA_DIR",
+    help="data dir of a local `gradients up` (its mesh.json names the Redis)",
+)
 JSON_OPTION = typer.Option(False, "--json", help="machine-readable output on stdout")
 
 
@@ -57,8 +68,10 @@ def redis_url_for(redis_url: str, data_dir: Path) -> str:
         state = None
     if state and state.get("redis_url"):
         return state["redis_url"]
-    raise ValueError(f"no Redis to talk to: pass --redis-url or set GRADIENTS_REDIS_URL, or run where a local "
-                     f"`gradients up` keeps its state (--data-dir; no mesh.json in {data_dir})")
+    raise ValueError(
+        f"no Redis to talk to: pass --redis-url or set GRADIENTS_REDIS_URL, or run where a local "
+        f"`gradients up` keeps its state (--data-dir; no mesh.json in {data_dir})"
+    )
 
 
 def run_on_store(redis_url: str, namespace: str, work):
@@ -114,7 +127,9 @@ def _store_call(redis_url: str, data_dir: Path, namespace: str, as_json: bool, w
 @app.command("create")
 def create(
     name: str = typer.Argument(..., help="account name: a-z, 0-9, '.', '_', '-'"),
-    max_concurrent_tasks: int = typer.Option(0, "--max-concurrent-tasks", min=0, help="tasks running at once (0 = no limit)"),
+    max_concurrent_tasks: int = typer.Option(
+        0, "--max-concurrent-tasks", min=0, help="tasks running at once (0 = no limit)"
+    ),
     tasks_per_hour: int = typer.Option(0, "--tasks-per-hour", min=0, help="tasks created per hour (0 = no limit)"),
     redis_url: str = REDIS_OPTION,
     namespace: str = NAMESPACE_OPTION,
@@ -122,20 +137,29 @@ def create(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Create an account and print its API key — once: only its hash is stored."""
-    account, api_key = _store_call(redis_url, data_dir, namespace, as_json,
-                                   lambda s: s.create(name, max_concurrent_tasks, tasks_per_hour))
+    account, api_key = _store_call(
+        redis_url, data_dir, namespace, as_json, lambda s: s.create(name, max_concurrent_tasks, tasks_per_hour)
+    )
     if as_json:
         typer.echo(json.dumps({**account_dict(account), "api_key": api_key}))
         return
     console = Console()
-    console.print(Panel(
-        f"[bold]{api_key}[/bold]\n\nexport GRADIENTS_API_KEY={api_key}\n\n"
-        "This key is shown once and cannot be shown again (only its hash is stored). "
-        f"Give it to the customer; if it is lost, revoke the account and create a new one.",
-        title=f"API key of account {account.name}", border_style="green", expand=False,
-    ), soft_wrap=True)
-    console.print(f"quotas: {_quota(account.max_concurrent_tasks)} concurrent tasks, "
-                  f"{_quota(account.tasks_per_hour)} tasks per hour", highlight=False)
+    console.print(
+        Panel(
+            f"[bold]{api_key}[/bold]\n\nexport GRADIENTS_API_KEY={api_key}\n\n"
+            "This key is shown once and cannot be shown again (only its hash is stored). "
+            f"Give it to the customer; if it is lost, revoke the account and create a new one.",
+            title=f"API key of account {account.name}",
+            border_style="green",
+            expand=False,
+        ),
+        soft_wrap=True,
+    )
+    console.print(
+        f"quotas: {_quota(account.max_concurrent_tasks)} concurrent tasks, "
+        f"{_quota(account.tasks_per_hour)} tasks per hour",
+        highlight=False,
+    )
 
 
 @app.command("list")
@@ -155,8 +179,13 @@ def list_accounts(
         table.add_column(column)
     for account in found:
         row = account_dict(account)
-        table.add_row(account.name, _quota(account.max_concurrent_tasks), _quota(account.tasks_per_hour),
-                      row["created_at"], "[red]yes[/red]" if account.revoked else "no")
+        table.add_row(
+            account.name,
+            _quota(account.max_concurrent_tasks),
+            _quota(account.tasks_per_hour),
+            row["created_at"],
+            "[red]yes[/red]" if account.revoked else "no",
+        )
     Console().print(table)
 
 

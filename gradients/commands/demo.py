@@ -19,8 +19,17 @@ if TYPE_CHECKING:  # gradients.demo pulls in bittensor: imported when the demo r
 
 console = Console()
 
-STATE_STYLE = {"SCORED": "green", "FAILED": "red", "CANCELLED": "red", "TRAINING": "yellow", "EVALUATING": "cyan",
-               "PREEVALUATION": "cyan", "PREPARING_DATA": "blue", "LOOKING_FOR_MINERS": "magenta", "DELAYED": "magenta"}
+STATE_STYLE = {
+    "SCORED": "green",
+    "FAILED": "red",
+    "CANCELLED": "red",
+    "TRAINING": "yellow",
+    "EVALUATING": "cyan",
+    "PREEVALUATION": "cyan",
+    "PREPARING_DATA": "blue",
+    "LOOKING_FOR_MINERS": "magenta",
+    "DELAYED": "magenta",
+}
 STAGE_HELP = {
     "PENDING": "waiting for a slot",
     "PREPARING_DATA": "splitting train/test and generating synthetic rows",
@@ -56,8 +65,14 @@ def tasks_table(demo: Demo, snap: DemoSnapshot) -> Table:
         if t.progress and state == "PREPARING_DATA":
             note = t.progress
         miners = ", ".join(demo.names.get(h, (short(h),))[0] for h in t.miner_hotkeys)
-        table.add_row(short(t.task_id), pb.TaskType.Name(t.type), f"[{style}]{state}[/{style}]", f"{t.hours:g}",
-                      miners or "-", note)
+        table.add_row(
+            short(t.task_id),
+            pb.TaskType.Name(t.type),
+            f"[{style}]{state}[/{style}]",
+            f"{t.hours:g}",
+            miners or "-",
+            note,
+        )
     return table
 
 
@@ -80,9 +95,12 @@ def leaderboard_table(demo: Demo, snap: DemoSnapshot, title: str = "Leaderboard 
 
 def view(demo: Demo, snap: DemoSnapshot) -> Group:
     elapsed = time.monotonic() - demo.started
-    header = Panel(f"Gradients demo · {demo.options.miners} miners · {demo.options.tasks} tasks "
-                   f"({', '.join(demo.options.types)}) · model {demo.options.model} · "
-                   f"{snap.miners_connected} miners connected · {elapsed:.0f}s", style="bold")
+    header = Panel(
+        f"Gradients demo · {demo.options.miners} miners · {demo.options.tasks} tasks "
+        f"({', '.join(demo.options.types)}) · model {demo.options.model} · "
+        f"{snap.miners_connected} miners connected · {elapsed:.0f}s",
+        style="bold",
+    )
     return Group(header, tasks_table(demo, snap), leaderboard_table(demo, snap))
 
 
@@ -99,17 +117,29 @@ def demo(
     """Run a full tournament round on this machine and show who won and what weights were set."""
     from gradients.demo import Demo, DemoOptions, run_round
 
-    options = DemoOptions(data_dir=data_dir, miners=miners, tasks=tasks, model=model, time_scale=time_scale,
-                          types=tuple(t.strip() for t in types.split(",") if t.strip()), timeout_s=timeout, seed=seed,
-                          otlp_endpoint=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None)
+    options = DemoOptions(
+        data_dir=data_dir,
+        miners=miners,
+        tasks=tasks,
+        model=model,
+        time_scale=time_scale,
+        types=tuple(t.strip() for t in types.split(",") if t.strip()),
+        timeout_s=timeout,
+        seed=seed,
+        otlp_endpoint=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
+    )
     round_ = Demo(options)
     code = 0
     try:
         with console.status("starting…") as status:
             round_.start(status=lambda msg: status.update(msg))
         if round_.api_key:  # during the round the customer CLI can be tried against this mesh
-            console.print(f"customer API {round_.mesh.addresses['task_service']}, "
-                          f"export GRADIENTS_API_KEY={round_.api_key}", markup=False, highlight=False, soft_wrap=True)
+            console.print(
+                f"customer API {round_.mesh.addresses['task_service']}, export GRADIENTS_API_KEY={round_.api_key}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
         with Live(console=console, refresh_per_second=2) as live:
             snap = asyncio.run(run_round(round_, on_update=lambda s: live.update(view(round_, s))))
         print_summary(round_, snap)
@@ -128,8 +158,9 @@ def demo(
 def losses_table(demo: Demo) -> Table:
     """Per scored task: the winner's L_weighted against the base model's and the best
     autotrain-default miner's ("–" when no default miner took part in the task)."""
-    table = Table(title="Winner against the base model and the default strategy (L_weighted, lower is better)",
-                  expand=True)
+    table = Table(
+        title="Winner against the base model and the default strategy (L_weighted, lower is better)", expand=True
+    )
     for col in ("task", "winner", "winner loss", "base loss", "vs base", "best autotrain-default", "vs default"):
         table.add_column(col)
     try:
@@ -143,10 +174,18 @@ def losses_table(demo: Demo) -> Table:
 
     for s in summaries:
         name, strategy = demo.names.get(s.winner, (short(s.winner), "?"))
-        default = "–" if s.default_loss is None else f"{s.default_loss:.4f} ({demo.names.get(s.default_miner, ('?',))[0]})"
-        table.add_row(short(s.task_id), f"{name} ({strategy})", f"{s.winner_loss:.4f}",
-                      "–" if s.base_loss is None else f"{s.base_loss:.4f}", gain(s.base_loss, s.winner_loss),
-                      default, gain(s.default_loss, s.winner_loss))
+        default = (
+            "–" if s.default_loss is None else f"{s.default_loss:.4f} ({demo.names.get(s.default_miner, ('?',))[0]})"
+        )
+        table.add_row(
+            short(s.task_id),
+            f"{name} ({strategy})",
+            f"{s.winner_loss:.4f}",
+            "–" if s.base_loss is None else f"{s.base_loss:.4f}",
+            gain(s.base_loss, s.winner_loss),
+            default,
+            gain(s.default_loss, s.winner_loss),
+        )
     return table
 
 
@@ -163,17 +202,29 @@ def print_summary(demo: Demo, snap: DemoSnapshot) -> None:
         console.print(f"[bold]Winner:[/bold] {name} ({strategy}), S_final {best.final_score:.4f}")
     if snap.weights is not None and snap.weights.uids:
         pairs = ", ".join(f"uid {u}: {w}" for u, w in zip(snap.weights.uids, snap.weights.weights_u16))
-        console.print(f"[bold]Weights set[/bold] (u16, {snap.weights.backend} backend, sequence {snap.weights.sequence}): {pairs}")
+        console.print(
+            f"[bold]Weights set[/bold] (u16, {snap.weights.backend} backend, sequence {snap.weights.sequence}): {pairs}"
+        )
     scored = sum(1 for t in snap.tasks if t.state == pb.SCORED)
     console.print(f"{scored} of {len(snap.tasks)} tasks scored in {time.monotonic() - demo.started:.0f}s")
     otlp = demo.options.otlp_endpoint
-    console.print("Traces: " + (f"exported over OTLP to {otlp} (one trace per task)" if otlp else
-                                "not exported — set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. a Jaeger at localhost:4317) to see one trace per task"))
+    console.print(
+        "Traces: "
+        + (
+            f"exported over OTLP to {otlp} (one trace per task)"
+            if otlp
+            else "not exported — set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. a Jaeger at localhost:4317) to see one trace per task"
+        )
+    )
     console.print(f"Logs: {demo.options.data_dir / 'mesh' / 'logs'}   ledger: {demo.options.data_dir / 'mesh'}")
     if demo.api_key and demo.mesh is not None and demo.mesh.info is not None:
         info = demo.mesh.info
         say = lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True)  # noqa: E731 - keys stay on one line
-        say(f"Customer API {info.customer_address} · miner gateway {info.miner_gateway_address} · validator hotkey "
-            f"{info.validator_hotkey}")
-        say(f"Customer account '{info.local_account}' API key (valid while this mesh runs): "
-            f"export GRADIENTS_API_KEY={demo.api_key}")
+        say(
+            f"Customer API {info.customer_address} · miner gateway {info.miner_gateway_address} · validator hotkey "
+            f"{info.validator_hotkey}"
+        )
+        say(
+            f"Customer account '{info.local_account}' API key (valid while this mesh runs): "
+            f"export GRADIENTS_API_KEY={demo.api_key}"
+        )

@@ -47,9 +47,15 @@ def run(
     if strategy not in STRATEGIES:
         raise typer.BadParameter(f"unknown strategy {strategy!r}; one of {', '.join(sorted(STRATEGIES))}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    options = MinerOptions(validator=validator, validator_hotkey=validator_hotkey, strategy=strategy,
-                           work_dir=work_dir, task_types=tuple(t.strip() for t in task_types.split(",") if t.strip()),
-                           seed=seed, upload_margin_s=upload_margin)
+    options = MinerOptions(
+        validator=validator,
+        validator_hotkey=validator_hotkey,
+        strategy=strategy,
+        work_dir=work_dir,
+        task_types=tuple(t.strip() for t in task_types.split(",") if t.strip()),
+        seed=seed,
+        upload_margin_s=upload_margin,
+    )
     signer = load_signer(dev_key, wallet_name, wallet_hotkey, wallet_path)
 
     async def main() -> None:

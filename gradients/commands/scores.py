@@ -8,8 +8,9 @@ import os
 
 import typer
 
-app = typer.Typer(help="Scores: replay the scorer's event log and check it against the live scores.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Scores: replay the scorer's event log and check it against the live scores.", no_args_is_help=True
+)
 
 # Exit codes: 0 = replayed and consistent; 1 = a recomputed task or the digest differs from the
 # live one; 2 = nothing to replay or bad arguments.
@@ -56,18 +57,27 @@ def report_dict(report) -> dict:
         "mismatches": {m.task_id: list(m.problems) for m in report.mismatches},
         "live_digest": report.live.digest if report.live else None,
         "matches_live": report.matches_live,
-        "scores": [{"miner_hotkey": hk, "final": f, "temporal": t}
-                   for hk, f, t in sorted(zip(r.hotkeys, r.final, r.temporal), key=lambda x: (-x[1], x[0]))],
+        "scores": [
+            {"miner_hotkey": hk, "final": f, "temporal": t}
+            for hk, f, t in sorted(zip(r.hotkeys, r.final, r.temporal), key=lambda x: (-x[1], x[0]))
+        ],
     }
 
 
 @app.command("replay")
 def replay(
-    redis_url: str = typer.Option(os.environ.get("GRADIENTS_REDIS_URL", "redis://127.0.0.1:6379/0"), "--redis-url",
-                                  help="Redis holding the scorer's log"),
+    redis_url: str = typer.Option(
+        os.environ.get("GRADIENTS_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        "--redis-url",
+        help="Redis holding the scorer's log",
+    ),
     namespace: str = typer.Option(os.environ.get("GRADIENTS_NAMESPACE", "gm"), "--namespace", help="Redis key prefix"),
-    now: str = typer.Option("", "--now", help="ISO-8601 time (UTC unless an offset is given) or unix seconds; "
-                                             "default: the 'now' of the last live computation"),
+    now: str = typer.Option(
+        "",
+        "--now",
+        help="ISO-8601 time (UTC unless an offset is given) or unix seconds; "
+        "default: the 'now' of the last live computation",
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the full report as JSON"),
     top: int = typer.Option(10, "--top", help="miners to list (0 = none)"),
 ) -> None:
@@ -91,8 +101,10 @@ def replay(
     if as_json:
         typer.echo(json.dumps(data, indent=2))
     else:
-        typer.echo(f"replayed {data['entries']} tasks ({data['recomputed']} recomputed from their inputs, "
-                   f"{len(data['mismatches'])} differ) as of {data['now_iso']} ({data['now']!r})")
+        typer.echo(
+            f"replayed {data['entries']} tasks ({data['recomputed']} recomputed from their inputs, "
+            f"{len(data['mismatches'])} differ) as of {data['now_iso']} ({data['now']!r})"
+        )
         typer.echo(f"scoring config {data['config_version']} ({data['config_digest'][:16]}…)")
         if data["not_recomputed"]:
             typer.echo(f"scored under another config, stored scores used: {', '.join(data['not_recomputed'])}")

@@ -42,22 +42,37 @@ from gradients.customer import (
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import task_service_pb2 as ts
 
-app = typer.Typer(help="Customer tasks: create a fine-tune, watch it, get the result and the winning model.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Customer tasks: create a fine-tune, watch it, get the result and the winning model.", no_args_is_help=True
+)
 
 DEFAULT_VALIDATOR = "127.0.0.1:50051"
-EXIT_FAILED = 1   # watch: the task FAILED or was CANCELLED
-EXIT_ERROR = 2    # a gRPC error or a bad argument
+EXIT_FAILED = 1  # watch: the task FAILED or was CANCELLED
+EXIT_ERROR = 2  # a gRPC error or a bad argument
 WATCH_RECONNECTS = 5
 
-VALIDATOR_OPTION = typer.Option("", "--validator", envvar="GRADIENTS_VALIDATOR", show_envvar=True,
-                                help="the validator's customer API, HOST:PORT (default: the local mesh's, "
-                                     f"else {DEFAULT_VALIDATOR})")
-API_KEY_OPTION = typer.Option("", "--api-key", envvar="GRADIENTS_API_KEY", show_envvar=True, show_default=False,
-                              help="your API key (prefer the environment variable: a flag shows in `ps`)")
+VALIDATOR_OPTION = typer.Option(
+    "",
+    "--validator",
+    envvar="GRADIENTS_VALIDATOR",
+    show_envvar=True,
+    help=f"the validator's customer API, HOST:PORT (default: the local mesh's, else {DEFAULT_VALIDATOR})",
+)
+API_KEY_OPTION = typer.Option(
+    "",
+    "--api-key",
+    envvar="GRADIENTS_API_KEY",
+    show_envvar=True,
+    show_default=False,
+    help="your API key (prefer the environment variable: a flag shows in `ps`)",
+)
 JSON_OPTION = typer.Option(False, "--json", help="machine-readable JSON on stdout")
-DATA_DIR_OPTION = typer.Option(Path(".data"), "--data-dir", envvar="GRADIENTS_DATA_DIR",
-                               help="data dir of a local `gradients up` (its mesh.json names the validator)")
+DATA_DIR_OPTION = typer.Option(
+    Path(".data"),
+    "--data-dir",
+    envvar="GRADIENTS_DATA_DIR",
+    help="data dir of a local `gradients up` (its mesh.json names the validator)",
+)
 
 
 @app.callback()
@@ -89,10 +104,12 @@ def error_line(code: str, details: str, key_given: bool, api_key: str = "") -> l
     text = f"error: {code}: {details}" if code else f"error: {details}"
     lines = [text]
     if code == "UNAUTHENTICATED":
-        lines.append("hint: set GRADIENTS_API_KEY (or pass --api-key) to the key from `gradients accounts create`"
-                     if not key_given else
-                     "hint: the API key in GRADIENTS_API_KEY / --api-key was refused (unknown, revoked, or for "
-                     "another validator); ask the operator for a new one")
+        lines.append(
+            "hint: set GRADIENTS_API_KEY (or pass --api-key) to the key from `gradients accounts create`"
+            if not key_given
+            else "hint: the API key in GRADIENTS_API_KEY / --api-key was refused (unknown, revoked, or for "
+            "another validator); ask the operator for a new one"
+        )
     elif code == "UNAVAILABLE":
         lines.append("hint: is the validator running there? set GRADIENTS_VALIDATOR or pass --validator HOST:PORT")
     if api_key:
@@ -124,8 +141,14 @@ class Session:
         for line in error_line(code, details, bool(self.api_key), self.api_key):
             typer.echo(line, err=True)
         if self.as_json:
-            self.emit({"error": {"code": code or "INVALID_ARGUMENT", "details": details.replace(self.api_key, "<api key>")
-                                 if self.api_key else details}})
+            self.emit(
+                {
+                    "error": {
+                        "code": code or "INVALID_ARGUMENT",
+                        "details": details.replace(self.api_key, "<api key>") if self.api_key else details,
+                    }
+                }
+            )
         raise typer.Exit(EXIT_ERROR)
 
 
@@ -172,8 +195,9 @@ def transfer_bar(s: Session, label: str):
         return
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-    with Progress(TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  console=s.err, transient=True) as bar:
+    with Progress(
+        TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=s.err, transient=True
+    ) as bar:
         job = bar.add_task(label, total=None)
         yield lambda done, total: bar.update(job, completed=done, total=total or None)
 
@@ -207,24 +231,38 @@ def reward_functions(specs: list[str], code_file: Path | None, params: list[str]
 @app.command("create")
 def create(
     type_: str = typer.Option(..., "--type", help="instruct | chat | dpo | grpo | image"),
-    base_model: str = typer.Option(..., "--base-model", help="the model to fine-tune: a Hub id (org/name) or a "
-                                                             "folder the validator can read"),
-    dataset: str = typer.Option(..., "--dataset", help="a local file or folder (uploaded first), or a URI: "
-                                                       "upload:<sha256>, a Hub id org/name (or org/name@revision:split), "
-                                                       "http(s)://…"),
-    format_: str = typer.Option("", "--format", help="jsonl | json | csv | parquet | hf_disk | image_folder "
-                                                     "(default: from the file name or folder)"),
+    base_model: str = typer.Option(
+        ..., "--base-model", help="the model to fine-tune: a Hub id (org/name) or a folder the validator can read"
+    ),
+    dataset: str = typer.Option(
+        ...,
+        "--dataset",
+        help="a local file or folder (uploaded first), or a URI: "
+        "upload:<sha256>, a Hub id org/name (or org/name@revision:split), "
+        "http(s)://…",
+    ),
+    format_: str = typer.Option(
+        "",
+        "--format",
+        help="jsonl | json | csv | parquet | hf_disk | image_folder (default: from the file name or folder)",
+    ),
     column: list[str] = typer.Option([], "--column", help="STANDARD=YOURS, e.g. instruction=question (repeat)"),
     hours: float = typer.Option(0.0, "--hours", min=0.0, help="training time in hours (0 = the validator decides)"),
-    params_b: float = typer.Option(0.0, "--params-b", min=0.0, help="base model size in billions of parameters "
-                                                                    "(0 = from its config)"),
-    reward: list[str] = typer.Option([], "--reward", help="GRPO reward NAME[:WEIGHT] (repeat): format, length, "
-                                                          "exact_match, numeric_match, keyword, code"),
-    reward_param: list[str] = typer.Option([], "--reward-param", help="NAME:KEY=VALUE for a --reward (repeat), "
-                                                                      "e.g. numeric_match:column=answer"),
+    params_b: float = typer.Option(
+        0.0, "--params-b", min=0.0, help="base model size in billions of parameters (0 = from its config)"
+    ),
+    reward: list[str] = typer.Option(
+        [],
+        "--reward",
+        help="GRPO reward NAME[:WEIGHT] (repeat): format, length, exact_match, numeric_match, keyword, code",
+    ),
+    reward_param: list[str] = typer.Option(
+        [], "--reward-param", help="NAME:KEY=VALUE for a --reward (repeat), e.g. numeric_match:column=answer"
+    ),
     reward_code: Path | None = typer.Option(None, "--reward-code", help="Python file with a `code` reward function"),
-    result_model_name: str = typer.Option("", "--result-model-name", help="Hub repo org/name the winner is pushed "
-                                                                          "to (when the validator can push)"),
+    result_model_name: str = typer.Option(
+        "", "--result-model-name", help="Hub repo org/name the winner is pushed to (when the validator can push)"
+    ),
     request_id: str = typer.Option("", "--request-id", help="idempotency key: the same ID never creates two tasks"),
     validator: str = VALIDATOR_OPTION,
     api_key: str = API_KEY_OPTION,
@@ -247,25 +285,43 @@ def create(
                     upload = client.upload_dataset(local, format_ or None, progress)
                 uri, fmt = upload.uri, upload.format
                 if not as_json:
-                    s.err.print(f"uploaded {local.name}: {upload.size_bytes} bytes, {upload.format}, {upload.uri}",
-                                markup=False)
+                    s.err.print(
+                        f"uploaded {local.name}: {upload.size_bytes} bytes, {upload.format}, {upload.uri}", markup=False
+                    )
             elif is_dataset_uri(dataset) or dataset.startswith("file://"):
                 uri, fmt = dataset, format_
             else:
-                raise CustomerError(f"--dataset {dataset!r}: no such local file or folder, and not a dataset URI "
-                                    "(upload:<sha256>, org/name[@revision][:split], http(s)://…)")
-            created = client.create_task(ttype, base_model, uri, fmt, mapping, hours, params_b, rewards,
-                                         result_model_name, request_id)
+                raise CustomerError(
+                    f"--dataset {dataset!r}: no such local file or folder, and not a dataset URI "
+                    "(upload:<sha256>, org/name[@revision][:split], http(s)://…)"
+                )
+            created = client.create_task(
+                ttype, base_model, uri, fmt, mapping, hours, params_b, rewards, result_model_name, request_id
+            )
     if as_json:
-        s.emit({"task": to_dict(created), "upload": None if upload is None else {
-            "uri": upload.uri, "sha256": upload.sha256, "size_bytes": upload.size_bytes, "format": upload.format}})
+        s.emit(
+            {
+                "task": to_dict(created),
+                "upload": None
+                if upload is None
+                else {
+                    "uri": upload.uri,
+                    "sha256": upload.sha256,
+                    "size_bytes": upload.size_bytes,
+                    "format": upload.format,
+                },
+            }
+        )
         return
     out = s.out
     tid = created.task_id
     out.print(f"task {tid} created ({type_name(created.type)}, {state_name(created.state)})", markup=False)
     span = f"{created.hours:g} h" if created.hours else "the time the validator allots"
-    out.print(f"what happens next: the validator prepares your dataset (train/test split), miners train for {span}, "
-              "then every submission and the base model are evaluated on the held-out test data.", markup=False)
+    out.print(
+        f"what happens next: the validator prepares your dataset (train/test split), miners train for {span}, "
+        "then every submission and the base model are evaluated on the held-out test data.",
+        markup=False,
+    )
     out.print(f"  gradients task watch {tid}        follow it until it is scored", markup=False)
     out.print(f"  gradients task result {tid}       the winner against the base model (once SCORED)", markup=False)
     out.print(f"  gradients task download {tid} --out DIR [--merge]   the winning model", markup=False)
@@ -276,8 +332,14 @@ def create(
 
 def update_dict(update: ts.TaskUpdate) -> dict:
     t = update.task
-    return {"task_id": t.task_id, "state": state_name(t.state), "stage": update.stage, "message": update.message,
-            "progress": t.progress, "failure_reason": t.failure_reason}
+    return {
+        "task_id": t.task_id,
+        "state": state_name(t.state),
+        "stage": update.stage,
+        "message": update.message,
+        "progress": t.progress,
+        "failure_reason": t.failure_reason,
+    }
 
 
 def finish_watch(s: Session, task: pb.Task) -> None:
@@ -358,17 +420,32 @@ def list_tasks(
     for name in ("task id", "type", "state", "base model", "created", "progress / reason"):
         table.add_column(name)
     for t in tasks:
-        table.add_row(escape(t.task_id), type_name(t.type), state_name(t.state), escape(t.base_model), _when(t),
-                      escape(t.failure_reason or t.progress))
+        table.add_row(
+            escape(t.task_id),
+            type_name(t.type),
+            state_name(t.state),
+            escape(t.base_model),
+            _when(t),
+            escape(t.failure_reason or t.progress),
+        )
     s.out.print(table)
 
 
 def print_task(s: Session, t: pb.Task) -> None:
-    rows = [("task id", t.task_id), ("type", type_name(t.type)), ("state", state_name(t.state)),
-            ("base model", t.base_model), ("dataset", t.dataset.uri), ("rows", str(t.dataset.row_count or "")),
-            ("hours", f"{t.hours:g}" if t.hours else ""), ("created", _when(t)), ("progress", t.progress),
-            ("miners", str(len(t.miner_hotkeys)) if t.miner_hotkeys else ""), ("failure", t.failure_reason),
-            ("result model name", t.result_model_name)]
+    rows = [
+        ("task id", t.task_id),
+        ("type", type_name(t.type)),
+        ("state", state_name(t.state)),
+        ("base model", t.base_model),
+        ("dataset", t.dataset.uri),
+        ("rows", str(t.dataset.row_count or "")),
+        ("hours", f"{t.hours:g}" if t.hours else ""),
+        ("created", _when(t)),
+        ("progress", t.progress),
+        ("miners", str(len(t.miner_hotkeys)) if t.miner_hotkeys else ""),
+        ("failure", t.failure_reason),
+        ("result model name", t.result_model_name),
+    ]
     for label, value in rows:
         if value:
             s.out.print(f"{label + ':':<19}{value}", markup=False)
@@ -424,13 +501,28 @@ def result_table(result: ts.CustomerTaskResult) -> Table:
         table.add_column(name)
     if result.winner_hotkey:
         w = result.winner
-        table.add_row("★", f"winner {escape(result.winner_hotkey)}", "1", _loss(w.test), _loss(w.synth), _loss(w.weighted),
-                      next((f"{m.task_score:.3f}" for m in result.miners if m.miner_hotkey == result.winner_hotkey), ""),
-                      f"{result.winner_kind}, {improvement_text(result)} vs base" if result.has_base else result.winner_kind)
+        table.add_row(
+            "★",
+            f"winner {escape(result.winner_hotkey)}",
+            "1",
+            _loss(w.test),
+            _loss(w.synth),
+            _loss(w.weighted),
+            next((f"{m.task_score:.3f}" for m in result.miners if m.miner_hotkey == result.winner_hotkey), ""),
+            f"{result.winner_kind}, {improvement_text(result)} vs base" if result.has_base else result.winner_kind,
+        )
     if result.has_base:
         b = result.base
-        table.add_row("", f"base {escape(result.base_model)}", "", _loss(b.test), _loss(b.synth), _loss(b.weighted), "",
-                      "the model before fine-tuning")
+        table.add_row(
+            "",
+            f"base {escape(result.base_model)}",
+            "",
+            _loss(b.test),
+            _loss(b.synth),
+            _loss(b.weighted),
+            "",
+            "the model before fine-tuning",
+        )
     for m in result.miners:
         if m.miner_hotkey == result.winner_hotkey:
             continue
@@ -438,8 +530,14 @@ def result_table(result: ts.CustomerTaskResult) -> Table:
         notes = [n for n, on in (("duplicate", m.duplicate), ("suspicious", m.suspicious)) if on]
         if m.failure_reason:
             notes.append(m.failure_reason)
-        table.add_row("", escape(m.miner_hotkey), str(m.rank) if m.rank > 0 else "–", *losses,
-                      f"{m.task_score:.3f}" if m.rank > 0 else "", escape("; ".join(notes)))
+        table.add_row(
+            "",
+            escape(m.miner_hotkey),
+            str(m.rank) if m.rank > 0 else "–",
+            *losses,
+            f"{m.task_score:.3f}" if m.rank > 0 else "",
+            escape("; ".join(notes)),
+        )
     return table
 
 
@@ -478,8 +576,11 @@ def download(
     task_id: str = typer.Argument(...),
     out: Path = typer.Option(..., "--out", help="folder the winning model is written to"),
     merge: bool = typer.Option(False, "--merge", help="also merge an adapter into the base model: OUT/merged"),
-    base_model: str = typer.Option("", "--base-model", help="the base model for --merge (default: the task's, a "
-                                                            "local folder or a Hub id in the local cache)"),
+    base_model: str = typer.Option(
+        "",
+        "--base-model",
+        help="the base model for --merge (default: the task's, a local folder or a Hub id in the local cache)",
+    ),
     validator: str = VALIDATOR_OPTION,
     api_key: str = API_KEY_OPTION,
     as_json: bool = JSON_OPTION,
@@ -504,9 +605,19 @@ def download(
                     s.err.print(f"merging the adapter into {ref}…", markup=False)
                 merged = merge_adapter(out, base, out / "merged")
     if as_json:
-        s.emit({"task_id": task_id, "archive": str(got.archive), "sha256": got.sha256, "size_bytes": got.size_bytes,
-                "kind": got.kind, "base_model": got.base_model, "out_dir": str(got.out_dir),
-                "files": [str(p) for p in got.files], "merged": str(merged) if merged else None})
+        s.emit(
+            {
+                "task_id": task_id,
+                "archive": str(got.archive),
+                "sha256": got.sha256,
+                "size_bytes": got.size_bytes,
+                "kind": got.kind,
+                "base_model": got.base_model,
+                "out_dir": str(got.out_dir),
+                "files": [str(p) for p in got.files],
+                "merged": str(merged) if merged else None,
+            }
+        )
         return
     o = s.out
     o.print(f"wrote {got.archive} ({got.size_bytes} bytes, sha256 {got.sha256} verified)", markup=False)
@@ -514,8 +625,11 @@ def download(
     if merged:
         o.print(f"merged model: {merged} (AutoModelForCausalLM.from_pretrained({str(merged)!r}))", markup=False)
     elif got.kind == "adapter":
-        o.print(f"load it: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({got.base_model!r}), "
-                f"{str(got.out_dir)!r}) — or pass --merge for a full model", markup=False)
+        o.print(
+            f"load it: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({got.base_model!r}), "
+            f"{str(got.out_dir)!r}) — or pass --merge for a full model",
+            markup=False,
+        )
 
 
 if __name__ == "__main__":

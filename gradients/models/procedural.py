@@ -77,8 +77,11 @@ def fields_to_json(rng: random.Random) -> Row:
 
 def parity(rng: random.Random) -> Row:
     n = rng.randint(100, 99999)
-    return {"instruction": "is the number even or odd? answer with one word", "input": str(n),
-            "output": "even" if n % 2 == 0 else "odd"}
+    return {
+        "instruction": "is the number even or odd? answer with one word",
+        "input": str(n),
+        "output": "even" if n % 2 == 0 else "odd",
+    }
 
 
 # The demo's instruct pool (gradients demo and other benchmarks iterate over these).

@@ -100,6 +100,7 @@ class LocalArtifactStore:
         key = await asyncio.to_thread(sha256_file, path)
         target = self._path(key)
         if not target.exists():
+
             def copy(out: IO[bytes]) -> None:
                 with open(path, "rb") as src:
                     shutil.copyfileobj(src, out, 1 << 20)
@@ -217,9 +218,14 @@ class NatsArtifactStore:
         memory; pulling bounds that to CHUNKS_PER_FETCH chunks."""
         stream = f"OBJ_{self.bucket}"
         sub = await self.js.pull_subscribe(
-            f"$O.{self.bucket}.C.{nuid}", stream=stream,
-            config=js_api.ConsumerConfig(ack_policy=js_api.AckPolicy.NONE, deliver_policy=js_api.DeliverPolicy.ALL,
-                                         inactive_threshold=60.0, mem_storage=True),
+            f"$O.{self.bucket}.C.{nuid}",
+            stream=stream,
+            config=js_api.ConsumerConfig(
+                ack_policy=js_api.AckPolicy.NONE,
+                deliver_policy=js_api.DeliverPolicy.ALL,
+                inactive_threshold=60.0,
+                mem_storage=True,
+            ),
         )
         try:
             written = 0

@@ -46,13 +46,18 @@ _HOTKEY_HEADER = http_auth.HEADER_HOTKEY.lower()
 AUTH_HEADERS = tuple(
     h.lower()
     for h in (
-        http_auth.HEADER_VERSION, http_auth.HEADER_HOTKEY, http_auth.HEADER_NONCE, http_auth.HEADER_SIGNATURE,
-        http_auth.HEADER_RECEIVER, http_auth.HEADER_CRYPTO,
+        http_auth.HEADER_VERSION,
+        http_auth.HEADER_HOTKEY,
+        http_auth.HEADER_NONCE,
+        http_auth.HEADER_SIGNATURE,
+        http_auth.HEADER_RECEIVER,
+        http_auth.HEADER_CRYPTO,
     )
 )
 
 
 # ---- client side ------------------------------------------------------------------------
+
 
 def sign_call(
     wallet: Any, method_path: str, body: bytes, receiver_ss58: str, nonce_ns: int | None = None
@@ -69,6 +74,7 @@ def sign_call(
 
 
 # ---- replay protection shared by every replica -------------------------------------------
+
 
 class RedisNonceStore:
     """btauth's NonceStore on Redis (SET NX EX): a nonce accepted by one replica is refused by all.
@@ -99,6 +105,7 @@ class RedisNonceStore:
 
 
 # ---- who may call -------------------------------------------------------------------------
+
 
 class HotkeyPolicy(Protocol):
     """Which hotkeys may call, and their uid."""
@@ -173,8 +180,12 @@ class MetagraphHotkeys:
 
     async def refresh_forever(self, interval_s: float) -> None:
         """Refresh now and every `interval_s`; a failed refresh keeps the hotkeys known so far."""
-        await every(interval_s, self._refresh_and_log, immediately=True,
-                    name=f"metagraph refresh of netuid {self.netuid} on {self.network} (keeping the known hotkeys)")
+        await every(
+            interval_s,
+            self._refresh_and_log,
+            immediately=True,
+            name=f"metagraph refresh of netuid {self.netuid} on {self.network} (keeping the known hotkeys)",
+        )
 
     async def _refresh_and_log(self) -> None:
         n = await self.refresh()
@@ -193,6 +204,7 @@ async def fetch_metagraph_neurons(network: str, netuid: int) -> Sequence[Any]:
 
 
 # ---- server side --------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class AuthenticatedMiner:
@@ -279,8 +291,14 @@ class MinerAuthenticator:
             raise Unauthenticated(f"{method_path} requires a btauth/1 hotkey signature in the call metadata")
         try:
             caller = http_auth.verify(
-                headers, body, method=GRPC_METHOD, path=method_path, self_hotkey_ss58=self.receiver_ss58,
-                max_age=self.max_age_s, allowed_skew=self.allowed_skew_s, nonce_store=self.gate,
+                headers,
+                body,
+                method=GRPC_METHOD,
+                path=method_path,
+                self_hotkey_ss58=self.receiver_ss58,
+                max_age=self.max_age_s,
+                allowed_skew=self.allowed_skew_s,
+                nonce_store=self.gate,
             )
         except _UnknownHotkey as exc:
             raise PermissionDenied(f"hotkey {exc.hotkey} is not an allowed miner of this validator") from None
@@ -291,7 +309,9 @@ class MinerAuthenticator:
             raise PermissionDenied(f"hotkey {caller.hotkey_ss58} is not an allowed miner of this validator")
         return AuthenticatedMiner(caller.hotkey_ss58, uid)
 
-    async def authenticate(self, context: grpc.aio.ServicerContext, method_path: str, body: bytes) -> AuthenticatedMiner:
+    async def authenticate(
+        self, context: grpc.aio.ServicerContext, method_path: str, body: bytes
+    ) -> AuthenticatedMiner:
         metadata = context.invocation_metadata()
         try:
             async with self.lane(metadata):
@@ -312,6 +332,7 @@ def dev_keypair(name: str) -> Any:
 
 
 # ---- registering a service so its handlers see the raw request bytes ------------------------
+
 
 @dataclass(frozen=True)
 class SignedRequest:
@@ -345,7 +366,8 @@ def signed_method_handlers(servicer: Any, service: ServiceDescriptor) -> grpc.Ge
             (True, True): grpc.stream_stream_rpc_method_handler,
         }[(method.client_streaming, method.server_streaming)]
         handlers[method.name] = make(
-            getattr(servicer, method.name), request_deserializer=decode,
+            getattr(servicer, method.name),
+            request_deserializer=decode,
             response_serializer=response_type.SerializeToString,
         )
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
@@ -353,4 +375,3 @@ def signed_method_handlers(servicer: Any, service: ServiceDescriptor) -> grpc.Ge
 
 def add_signed_servicer(servicer: Any, server: grpc.aio.Server, service: ServiceDescriptor) -> None:
     server.add_generic_rpc_handlers((signed_method_handlers(servicer, service),))
-

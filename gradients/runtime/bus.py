@@ -62,13 +62,27 @@ def is_transient(exc: BaseException) -> bool:
     import grpc
     import redis.exceptions as redis_errors
 
-    if isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.BusyLoadingError,
-                        nats.errors.ConnectionClosedError, nats.errors.TimeoutError, nats.errors.NoRespondersError,
-                        nats.errors.ConnectionReconnectingError, nats.errors.StaleConnectionError,
-                        nats.js.errors.ServiceUnavailableError, ConnectionError, asyncio.TimeoutError)):
+    if isinstance(
+        exc,
+        (
+            redis_errors.ConnectionError,
+            redis_errors.TimeoutError,
+            redis_errors.BusyLoadingError,
+            nats.errors.ConnectionClosedError,
+            nats.errors.TimeoutError,
+            nats.errors.NoRespondersError,
+            nats.errors.ConnectionReconnectingError,
+            nats.errors.StaleConnectionError,
+            nats.js.errors.ServiceUnavailableError,
+            ConnectionError,
+            asyncio.TimeoutError,
+        ),
+    ):
         return True
-    if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (grpc.StatusCode.UNAVAILABLE,
-                                                                  grpc.StatusCode.DEADLINE_EXCEEDED):
+    if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    ):
         return True
     cause = exc.__cause__ or exc.__context__
     return cause is not None and cause is not exc and is_transient(cause)
@@ -139,6 +153,7 @@ def stream_config(stream: events.StreamDef, limits: events.StreamLimits, replica
 
 def stream_config_changes(current: js_api.StreamConfig, wanted: js_api.StreamConfig) -> list[str]:
     """The owned fields where `current` (as the server reports it) differs from `wanted`."""
+
     def norm(name: str, value: Any) -> Any:
         if name == "subjects":
             return sorted(value or [])
@@ -148,8 +163,11 @@ def stream_config_changes(current: js_api.StreamConfig, wanted: js_api.StreamCon
             return -1 if value in (None, 0) or value < 0 else value
         return getattr(value, "value", value)  # discard: an enum here, a string from the server
 
-    return [f"{name} {getattr(current, name)!r} -> {getattr(wanted, name)!r}" for name in OWNED_FIELDS
-            if norm(name, getattr(current, name)) != norm(name, getattr(wanted, name))]
+    return [
+        f"{name} {getattr(current, name)!r} -> {getattr(wanted, name)!r}"
+        for name in OWNED_FIELDS
+        if norm(name, getattr(current, name)) != norm(name, getattr(wanted, name))
+    ]
 
 
 class EventBus:
@@ -218,7 +236,9 @@ class EventBus:
             changed = stream_config_changes(info.config, config)
             if changed:
                 log.info("stream %s: updating %s", stream.name, "; ".join(changed))
-                await self.js.update_stream(dataclasses.replace(info.config, **{k: getattr(config, k) for k in OWNED_FIELDS}))
+                await self.js.update_stream(
+                    dataclasses.replace(info.config, **{k: getattr(config, k) for k in OWNED_FIELDS})
+                )
 
     # ---- publishing ------------------------------------------------------------------
 
@@ -307,7 +327,9 @@ class EventBus:
         try:
             if delivery.num_delivered > TRANSIENT_MAX_DELIVER:
                 # Delivered this often without being settled: the consumer keeps crashing or timing out on it.
-                await self._dead_letter(msg, delivery, f"delivered {delivery.num_delivered} times without being settled")
+                await self._dead_letter(
+                    msg, delivery, f"delivered {delivery.num_delivered} times without being settled"
+                )
                 return
             with self._tracer.start_as_current_span(
                 f"process {msg.subject}",
@@ -355,22 +377,33 @@ class EventBus:
         if is_transient(exc) and delivery.num_delivered < TRANSIENT_MAX_DELIVER:
             delay = min(TRANSIENT_MAX_DELAY_S, self.nak_delay_s * 2.0 ** min(delivery.num_delivered - 1, 16))
             log.warning(
-                "handler failed on %s (delivery %d, transient; retry in %.1fs): %s", delivery.subject,
-                delivery.num_delivered, delay, reason, extra={"subject": delivery.subject, "durable": delivery.durable},
+                "handler failed on %s (delivery %d, transient; retry in %.1fs): %s",
+                delivery.subject,
+                delivery.num_delivered,
+                delay,
+                reason,
+                extra={"subject": delivery.subject, "durable": delivery.durable},
             )
             await self._settle(msg.nak(delay=delay))
         elif delivery.num_delivered >= self.max_deliver:
             await self._dead_letter(msg, delivery, reason)
         else:
             log.warning(
-                "handler failed on %s (delivery %d of %d): %s", delivery.subject, delivery.num_delivered,
-                self.max_deliver, reason, extra={"subject": delivery.subject, "durable": delivery.durable},
+                "handler failed on %s (delivery %d of %d): %s",
+                delivery.subject,
+                delivery.num_delivered,
+                self.max_deliver,
+                reason,
+                extra={"subject": delivery.subject, "durable": delivery.durable},
             )
             await self._settle(msg.nak(delay=self.nak_delay_s))
 
     async def _dead_letter(self, msg: Msg, delivery: Delivery, reason: str) -> None:
         log.error(
-            "dead-lettering %s after %d deliveries: %s", delivery.subject, delivery.num_delivered, reason,
+            "dead-lettering %s after %d deliveries: %s",
+            delivery.subject,
+            delivery.num_delivered,
+            reason,
             extra={"subject": delivery.subject, "durable": delivery.durable},
         )
         dlq_headers = {

@@ -49,6 +49,7 @@ def setting(
 
 # ---- reusable checks ---------------------------------------------------------------
 
+
 def port_check(value: int | None) -> str | None:
     if value is not None and not 0 <= value <= 65535:
         return "must be a TCP port between 0 and 65535"
@@ -185,71 +186,114 @@ def settings_fields(*classes: type) -> list[tuple[str, object, str]]:
 
 def settings_reference(*classes: type) -> list[tuple[str, str, str]]:
     """(variable, default, description) rows for documentation."""
-    return [(env, "(required)" if default is REQUIRED else "" if default is None else str(default), doc)
-            for env, default, doc in settings_fields(*classes)]
+    return [
+        (env, "(required)" if default is REQUIRED else "" if default is None else str(default), doc)
+        for env, default, doc in settings_fields(*classes)
+    ]
 
 
 # ---- the settings every service shares ----------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class MeshSettings:
     """Settings every service reads. Service-specific settings live beside each service."""
 
     nats_url: str = setting(
-        "GRADIENTS_NATS_URL", "nats://127.0.0.1:4222", "NATS server URL(s), comma-separated for a cluster",
+        "GRADIENTS_NATS_URL",
+        "nats://127.0.0.1:4222",
+        "NATS server URL(s), comma-separated for a cluster",
         check=url_scheme("nats", "tls"),
     )
     redis_url: str = setting(
-        "GRADIENTS_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis URL",
+        "GRADIENTS_REDIS_URL",
+        "redis://127.0.0.1:6379/0",
+        "Redis URL",
         check=url_scheme("redis", "rediss", "unix"),
     )
     grpc_host: str = setting("GRADIENTS_GRPC_HOST", "0.0.0.0", "address the gRPC server binds")
     grpc_port: int | None = setting(
-        "GRADIENTS_GRPC_PORT", None, "gRPC port (empty = the service's default port)", check=port_check,
+        "GRADIENTS_GRPC_PORT",
+        None,
+        "gRPC port (empty = the service's default port)",
+        check=port_check,
     )
     data_dir: Path = setting("GRADIENTS_DATA_DIR", Path(".data"), "folder for local state and artifacts")
     artifact_backend: str = setting(
-        "GRADIENTS_ARTIFACT_BACKEND", "nats", "where datasets and submissions are stored: nats (JetStream Object Store) or local",
+        "GRADIENTS_ARTIFACT_BACKEND",
+        "nats",
+        "where datasets and submissions are stored: nats (JetStream Object Store) or local",
         check=one_of("nats", "local"),
     )
     namespace: str = setting("GRADIENTS_NAMESPACE", "gm", "prefix of every Redis key")
-    stream_replicas: int = setting("GRADIENTS_STREAM_REPLICAS", 1, "JetStream replicas (3 on a NATS cluster)", check=positive)
+    stream_replicas: int = setting(
+        "GRADIENTS_STREAM_REPLICAS", 1, "JetStream replicas (3 on a NATS cluster)", check=positive
+    )
     # Stream limits: applied when a service starts, to a new stream or (updated) an existing one.
     stream_events_max_age_days: float = setting(
-        "GRADIENTS_STREAM_EVENTS_MAX_AGE_DAYS", DOMAIN_STREAM.limits.max_age_s / DAY_S,
-        "days domain events (gradients.>) are kept (0 = no limit)", check=non_negative,
+        "GRADIENTS_STREAM_EVENTS_MAX_AGE_DAYS",
+        DOMAIN_STREAM.limits.max_age_s / DAY_S,
+        "days domain events (gradients.>) are kept (0 = no limit)",
+        check=non_negative,
     )
     stream_events_max_bytes: int = setting(
-        "GRADIENTS_STREAM_EVENTS_MAX_BYTES", DOMAIN_STREAM.limits.max_bytes,
-        "bytes of domain events kept, oldest dropped first (0 = no limit)", check=non_negative,
+        "GRADIENTS_STREAM_EVENTS_MAX_BYTES",
+        DOMAIN_STREAM.limits.max_bytes,
+        "bytes of domain events kept, oldest dropped first (0 = no limit)",
+        check=non_negative,
     )
     stream_jobs_max_age_days: float = setting(
-        "GRADIENTS_STREAM_JOBS_MAX_AGE_DAYS", JOBS_STREAM.limits.max_age_s / DAY_S,
-        "days a queued job (jobs.>) waits before it is dropped (0 = no limit: jobs wait for a worker)", check=non_negative,
+        "GRADIENTS_STREAM_JOBS_MAX_AGE_DAYS",
+        JOBS_STREAM.limits.max_age_s / DAY_S,
+        "days a queued job (jobs.>) waits before it is dropped (0 = no limit: jobs wait for a worker)",
+        check=non_negative,
     )
     stream_jobs_max_bytes: int = setting(
-        "GRADIENTS_STREAM_JOBS_MAX_BYTES", JOBS_STREAM.limits.max_bytes,
-        "bytes of queued jobs; when full new jobs are refused and retried (0 = no limit)", check=non_negative,
+        "GRADIENTS_STREAM_JOBS_MAX_BYTES",
+        JOBS_STREAM.limits.max_bytes,
+        "bytes of queued jobs; when full new jobs are refused and retried (0 = no limit)",
+        check=non_negative,
     )
     stream_dlq_max_age_days: float = setting(
-        "GRADIENTS_STREAM_DLQ_MAX_AGE_DAYS", DEAD_LETTER_STREAM.limits.max_age_s / DAY_S,
-        "days dead letters (dlq.>) are kept (0 = no limit)", check=non_negative,
+        "GRADIENTS_STREAM_DLQ_MAX_AGE_DAYS",
+        DEAD_LETTER_STREAM.limits.max_age_s / DAY_S,
+        "days dead letters (dlq.>) are kept (0 = no limit)",
+        check=non_negative,
     )
     stream_dlq_max_bytes: int = setting(
-        "GRADIENTS_STREAM_DLQ_MAX_BYTES", DEAD_LETTER_STREAM.limits.max_bytes,
-        "bytes of dead letters kept, oldest dropped first (0 = no limit)", check=non_negative,
+        "GRADIENTS_STREAM_DLQ_MAX_BYTES",
+        DEAD_LETTER_STREAM.limits.max_bytes,
+        "bytes of dead letters kept, oldest dropped first (0 = no limit)",
+        check=non_negative,
     )
-    bus_max_deliver: int = setting("GRADIENTS_BUS_MAX_DELIVER", 5, "deliveries before a message is dead-lettered", check=positive)
-    bus_ack_wait_s: float = setting("GRADIENTS_BUS_ACK_WAIT_S", 30.0, "seconds before an unacked message is redelivered", check=positive)
-    bus_nak_delay_s: float = setting("GRADIENTS_BUS_NAK_DELAY_S", 1.0, "delay before a failed message is redelivered", check=non_negative)
-    shutdown_grace_s: float = setting("GRADIENTS_SHUTDOWN_GRACE_S", 10.0, "seconds in-flight work may take on SIGTERM", check=non_negative)
-    log_level: str = setting("GRADIENTS_LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR", check=one_of("DEBUG", "INFO", "WARNING", "ERROR"))
+    bus_max_deliver: int = setting(
+        "GRADIENTS_BUS_MAX_DELIVER", 5, "deliveries before a message is dead-lettered", check=positive
+    )
+    bus_ack_wait_s: float = setting(
+        "GRADIENTS_BUS_ACK_WAIT_S", 30.0, "seconds before an unacked message is redelivered", check=positive
+    )
+    bus_nak_delay_s: float = setting(
+        "GRADIENTS_BUS_NAK_DELAY_S", 1.0, "delay before a failed message is redelivered", check=non_negative
+    )
+    shutdown_grace_s: float = setting(
+        "GRADIENTS_SHUTDOWN_GRACE_S", 10.0, "seconds in-flight work may take on SIGTERM", check=non_negative
+    )
+    log_level: str = setting(
+        "GRADIENTS_LOG_LEVEL",
+        "INFO",
+        "DEBUG, INFO, WARNING or ERROR",
+        check=one_of("DEBUG", "INFO", "WARNING", "ERROR"),
+    )
     log_format: str = setting("GRADIENTS_LOG_FORMAT", "json", "json or text", check=one_of("json", "text"))
     otlp_endpoint: str | None = setting(
-        "OTEL_EXPORTER_OTLP_ENDPOINT", None, "OTLP/gRPC collector endpoint; unset = traces are not exported",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        None,
+        "OTLP/gRPC collector endpoint; unset = traces are not exported",
     )
     time_scale: float = setting(
-        "GRADIENTS_TIME_SCALE", 3600.0, "real seconds per nominal task hour (3600 in production; small for demos)",
+        "GRADIENTS_TIME_SCALE",
+        3600.0,
+        "real seconds per nominal task hour (3600 in production; small for demos)",
         check=positive,
     )
     task_service_addr: str = setting("GRADIENTS_TASK_SERVICE_ADDR", "127.0.0.1:50051", "task_service gRPC address")

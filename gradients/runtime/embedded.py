@@ -119,8 +119,9 @@ class ManagedServer:
 def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start a child that dies with this process, its output appended to `log_path`."""
     with open(log_path, "ab") as log_file:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(with_parent(argv), env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            with_parent(argv), env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
 
 
 def _wait_port(server: ManagedServer, timeout: float) -> None:
@@ -136,15 +137,33 @@ def _wait_port(server: ManagedServer, timeout: float) -> None:
     raise TimeoutError(f"{server.name} did not open port {server.port} within {timeout}s")
 
 
-def start_nats(data_dir: Path, port: int | None = None, ready_timeout: float = 15.0,
-               extra_args: list[str] | None = None, name: str = "nats") -> ManagedServer:
+def start_nats(
+    data_dir: Path,
+    port: int | None = None,
+    ready_timeout: float = 15.0,
+    extra_args: list[str] | None = None,
+    name: str = "nats",
+) -> ManagedServer:
     data_dir = Path(data_dir)
     store = data_dir / name
     store.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    args = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store),
-            "--server_name", f"{name}-{port}", *(extra_args or [])]
-    server = ManagedServer(name, spawn(args, data_dir / f"{name}.log"), port, f"nats://127.0.0.1:{port}", data_dir, args)
+    args = [
+        nats_server_binary(),
+        "-a",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-js",
+        "-sd",
+        str(store),
+        "--server_name",
+        f"{name}-{port}",
+        *(extra_args or []),
+    ]
+    server = ManagedServer(
+        name, spawn(args, data_dir / f"{name}.log"), port, f"nats://127.0.0.1:{port}", data_dir, args
+    )
     _wait_port(server, ready_timeout)
     return server
 
@@ -154,9 +173,27 @@ def start_redis(data_dir: Path, port: int | None = None, ready_timeout: float = 
     store = data_dir / "redis"
     store.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    args = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(store),
-            "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--protected-mode", "no",
-            "--daemonize", "no"]
-    server = ManagedServer("redis", spawn(args, data_dir / "redis.log"), port, f"redis://127.0.0.1:{port}/0", data_dir, args)
+    args = [
+        redis_server_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(store),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
+        "--protected-mode",
+        "no",
+        "--daemonize",
+        "no",
+    ]
+    server = ManagedServer(
+        "redis", spawn(args, data_dir / "redis.log"), port, f"redis://127.0.0.1:{port}/0", data_dir, args
+    )
     _wait_port(server, ready_timeout)
     return server

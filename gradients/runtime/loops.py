@@ -24,8 +24,9 @@ def stop_if_cancelling() -> None:
         raise asyncio.CancelledError
 
 
-async def every(interval_s: float, step: Callable[[], Awaitable[object]], *, name: str,
-                immediately: bool = False) -> None:
+async def every(
+    interval_s: float, step: Callable[[], Awaitable[object]], *, name: str, immediately: bool = False
+) -> None:
     """Run `step` every `interval_s` seconds (first after one interval, or at once when
     `immediately`) until cancelled; a step that fails is logged and retried next round."""
     if not immediately:

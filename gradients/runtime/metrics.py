@@ -101,31 +101,40 @@ class Instruments:
 
     def __init__(self, meter: Meter):
         self.offers = meter.create_counter(
-            "gradients.offers", unit="{offer}",
+            "gradients.offers",
+            unit="{offer}",
             description="task offers answered by miners, by outcome (accepted, declined, timeout)",
         )
         self.auth_failures = meter.create_counter(
-            "gradients.auth.failures", unit="{failure}",
+            "gradients.auth.failures",
+            unit="{failure}",
             description="miner requests rejected by authentication, by reason",
         )
         self.evaluation_seconds = meter.create_histogram(
-            "gradients.evaluation.duration", unit="s",
+            "gradients.evaluation.duration",
+            unit="s",
             description="seconds to evaluate one submission",
             explicit_bucket_boundaries_advisory=EVALUATION_BUCKETS_S,
         )
         self.tasks_by_state = TaskStateCounts()
         meter.create_observable_gauge(
-            "gradients.tasks", callbacks=[self.tasks_by_state.observe], unit="{task}",
+            "gradients.tasks",
+            callbacks=[self.tasks_by_state.observe],
+            unit="{task}",
             description="tasks per state",
         )
         self.consumer_lag = LatestValues()
         meter.create_observable_gauge(
-            "gradients.bus.consumer.lag", callbacks=[self.consumer_lag.observe], unit="{message}",
+            "gradients.bus.consumer.lag",
+            callbacks=[self.consumer_lag.observe],
+            unit="{message}",
             description="messages of a durable consumer not yet delivered (JetStream num_pending)",
         )
         self.consumer_ack_pending = LatestValues()
         meter.create_observable_gauge(
-            "gradients.bus.consumer.ack_pending", callbacks=[self.consumer_ack_pending.observe], unit="{message}",
+            "gradients.bus.consumer.ack_pending",
+            callbacks=[self.consumer_ack_pending.observe],
+            unit="{message}",
             description="messages of a durable consumer delivered but not yet acknowledged",
         )
 
@@ -180,6 +189,7 @@ def flush_metrics(timeout_ms: int = 5_000) -> None:
 
 # ---- consumer lag ----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ConsumerLag:
     durable: str
@@ -215,7 +225,9 @@ async def read_consumer_lag(bus: EventBus, durables: Iterable[str | Consumer]) -
 
 
 async def report_consumer_lag(
-    bus: EventBus, durables: Iterable[str | Consumer], instruments: Instruments | None = None,
+    bus: EventBus,
+    durables: Iterable[str | Consumer],
+    instruments: Instruments | None = None,
 ) -> dict[str, ConsumerLag]:
     """Read each durable's lag and store it in the lag gauges; returns what was read."""
     instruments = instruments or default
@@ -232,8 +244,13 @@ async def report_consumer_lag(
 class ConsumerLagReporter:
     """Reports the lag of `durables` every `interval_s` until cancelled (a background loop)."""
 
-    def __init__(self, bus: EventBus, durables: Iterable[str | Consumer], interval_s: float = 15.0,
-                 instruments: Instruments | None = None):
+    def __init__(
+        self,
+        bus: EventBus,
+        durables: Iterable[str | Consumer],
+        interval_s: float = 15.0,
+        instruments: Instruments | None = None,
+    ):
         if interval_s <= 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
         self.bus = bus

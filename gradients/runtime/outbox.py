@@ -85,8 +85,7 @@ async def flush_pending(bus: EventBus) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # still away: next round
-            log.warning("outbox %s: %d event(s) still queued: %s", outbox.key,
-                        await _pending_or_unknown(outbox), exc)
+            log.warning("outbox %s: %d event(s) still queued: %s", outbox.key, await _pending_or_unknown(outbox), exc)
 
 
 async def _pending_or_unknown(outbox: Outbox) -> int:

@@ -123,6 +123,7 @@ class ServiceContext(Generic[SettingsT, ComponentsT]):
 
 # ---- uniform error handling ---------------------------------------------------------
 
+
 class _Malformed:
     """Stands in for a request that could not be decoded."""
 
@@ -169,8 +170,9 @@ SERVER_OPTIONS = (
 
 def new_grpc_server() -> grpc.aio.Server:
     """A grpc.aio server with the mesh's interceptors (tracing, errors) and keepalive policy."""
-    return grpc.aio.server(interceptors=[*telemetry.grpc_server_interceptors(), ErrorInterceptor()],
-                           options=SERVER_OPTIONS)
+    return grpc.aio.server(
+        interceptors=[*telemetry.grpc_server_interceptors(), ErrorInterceptor()], options=SERVER_OPTIONS
+    )
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no type stubs
@@ -180,9 +182,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grp
     deserializing request!" and a servicer exception a reasonless UNKNOWN.
     """
 
-    async def intercept_service(
-        self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
-    ) -> Any:
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any) -> Any:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
@@ -209,8 +209,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grp
                 await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet")
             if is_transient(exc):  # NATS or Redis briefly away: the caller should retry, not give up
                 log.warning("%s: backing service unavailable: %s: %s", method, type(exc).__name__, exc)
-                await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                    f"{method}: temporarily unavailable ({type(exc).__name__}: {exc}); retry")
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"{method}: temporarily unavailable ({type(exc).__name__}: {exc}); retry",
+                )
             log.exception("unhandled error in %s", method)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}: {exc}")
 
@@ -236,8 +238,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grp
                 return await anext(only)
 
         make_handler = _METHOD_HANDLERS[(streaming_in, streaming_out)]
-        return make_handler(replies if streaming_out else reply, _tolerant(handler.request_deserializer),
-                            handler.response_serializer)
+        return make_handler(
+            replies if streaming_out else reply, _tolerant(handler.request_deserializer), handler.response_serializer
+        )
 
 
 # grpc's constructor of a method handler, by (request streaming, response streaming).
@@ -251,14 +254,21 @@ _METHOD_HANDLERS: dict[tuple[bool, bool], Callable[..., Any]] = {
 
 # ---- the running service --------------------------------------------------------------
 
+
 class ServiceHost:
     """One service, started: used by `run_service` and, in-process, by tests."""
 
     # Hosts started and not yet stopped in this process (a test harness stops leftovers).
     running: weakref.WeakSet[ServiceHost] = weakref.WeakSet()
 
-    def __init__(self, spec: ServiceSpec[Any, Any], ctx: ServiceContext[Any, Any], server: grpc.aio.Server, port: int,
-                 health_servicer: health.aio.HealthServicer):
+    def __init__(
+        self,
+        spec: ServiceSpec[Any, Any],
+        ctx: ServiceContext[Any, Any],
+        server: grpc.aio.Server,
+        port: int,
+        health_servicer: health.aio.HealthServicer,
+    ):
         self.spec = spec
         self.ctx = ctx
         self.server = server
@@ -285,8 +295,13 @@ class ServiceHost:
         telemetry.install_tracing(spec.name, mesh.otlp_endpoint, span_processors)
 
         bus = await EventBus.connect(
-            mesh.nats_url, spec.name, max_deliver=mesh.bus_max_deliver, ack_wait_s=mesh.bus_ack_wait_s,
-            nak_delay_s=mesh.bus_nak_delay_s, replicas=mesh.stream_replicas, stream_limits=mesh.stream_limits(),
+            mesh.nats_url,
+            spec.name,
+            max_deliver=mesh.bus_max_deliver,
+            ack_wait_s=mesh.bus_ack_wait_s,
+            nak_delay_s=mesh.bus_nak_delay_s,
+            replicas=mesh.stream_replicas,
+            stream_limits=mesh.stream_limits(),
         )
         store = Store.from_url(mesh.redis_url, mesh.namespace)
         if not await store.ping():

@@ -34,7 +34,10 @@ class Store:
     @classmethod
     def from_url(cls, url: str, namespace: str = "gm") -> Store:
         pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=POOL_MAX_CONNECTIONS, timeout=POOL_WAIT_S, decode_responses=False,
+            url,
+            max_connections=POOL_MAX_CONNECTIONS,
+            timeout=POOL_WAIT_S,
+            decode_responses=False,
             health_check_interval=5,
         )
         return cls(aioredis.Redis.from_pool(pool), namespace)

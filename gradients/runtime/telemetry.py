@@ -42,11 +42,15 @@ def install_tracing(
         if isinstance(current, TracerProvider):
             _provider = current  # installed by a test harness or another service in-process
         else:
-            _provider = TracerProvider(resource=Resource.create({
-                "service.name": service_name,
-                # Tells replicas apart (scaled eval workers): Prometheus's `instance` label.
-                "service.instance.id": f"{socket.gethostname()}:{os.getpid()}",
-            }))
+            _provider = TracerProvider(
+                resource=Resource.create(
+                    {
+                        "service.name": service_name,
+                        # Tells replicas apart (scaled eval workers): Prometheus's `instance` label.
+                        "service.instance.id": f"{socket.gethostname()}:{os.getpid()}",
+                    }
+                )
+            )
             trace.set_tracer_provider(_provider)
         if otlp_endpoint:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -152,6 +156,7 @@ def current_about() -> dict[str, str]:
 
 
 # ---- logging ----------------------------------------------------------------------------
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the current trace and span ids when inside a span."""

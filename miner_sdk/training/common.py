@@ -140,15 +140,11 @@ class HyperParams:
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"HyperParams.{name} must be in [0, 1), not {value}")
         if self.lora_target not in LORA_TARGETS:
-            raise ValueError(
-                f"HyperParams.lora_target must be one of {sorted(LORA_TARGETS)}, not {self.lora_target!r}"
-            )
+            raise ValueError(f"HyperParams.lora_target must be one of {sorted(LORA_TARGETS)}, not {self.lora_target!r}")
         if not self.lr_end_factor > 0 or self.pack_length < 0 or self.eval_every_s < 0 or self.patience < 0:
             raise ValueError("HyperParams.lr_end_factor must be positive; pack_length, eval_every_s, patience >= 0")
         if self.scheduler not in SCHEDULES:
-            raise ValueError(
-                f"HyperParams.scheduler must be one of {SCHEDULES}, not {self.scheduler!r}"
-            )
+            raise ValueError(f"HyperParams.scheduler must be one of {SCHEDULES}, not {self.scheduler!r}")
         if self.num_generations < 2:
             raise ValueError("HyperParams.num_generations must be >= 2 (GRPO compares a group)")
 

@@ -50,9 +50,7 @@ class PreferenceExample:
     ref_rejected: float = 0.0
 
 
-def encode_preference_rows(
-    tokenizer, rows: Sequence[dict], max_length: int
-) -> list[PreferenceExample]:
+def encode_preference_rows(tokenizer, rows: Sequence[dict], max_length: int) -> list[PreferenceExample]:
     examples = []
     for row in rows:
         messages = prompt_messages(row, str(row["prompt"]))
@@ -93,9 +91,7 @@ def dpo_loss(
 
 
 @torch.no_grad()
-def fill_reference(
-    model, examples: Sequence[PreferenceExample], pad: int, device, batch_size: int = 8
-) -> None:
+def fill_reference(model, examples: Sequence[PreferenceExample], pad: int, device, batch_size: int = 8) -> None:
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         chosen, rejected = policy_logprobs(model, chunk, pad, device)
@@ -103,9 +99,7 @@ def fill_reference(
             e.ref_chosen, e.ref_rejected = c, r
 
 
-def batch_dpo_loss(
-    model, examples: Sequence[PreferenceExample], pad: int, device, beta: float
-) -> torch.Tensor:
+def batch_dpo_loss(model, examples: Sequence[PreferenceExample], pad: int, device, beta: float) -> torch.Tensor:
     chosen, rejected = policy_logprobs(model, examples, pad, device)
     ref_c = torch.tensor([e.ref_chosen for e in examples], device=chosen.device)
     ref_r = torch.tensor([e.ref_rejected for e in examples], device=chosen.device)
@@ -138,9 +132,7 @@ class DpoTrainer:
     def __init__(self) -> None:
         self._encoded = RowsCache()  # examples with reference log-probs, reused by trials
 
-    def _examples(
-        self, base: TextBase, rows: Sequence[dict], max_length: int
-    ) -> list[PreferenceExample]:
+    def _examples(self, base: TextBase, rows: Sequence[dict], max_length: int) -> list[PreferenceExample]:
         def encode() -> list[PreferenceExample]:
             check_rows(rows, ("prompt", "chosen", "rejected"), "dpo")
             examples = encode_preference_rows(base.tokenizer, rows, max_length)
@@ -152,9 +144,7 @@ class DpoTrainer:
     def validation_loss(self, base: TextBase, rows: Sequence[dict], hp: HyperParams) -> float:
         # The base against itself: every margin is 0, so this is log 2 (a useful sanity line).
         examples = self._examples(base, rows, hp.max_length)
-        return mean_dpo_loss(
-            base.model, examples, pad_id(base.tokenizer), base.device, EVAL_DPO_BETA
-        )
+        return mean_dpo_loss(base.model, examples, pad_id(base.tokenizer), base.device, EVAL_DPO_BETA)
 
     def run_trial(
         self,

@@ -75,9 +75,7 @@ def parse_number(text: str) -> float | None:
         return None
 
 
-def format_reward(
-    completion: str, row: dict, pattern: str = r"(?s).*<answer>.+?</answer>.*"
-) -> float:
+def format_reward(completion: str, row: dict, pattern: str = r"(?s).*<answer>.+?</answer>.*") -> float:
     return 1.0 if re.fullmatch(pattern, completion.strip()) else 0.0
 
 
@@ -92,19 +90,13 @@ def exact_match_reward(completion: str, row: dict, column: str = "answer") -> fl
     return 1.0 if expected and extract_answer(completion).casefold() == expected else 0.0
 
 
-def numeric_match_reward(
-    completion: str, row: dict, column: str = "answer", rel_tol: float = 1e-6
-) -> float:
+def numeric_match_reward(completion: str, row: dict, column: str = "answer", rel_tol: float = 1e-6) -> float:
     expected = parse_number(row.get(column, ""))
     numbers = NUMBER.findall(extract_answer(completion))
     if expected is None or not numbers:
         return 0.0
     got = parse_number(numbers[-1])
-    return (
-        1.0
-        if got is not None and math.isclose(got, expected, rel_tol=rel_tol, abs_tol=1e-9)
-        else 0.0
-    )
+    return 1.0 if got is not None and math.isclose(got, expected, rel_tol=rel_tol, abs_tol=1e-9) else 0.0
 
 
 def keyword_reward(
@@ -137,9 +129,7 @@ class RewardSpec:
 
     def __post_init__(self) -> None:
         if self.name not in REWARD_FUNCTIONS:
-            raise ValueError(
-                f"RewardSpec.name must be one of {sorted(REWARD_FUNCTIONS)}, not {self.name!r}"
-            )
+            raise ValueError(f"RewardSpec.name must be one of {sorted(REWARD_FUNCTIONS)}, not {self.name!r}")
 
     def __call__(self, completion: str, row: dict) -> float:
         return REWARD_FUNCTIONS[self.name](completion, row, **self.params)
@@ -190,9 +180,7 @@ def mean_greedy_reward(
     total = 0.0
     for row in rows:
         prompt = render_prompt(base_tokenizer, prompt_messages(row, str(row["prompt"])))
-        ids = base_tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids.to(
-            device
-        )
+        ids = base_tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids.to(device)
         out = model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
@@ -215,9 +203,7 @@ def grpo_dataset(rows: Sequence[dict]) -> Dataset:
     return Dataset.from_list(records)
 
 
-def grpo_config(
-    hp: HyperParams, specs: Sequence[RewardSpec], output_dir: str, seed: int
-) -> GRPOConfig:
+def grpo_config(hp: HyperParams, specs: Sequence[RewardSpec], output_dir: str, seed: int) -> GRPOConfig:
     on_gpu = torch.cuda.is_available()
     return GRPOConfig(
         output_dir=output_dir,
@@ -279,9 +265,7 @@ class GrpoTrainer:
         return self.rewards if self.rewards is not None else default_rewards(rows)
 
     def validation_loss(self, base: TextBase, rows: Sequence[dict], hp: HyperParams) -> float:
-        return -mean_greedy_reward(
-            base.tokenizer, base.model, rows, self._specs(rows), hp.max_completion_length
-        )
+        return -mean_greedy_reward(base.tokenizer, base.model, rows, self._specs(rows), hp.max_completion_length)
 
     def run_trial(
         self,
@@ -321,9 +305,7 @@ class GrpoTrainer:
                 train_seconds = time.time() - started
                 save_adapter(model, out_dir)
                 val = (
-                    -mean_greedy_reward(
-                        base.tokenizer, model, val_rows, specs, hp.max_completion_length
-                    )
+                    -mean_greedy_reward(base.tokenizer, model, val_rows, specs, hp.max_completion_length)
                     if val_rows
                     else None
                 )

@@ -80,9 +80,7 @@ def cover_square(image: Image.Image, side: int) -> Image.Image:
     """Scale to cover side x side keeping the aspect ratio, then centre-crop."""
     width, height = image.size
     scale = side / min(width, height)
-    resized = image.resize(
-        (max(side, round(width * scale)), max(side, round(height * scale))), Image.BICUBIC
-    )
+    resized = image.resize((max(side, round(width * scale)), max(side, round(height * scale))), Image.BICUBIC)
     left = (resized.width - side) // 2
     top = (resized.height - side) // 2
     return resized.crop((left, top, left + side, top + side))
@@ -119,18 +117,13 @@ def encode_text(base: ImageBase, captions: Sequence[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_rows(
-    base: ImageBase, rows: Sequence[dict], resolution: int, image_root: Path | None
-) -> list[ImageExample]:
+def encode_rows(base: ImageBase, rows: Sequence[dict], resolution: int, image_root: Path | None) -> list[ImageExample]:
     vae = base.pipe.vae
     empty = encode_text(base, [""])[0]
     examples = []
     for row in rows:
         pixel = pixels(load_image(row["image"], image_root), resolution).unsqueeze(0)
-        latents = (
-            vae.encode(pixel.to(base.device, base.dtype)).latent_dist.mean
-            * vae.config.scaling_factor
-        )
+        latents = vae.encode(pixel.to(base.device, base.dtype)).latent_dist.mean * vae.config.scaling_factor
         text = encode_text(base, [str(row["caption"])])[0]
         examples.append(ImageExample(latents=latents[0], text_embeds=text, empty_embeds=empty))
     return examples
@@ -142,25 +135,17 @@ def noise_target(scheduler: DDPMScheduler, latents, noise, timesteps) -> torch.T
     return noise
 
 
-def diffusion_loss(
-    base: ImageBase, unet, examples: Sequence[ImageExample], caption_dropout: float
-) -> torch.Tensor:
+def diffusion_loss(base: ImageBase, unet, examples: Sequence[ImageExample], caption_dropout: float) -> torch.Tensor:
     latents = torch.stack([e.latents for e in examples]).float()
     drop = torch.rand(len(examples)) < caption_dropout
-    embeds = torch.stack(
-        [e.empty_embeds if d else e.text_embeds for e, d in zip(examples, drop, strict=True)]
-    )
+    embeds = torch.stack([e.empty_embeds if d else e.text_embeds for e, d in zip(examples, drop, strict=True)])
     noise = torch.randn_like(latents)
     steps = base.noise_scheduler.config.num_train_timesteps
     timesteps = torch.randint(0, steps, (len(examples),), device=latents.device)
     noisy = base.noise_scheduler.add_noise(latents, noise, timesteps)
     with torch.autocast(base.device.type, dtype=base.dtype, enabled=base.dtype != torch.float32):
-        pred = unet(
-            noisy.to(base.dtype), timesteps, encoder_hidden_states=embeds.to(base.dtype)
-        ).sample
-    return F.mse_loss(
-        pred.float(), noise_target(base.noise_scheduler, latents, noise, timesteps).float()
-    )
+        pred = unet(noisy.to(base.dtype), timesteps, encoder_hidden_states=embeds.to(base.dtype)).sample
+    return F.mse_loss(pred.float(), noise_target(base.noise_scheduler, latents, noise, timesteps).float())
 
 
 @torch.no_grad()
@@ -182,9 +167,7 @@ def reconstruction_loss(base: ImageBase, examples: Sequence[ImageExample], seed:
                 (EVAL_TEXT_WEIGHT, example.text_embeds),
                 (1 - EVAL_TEXT_WEIGHT, example.empty_embeds),
             ):
-                with torch.autocast(
-                    base.device.type, dtype=base.dtype, enabled=base.dtype != torch.float32
-                ):
+                with torch.autocast(base.device.type, dtype=base.dtype, enabled=base.dtype != torch.float32):
                     pred = unet(
                         noisy.to(base.dtype),
                         t,
@@ -198,9 +181,7 @@ def load_image_base(base_model_dir: str | Path) -> ImageBase:
     device, dtype = training_device(), training_dtype()
     pipe = StableDiffusionPipeline.from_pretrained(base_model_dir, dtype=dtype, safety_checker=None)
     if getattr(pipe, "text_encoder_2", None) is not None:
-        raise ValueError(
-            f"{base_model_dir} is an SDXL-style pipeline (two text encoders); not supported yet"
-        )
+        raise ValueError(f"{base_model_dir} is an SDXL-style pipeline (two text encoders); not supported yet")
     pipe.to(device)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.requires_grad_(False)
@@ -244,9 +225,7 @@ class ImageTrainer:
             raise ValueError(f"HyperParams.resolution must be a multiple of 64, not {side}")
         return side
 
-    def _examples(
-        self, base: ImageBase, rows: Sequence[dict], hp: HyperParams
-    ) -> list[ImageExample]:
+    def _examples(self, base: ImageBase, rows: Sequence[dict], hp: HyperParams) -> list[ImageExample]:
         check_rows(rows, ("caption",), "image")
         side = self._resolution(base, hp)
         return self._encoded.get(rows, side, lambda: encode_rows(base, rows, side, self.image_root))
@@ -298,6 +277,4 @@ class ImageTrainer:
         finally:
             unet.delete_adapters(ADAPTER_NAME)
             unet.requires_grad_(False)
-        return TrialRun(
-            stats.steps, stats.stopped_by_deadline, val, stats.seconds, stats.step_seconds
-        )
+        return TrialRun(stats.steps, stats.stopped_by_deadline, val, stats.seconds, stats.step_seconds)

@@ -121,9 +121,7 @@ def pad_id(tokenizer) -> int:
     return 0
 
 
-def collate(
-    pairs: Sequence[tuple[list[int], list[int]]], pad: int, device: torch.device
-) -> dict[str, torch.Tensor]:
+def collate(pairs: Sequence[tuple[list[int], list[int]]], pad: int, device: torch.device) -> dict[str, torch.Tensor]:
     """Right-padded input_ids / attention_mask / labels (-100 on prompt and padding)."""
     width = max(len(p) + len(c) for p, c in pairs)
     ids = torch.full((len(pairs), width), pad, dtype=torch.long)
@@ -153,9 +151,7 @@ def completion_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
     return token_lp.sum(dim=1), keep.sum(dim=1)
 
 
-def sft_loss(
-    model, examples: Sequence[PairExample], pad: int, device: torch.device
-) -> torch.Tensor:
+def sft_loss(model, examples: Sequence[PairExample], pad: int, device: torch.device) -> torch.Tensor:
     """Mean cross-entropy over the completion tokens of a micro-batch."""
     batch = collate([(e.prompt_ids, e.completion_ids) for e in examples], pad, device)
     lp_sum, count = completion_logprobs(model, batch)
@@ -176,15 +172,10 @@ class PackedExample:
 def pack_examples(examples: Sequence[PairExample], capacity: int) -> list[PackedExample]:
     """First-fit-decreasing packs of at most `capacity` tokens (tuning.pack_lengths)."""
     lengths = [len(e.prompt_ids) + len(e.completion_ids) for e in examples]
-    return [
-        PackedExample(tuple(examples[i] for i in pack))
-        for pack in tuning.pack_lengths(lengths, capacity)
-    ]
+    return [PackedExample(tuple(examples[i] for i in pack)) for pack in tuning.pack_lengths(lengths, capacity)]
 
 
-def collate_packed(
-    packs: Sequence[PackedExample], pad: int, device: torch.device
-) -> dict[str, torch.Tensor]:
+def collate_packed(packs: Sequence[PackedExample], pad: int, device: torch.device) -> dict[str, torch.Tensor]:
     """input_ids / position_ids / labels of packed sequences, right-padded. Position ids
     restart at every example (and at the padding), and no attention mask is passed, so
     transformers builds a block-diagonal causal mask: no token attends across examples."""
@@ -209,9 +200,7 @@ def collate_packed(
 
 def packed_token_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-probability of each labelled next token, mask of labelled positions), both (B, W-1)."""
-    logits = model(
-        input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
-    ).logits
+    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
     logits = logits[:, :-1].float()
     labels = batch["labels"][:, 1:]
     keep = labels != -100
@@ -220,9 +209,7 @@ def packed_token_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.
     return token_lp * keep, keep
 
 
-def packed_sft_loss(
-    model, packs: Sequence[PackedExample], pad: int, device: torch.device
-) -> torch.Tensor:
+def packed_sft_loss(model, packs: Sequence[PackedExample], pad: int, device: torch.device) -> torch.Tensor:
     """Mean cross-entropy over the completion tokens of a micro-batch of packs (the same
     value as sft_loss over the packs' examples)."""
     token_lp, keep = packed_token_logprobs(model, collate_packed(packs, pad, device))
@@ -230,9 +217,7 @@ def packed_sft_loss(
 
 
 @torch.no_grad()
-def completion_loss(
-    model, tokenizer, rows: Sequence[dict], max_length: int = 2048, batch_size: int = 8
-) -> float:
+def completion_loss(model, tokenizer, rows: Sequence[dict], max_length: int = 2048, batch_size: int = 8) -> float:
     """Token-weighted mean cross-entropy on the completion tokens of the rows (the
     evaluator's text metric)."""
     device = next(model.parameters()).device
@@ -242,9 +227,7 @@ def completion_loss(
     total, tokens = 0.0, 0
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
-        batch = collate(
-            [(e.prompt_ids, e.completion_ids) for e in chunk], pad_id(tokenizer), device
-        )
+        batch = collate([(e.prompt_ids, e.completion_ids) for e in chunk], pad_id(tokenizer), device)
         lp_sum, count = completion_logprobs(model, batch)
         total -= float(lp_sum.sum())
         tokens += int(count.sum())

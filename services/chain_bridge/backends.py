@@ -103,8 +103,9 @@ class LedgerBackend:
 
     name = "ledger"
 
-    def __init__(self, store: Store, path: Path, uid_mapping: dict[str, int] | None = None,
-                 max_weight_limit: float = 1.0):
+    def __init__(
+        self, store: Store, path: Path, uid_mapping: dict[str, int] | None = None, max_weight_limit: float = 1.0
+    ):
         self.store = store
         self.path = Path(path)
         self.static_uids = uid_mapping
@@ -221,16 +222,22 @@ class BittensorBackend:
         try:
             self.hotkey_ss58 = self.wallet.hotkey.ss58_address
         except Exception as exc:
-            raise ConfigError([
-                f"GRADIENTS_CHAIN_WALLET_NAME/HOTKEY/PATH: cannot load hotkey {settings.wallet_name}/"
-                f"{settings.wallet_hotkey} under {path}: {type(exc).__name__}: {exc}",
-            ]) from None
+            raise ConfigError(
+                [
+                    f"GRADIENTS_CHAIN_WALLET_NAME/HOTKEY/PATH: cannot load hotkey {settings.wallet_name}/"
+                    f"{settings.wallet_hotkey} under {path}: {type(exc).__name__}: {exc}",
+                ]
+            ) from None
         self._client = None
         self._block_time_s = 12.0
 
     async def start(self) -> None:
-        log.info("chain backend bittensor: network %s, netuid %d, hotkey %s", self.settings.network,
-                 self.settings.netuid, self.hotkey_ss58)
+        log.info(
+            "chain backend bittensor: network %s, netuid %d, hotkey %s",
+            self.settings.network,
+            self.settings.netuid,
+            self.hotkey_ss58,
+        )
 
     async def close(self) -> None:
         await self._reset()
@@ -253,8 +260,9 @@ class BittensorBackend:
             raise  # the chain answered: not a connectivity problem
         except TimeoutError as exc:
             await self._reset()
-            raise ChainUnavailable(f"{what}: no answer from {self.settings.network} within "
-                                   f"{self.settings.call_timeout_s:g}s") from exc
+            raise ChainUnavailable(
+                f"{what}: no answer from {self.settings.network} within {self.settings.call_timeout_s:g}s"
+            ) from exc
         except Exception as exc:
             await self._reset()
             raise ChainUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
@@ -310,11 +318,24 @@ class BittensorBackend:
         w = submission.weights
         # The SDK conforms these floats again exactly as chain_weights did (clip, normalise):
         # what it submits is what the ledger would record.
-        intent = SetWeights(netuid=s.netuid, uids=list(w.uids), weights=list(w.weights), mechid=s.mechid,
-                            version_key=submission.version_key)
+        intent = SetWeights(
+            netuid=s.netuid,
+            uids=list(w.uids),
+            weights=list(w.weights),
+            mechid=s.mechid,
+            version_key=submission.version_key,
+        )
         try:
-            result = await self._call("set_weights", client.execute(
-                intent, self.wallet, wait_for_inclusion=True, wait_for_finalization=s.wait_for_finalization, retries=2))
+            result = await self._call(
+                "set_weights",
+                client.execute(
+                    intent,
+                    self.wallet,
+                    wait_for_inclusion=True,
+                    wait_for_finalization=s.wait_for_finalization,
+                    retries=2,
+                ),
+            )
             result.raise_for_failure()
         except ChainError as exc:
             if exc.code == ErrorCode.RATE_LIMITED:

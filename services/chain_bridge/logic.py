@@ -94,7 +94,11 @@ def chain_weights(
 
     max_weight_limit: the subnet's MaxWeightsLimit / 65535; 1.0 (no cap) gives a plain sum-normalise.
     """
-    if isinstance(max_weight_limit, bool) or not isinstance(max_weight_limit, (int, float)) or not 0 < max_weight_limit <= 1:
+    if (
+        isinstance(max_weight_limit, bool)
+        or not isinstance(max_weight_limit, (int, float))
+        or not 0 < max_weight_limit <= 1
+    ):
         raise ValueError(f"max_weight_limit must be in (0, 1], got {max_weight_limit!r}")
     raw = raw_chain_weights(final_scores, hotkey_to_uid, trust)
     positive = sorted((uid, w) for uid, w in raw.items() if w > 0)

@@ -30,8 +30,11 @@ async def build(ctx: ChainBridgeContext, backend_factory: BackendFactory = defau
     outbox = Outbox(ctx.store, ctx.bus, "chain_bridge")  # retried by the host's keep_flushing
     state = WeightsState(ctx.store)
     options = SetterOptions(
-        version_key=settings.version_key, retry_initial_s=settings.retry_initial_s, retry_max_s=settings.retry_max_s,
-        idle_check_s=settings.idle_check_s, lease_s=settings.lease_s,
+        version_key=settings.version_key,
+        retry_initial_s=settings.retry_initial_s,
+        retry_max_s=settings.retry_max_s,
+        idle_check_s=settings.idle_check_s,
+        lease_s=settings.lease_s,
     )
     bridge = ChainBridge(backend, state, WeightSetter(ctx.store, backend, state, outbox, options), outbox)
     try:
@@ -53,7 +56,11 @@ async def stop(ctx: ChainBridgeContext) -> None:
 SPEC: ServiceSpec[ChainBridgeSettings, ChainBridge] = ServiceSpec(
     name="chain_bridge",
     default_port=50056,
-    grpc_services=(GrpcService("gradients.v1.ChainBridge", chain_bridge_pb2_grpc.add_ChainBridgeServicer_to_server, ChainBridgeServicer),),
+    grpc_services=(
+        GrpcService(
+            "gradients.v1.ChainBridge", chain_bridge_pb2_grpc.add_ChainBridgeServicer_to_server, ChainBridgeServicer
+        ),
+    ),
     consumers=handlers.consumers,
     background=background,
     settings_type=ChainBridgeSettings,

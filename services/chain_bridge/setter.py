@@ -88,8 +88,9 @@ class Lease:
 
 
 class WeightSetter:
-    def __init__(self, store: Store, backend: WeightsBackend, state: WeightsState, outbox: Outbox | None,
-                 options: SetterOptions):
+    def __init__(
+        self, store: Store, backend: WeightsBackend, state: WeightsState, outbox: Outbox | None, options: SetterOptions
+    ):
         self.backend = backend
         self.state = state
         self.outbox = outbox
@@ -174,11 +175,18 @@ class WeightSetter:
         the trace of the newest update (so a task's trace reaches gradients.weights.set) and links
         the others."""
         contexts = [telemetry.extract_context({"traceparent": t}) for t in traces]
-        links = [Link(span_context) for ctx in contexts[:-1]
-                 if (span_context := trace.get_current_span(ctx).get_span_context()).is_valid]
+        links = [
+            Link(span_context)
+            for ctx in contexts[:-1]
+            if (span_context := trace.get_current_span(ctx).get_span_context()).is_valid
+        ]
         return telemetry.tracer("gradients.chain_bridge").start_as_current_span(
-            f"set_weights {self.backend.name}", context=contexts[-1] if contexts else None, kind=SpanKind.CLIENT,
-            links=links, attributes={"weights.scores_digest": update.digest, "weights.joined_updates": len(traces)})
+            f"set_weights {self.backend.name}",
+            context=contexts[-1] if contexts else None,
+            kind=SpanKind.CLIENT,
+            links=links,
+            attributes={"weights.scores_digest": update.digest, "weights.joined_updates": len(traces)},
+        )
 
     async def _attempt(self, update: ev.ScoresUpdated) -> float:
         st = self.status
@@ -187,8 +195,9 @@ class WeightSetter:
         try:
             view = await self.backend.view([s.miner_hotkey for s in update.scores])
             if view.blocks_to_wait > 0:
-                raise RateLimited(f"weights rate limit: {view.blocks_to_wait} blocks to wait",
-                                  view.blocks_to_wait * view.block_time_s)
+                raise RateLimited(
+                    f"weights rate limit: {view.blocks_to_wait} blocks to wait", view.blocks_to_wait * view.block_time_s
+                )
             finals = {s.miner_hotkey: max(0.0, s.final_score) for s in update.scores}
             weights = chain_weights(finals, view.hotkey_to_uid, view.trust, view.max_weight_limit)
             if weights.is_empty:
@@ -208,14 +217,30 @@ class WeightSetter:
             st.reachable = not isinstance(exc, ChainUnavailable)
             st.last_error = f"{type(exc).__name__}: {exc}"
             delay = retry_delay(st.failures, self.options.retry_initial_s, self.options.retry_max_s)
-            log.warning("setting weights on %s failed (%d in a row, pending kept; retry in %.1fs): %s",
-                        self.backend.name, st.failures, delay, st.last_error)
+            log.warning(
+                "setting weights on %s failed (%d in a row, pending kept; retry in %.1fs): %s",
+                self.backend.name,
+                st.failures,
+                delay,
+                st.last_error,
+            )
             return delay
-        done = ev.WeightsSet(uids=list(weights.u16_uids), weights_u16=list(weights.u16_values),
-                             backend=self.backend.name, sequence=receipt.sequence,
-                             version_key=self.options.version_key, scores_digest=update.digest)
-        log.info("weights set on %s: sequence %d, %d uids (%s), scores %s", self.backend.name, receipt.sequence,
-                 len(weights.u16_uids), receipt.detail, update.digest[:16])
+        done = ev.WeightsSet(
+            uids=list(weights.u16_uids),
+            weights_u16=list(weights.u16_values),
+            backend=self.backend.name,
+            sequence=receipt.sequence,
+            version_key=self.options.version_key,
+            scores_digest=update.digest,
+        )
+        log.info(
+            "weights set on %s: sequence %d, %d uids (%s), scores %s",
+            self.backend.name,
+            receipt.sequence,
+            len(weights.u16_uids),
+            receipt.detail,
+            update.digest[:16],
+        )
         self._unrecorded = (update, done)
         st.reachable = True
         return await self._record()

@@ -60,48 +60,91 @@ def _uid_file_check(value: str) -> str | None:
 
 @dataclass(frozen=True)
 class ChainBridgeSettings:
-    backend: str = setting("GRADIENTS_CHAIN_BACKEND", "ledger", "ledger (local, embedded default) or bittensor",
-                           check=one_of("ledger", "bittensor"))
-    network: str = setting("GRADIENTS_CHAIN_NETWORK", "finney",
-                           "bittensor backend: finney, test, local, or a ws(s):// subtensor endpoint", check=_network_check)
+    backend: str = setting(
+        "GRADIENTS_CHAIN_BACKEND",
+        "ledger",
+        "ledger (local, embedded default) or bittensor",
+        check=one_of("ledger", "bittensor"),
+    )
+    network: str = setting(
+        "GRADIENTS_CHAIN_NETWORK",
+        "finney",
+        "bittensor backend: finney, test, local, or a ws(s):// subtensor endpoint",
+        check=_network_check,
+    )
     fallback_endpoints: str = setting(
-        "GRADIENTS_CHAIN_FALLBACK_ENDPOINTS", "",
+        "GRADIENTS_CHAIN_FALLBACK_ENDPOINTS",
+        "",
         "comma-separated ws(s):// endpoints tried when the network's is unreachable (empty = the SDK's pool for finney)",
         check=_endpoints_check,
     )
     netuid: int = setting("GRADIENTS_CHAIN_NETUID", 56, "subnet the weights are set on", check=non_negative)
     mechid: int = setting("GRADIENTS_CHAIN_MECHID", 0, "mechanism index within the subnet", check=non_negative)
-    version_key: int = setting("GRADIENTS_CHAIN_VERSION_KEY", 0,
-                               "weights version_key (must not be older than the subnet's required version)",
-                               check=non_negative)
+    version_key: int = setting(
+        "GRADIENTS_CHAIN_VERSION_KEY",
+        0,
+        "weights version_key (must not be older than the subnet's required version)",
+        check=non_negative,
+    )
     wallet_name: str = setting("GRADIENTS_CHAIN_WALLET_NAME", "validator", "validator wallet (coldkey) name")
-    wallet_hotkey: str = setting("GRADIENTS_CHAIN_WALLET_HOTKEY", "default", "validator hotkey name (signs the weights)")
+    wallet_hotkey: str = setting(
+        "GRADIENTS_CHAIN_WALLET_HOTKEY", "default", "validator hotkey name (signs the weights)"
+    )
     wallet_path: str = setting("GRADIENTS_CHAIN_WALLET_PATH", "", "wallets folder (empty = ~/.bittensor/wallets)")
     trust: str = setting(
-        "GRADIENTS_CHAIN_TRUST", "validator",
+        "GRADIENTS_CHAIN_TRUST",
+        "validator",
         "V_trust: validator (this validator's trust, one factor for all miners), miner (each miner's "
-        "metagraph trust) or none (1)", check=one_of(*TRUST_SOURCES),
+        "metagraph trust) or none (1)",
+        check=one_of(*TRUST_SOURCES),
     )
-    wait_for_finalization: bool = setting("GRADIENTS_CHAIN_WAIT_FOR_FINALIZATION", False,
-                                          "wait for finalization (not only inclusion) of each weights extrinsic")
-    call_timeout_s: float = setting("GRADIENTS_CHAIN_CALL_TIMEOUT_S", 120.0,
-                                    "seconds one chain call (connect, metagraph, set) may take", check=positive)
-    retry_initial_s: float = setting("GRADIENTS_CHAIN_RETRY_INITIAL_S", 2.0,
-                                     "first retry delay after a failed set (doubles per failure)", check=positive)
+    wait_for_finalization: bool = setting(
+        "GRADIENTS_CHAIN_WAIT_FOR_FINALIZATION",
+        False,
+        "wait for finalization (not only inclusion) of each weights extrinsic",
+    )
+    call_timeout_s: float = setting(
+        "GRADIENTS_CHAIN_CALL_TIMEOUT_S",
+        120.0,
+        "seconds one chain call (connect, metagraph, set) may take",
+        check=positive,
+    )
+    retry_initial_s: float = setting(
+        "GRADIENTS_CHAIN_RETRY_INITIAL_S",
+        2.0,
+        "first retry delay after a failed set (doubles per failure)",
+        check=positive,
+    )
     retry_max_s: float = setting("GRADIENTS_CHAIN_RETRY_MAX_S", 300.0, "longest retry delay", check=positive)
-    idle_check_s: float = setting("GRADIENTS_CHAIN_IDLE_CHECK_S", 10.0,
-                                  "how often an idle setter looks for pending weights (seconds)", check=positive)
-    lease_s: float = setting("GRADIENTS_CHAIN_LEASE_S", 30.0,
-                             "replicas: the setter lease period; a replica that died holding it is replaced within it",
-                             check=positive)
-    ledger_file: str = setting("GRADIENTS_CHAIN_LEDGER_FILE", "",
-                               "ledger backend: JSONL file (empty = <GRADIENTS_DATA_DIR>/chain-ledger.jsonl)")
-    ledger_uids: str = setting("GRADIENTS_CHAIN_LEDGER_UIDS", "",
-                               "ledger backend: JSON file {hotkey: uid} (empty = uids assigned in order of first score)",
-                               check=_uid_file_check)
-    ledger_max_weight_limit: float = setting("GRADIENTS_CHAIN_LEDGER_MAX_WEIGHT_LIMIT", 1.0,
-                                             "ledger backend: largest share of one uid, as the chain's max_weight_limit",
-                                             check=_max_weight_check)
+    idle_check_s: float = setting(
+        "GRADIENTS_CHAIN_IDLE_CHECK_S",
+        10.0,
+        "how often an idle setter looks for pending weights (seconds)",
+        check=positive,
+    )
+    lease_s: float = setting(
+        "GRADIENTS_CHAIN_LEASE_S",
+        30.0,
+        "replicas: the setter lease period; a replica that died holding it is replaced within it",
+        check=positive,
+    )
+    ledger_file: str = setting(
+        "GRADIENTS_CHAIN_LEDGER_FILE",
+        "",
+        "ledger backend: JSONL file (empty = <GRADIENTS_DATA_DIR>/chain-ledger.jsonl)",
+    )
+    ledger_uids: str = setting(
+        "GRADIENTS_CHAIN_LEDGER_UIDS",
+        "",
+        "ledger backend: JSON file {hotkey: uid} (empty = uids assigned in order of first score)",
+        check=_uid_file_check,
+    )
+    ledger_max_weight_limit: float = setting(
+        "GRADIENTS_CHAIN_LEDGER_MAX_WEIGHT_LIMIT",
+        1.0,
+        "ledger backend: largest share of one uid, as the chain's max_weight_limit",
+        check=_max_weight_check,
+    )
 
     def fallback_list(self) -> list[str]:
         return [u.strip() for u in self.fallback_endpoints.split(",") if u.strip()]

@@ -91,10 +91,14 @@ class WeightsState:
                     if still_pending:
                         pipe.delete(self.pending_key, self.traces_key)
                     if weights is not None:
-                        pipe.hset(self.last_key, mapping={b"weights": weights.SerializeToString(),
-                                                          b"scores_at_us": str(at).encode()})
+                        pipe.hset(
+                            self.last_key,
+                            mapping={b"weights": weights.SerializeToString(), b"scores_at_us": str(at).encode()},
+                        )
                         if outbox is not None:
-                            outbox.add(pipe, events.WEIGHTS_SET, weights, f"weights:{weights.backend}:{weights.sequence}")
+                            outbox.add(
+                                pipe, events.WEIGHTS_SET, weights, f"weights:{weights.backend}:{weights.sequence}"
+                            )
                     await pipe.execute()
                     return
                 except WatchError:

@@ -244,9 +244,7 @@ class OpenAICompatibleGenerator:
         headers = {"Content-Type": "application/json"}
         if self.config.api_key:
             headers["Authorization"] = f"Bearer {self.config.api_key}"
-        http_request = urllib.request.Request(
-            self.url, data=json.dumps(body).encode(), headers=headers, method="POST"
-        )
+        http_request = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
         try:
             timeout = self.config.request_timeout_s
             with urllib.request.urlopen(http_request, timeout=timeout) as response:
@@ -406,9 +404,7 @@ class _Sampler:
 
     def prompt_text(self, messages: list[dict[str, str]]) -> str:
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
-            )
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return "\n\n".join(m["content"] for m in messages) + "\n\n"
 
     def encode(self, messages: list[dict[str, str]], max_new_tokens: int) -> list[int]:
@@ -527,9 +523,9 @@ class LocalTransformersGenerator:
         self.config = config
         self.name = f"local:{config.model_path}"
         tokenizer = AutoTokenizer.from_pretrained(config.model_path)
-        model = AutoModelForCausalLM.from_pretrained(
-            config.model_path, dtype=getattr(torch, config.dtype)
-        ).to(config.device)
+        model = AutoModelForCausalLM.from_pretrained(config.model_path, dtype=getattr(torch, config.dtype)).to(
+            config.device
+        )
         model.eval()
         self._sampler = _Sampler(tokenizer, model, config.device, config.top_p)
         self.stats = GenerationStats()
@@ -596,7 +592,9 @@ class LocalTransformersGenerator:
         self.stats.dropped_rows += sum(1 for a in answers if a is None)
         return answers, errors
 
-    def _field_by_field(self, requests: Sequence[RowRequest], fingerprints: Sequence[str]) -> list[dict[str, str] | None]:
+    def _field_by_field(
+        self, requests: Sequence[RowRequest], fingerprints: Sequence[str]
+    ) -> list[dict[str, str] | None]:
         """Build the answers one key at a time from plain generated text (all rows batched)."""
         partial: list[dict[str, str]] = [{} for _ in requests]
         for attempt in range(self.config.fallback_attempts):
@@ -608,9 +606,7 @@ class LocalTransformersGenerator:
             ]
             if not jobs:
                 break
-            texts = self._sample(
-                jobs, self.config.fallback_max_new_tokens, self.config.fallback_min_new_tokens
-            )
+            texts = self._sample(jobs, self.config.fallback_max_new_tokens, self.config.fallback_min_new_tokens)
             for job, text in zip(jobs, texts, strict=True):
                 if text.strip():
                     partial[job.row][job.key] = text.strip()
@@ -630,14 +626,20 @@ class LocalTransformersGenerator:
             by_temperature.setdefault(job.temperature, []).append(index)
         for temperature, members in by_temperature.items():
             plan = plan_batches(
-                [len(encoded[i]) for i in members], max_new_tokens,
-                self.config.batch_rows, self.config.batch_tokens,
+                [len(encoded[i]) for i in members],
+                max_new_tokens,
+                self.config.batch_rows,
+                self.config.batch_tokens,
             )
             for batch in plan:
                 chosen = [members[b] for b in batch]
                 seed = self._seed(*(part for i in chosen for part in jobs[i].seed_parts))
                 texts = self._sampler.sample_batch(
-                    [encoded[i] for i in chosen], temperature, seed, max_new_tokens, min_new_tokens,
+                    [encoded[i] for i in chosen],
+                    temperature,
+                    seed,
+                    max_new_tokens,
+                    min_new_tokens,
                     stop_after_json,
                 )
                 self.calls += 1
@@ -685,9 +687,9 @@ class DiffusersImageGenerator:
         self.config = config
         self.name = f"diffusers:{config.pipeline_path}"
         self._torch = torch
-        self.pipe = DiffusionPipeline.from_pretrained(
-            config.pipeline_path, dtype=getattr(torch, config.dtype)
-        ).to(config.device)
+        self.pipe = DiffusionPipeline.from_pretrained(config.pipeline_path, dtype=getattr(torch, config.dtype)).to(
+            config.device
+        )
         self.pipe.set_progress_bar_config(disable=True)
 
     def generate_image(self, prompt: str, width: int, height: int, seed: int) -> Any:

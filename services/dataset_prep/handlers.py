@@ -115,6 +115,7 @@ async def stored_result(store: Store, task_id: str) -> ev.DatasetPrepared | None
 
 # ---- Task -> DatasetSpec ------------------------------------------------------------------
 
+
 def parse_image_list(uri: str) -> list[tuple[str, str]]:
     """(path, caption) pairs of `images:path|caption;path|caption` (CreateTask's `images`).
 
@@ -124,7 +125,7 @@ def parse_image_list(uri: str) -> list[tuple[str, str]]:
     if not uri.startswith(IMAGE_LIST_PREFIX):
         raise TaskDataError(f"an {IMAGE_LIST_FORMAT} dataset uri must start with '{IMAGE_LIST_PREFIX}'")
     items: list[tuple[str, str]] = []
-    for piece in uri[len(IMAGE_LIST_PREFIX):].split(";"):
+    for piece in uri[len(IMAGE_LIST_PREFIX) :].split(";"):
         if "|" in piece:
             path, caption = piece.split("|", 1)
             items.append((path.strip(), caption))
@@ -174,6 +175,7 @@ def dataset_spec(task: pb.Task, work_dir: Path) -> DatasetSpec:
 
 
 # ---- generators ---------------------------------------------------------------------------
+
 
 @functools.cache
 def _cuda_available() -> bool:
@@ -301,27 +303,39 @@ def task_generators(task: pb.Task, settings: DatasetPrepSettings, cache: Generat
     base = task.base_model
     if settings.generator == "openai":
         text = LazyGenerator("text", _openai_config(settings, settings.openai_model), cache)
-        weak = LazyGenerator("weak", _openai_config(settings, settings.openai_weak_model or settings.openai_model), cache)
+        weak = LazyGenerator(
+            "weak", _openai_config(settings, settings.openai_weak_model or settings.openai_model), cache
+        )
     elif task.type == pb.IMAGE:
         path = settings.prompt_model_path or settings.text_model_path
-        missing = (f"the base model {base!r} is an image pipeline; image prompts need a text model: set "
-                   "GRADIENTS_DATASET_PROMPT_MODEL_PATH (or GRADIENTS_DATASET_TEXT_MODEL_PATH) or use "
-                   "GRADIENTS_DATASET_GENERATOR=openai")
+        missing = (
+            f"the base model {base!r} is an image pipeline; image prompts need a text model: set "
+            "GRADIENTS_DATASET_PROMPT_MODEL_PATH (or GRADIENTS_DATASET_TEXT_MODEL_PATH) or use "
+            "GRADIENTS_DATASET_GENERATOR=openai"
+        )
         text = LazyGenerator("prompt", _local_config(settings, path) if path else None, cache, missing)
         weak = LazyGenerator("weak", None, cache, "image tasks have no rejected answers")
     else:
         path = settings.text_model_path or (base if is_transformers_folder(base) else "")
-        missing = (f"the base model {base!r} is not a local transformers model folder; set "
-                   "GRADIENTS_DATASET_TEXT_MODEL_PATH or use GRADIENTS_DATASET_GENERATOR=openai")
+        missing = (
+            f"the base model {base!r} is not a local transformers model folder; set "
+            "GRADIENTS_DATASET_TEXT_MODEL_PATH or use GRADIENTS_DATASET_GENERATOR=openai"
+        )
         text = LazyGenerator("text", _local_config(settings, path) if path else None, cache, missing)
         weak_path = settings.weak_model_path or path
         weak = LazyGenerator("weak", _local_config(settings, weak_path) if weak_path else None, cache, missing)
     pipeline = settings.image_pipeline_path or (base if is_diffusers_folder(base) else "")
     image = LazyGenerator(
         "image",
-        DiffusersImageConfig(pipeline, num_inference_steps=settings.image_steps, guidance_scale=settings.image_guidance,
-                             device=resolved_device(settings), dtype=resolved_dtype(settings, resolved_device(settings)))
-        if pipeline else None,
+        DiffusersImageConfig(
+            pipeline,
+            num_inference_steps=settings.image_steps,
+            guidance_scale=settings.image_guidance,
+            device=resolved_device(settings),
+            dtype=resolved_dtype(settings, resolved_device(settings)),
+        )
+        if pipeline
+        else None,
         cache,
         f"the base model {base!r} is not a diffusers pipeline folder; set GRADIENTS_DATASET_IMAGE_PIPELINE_PATH",
     )
@@ -329,6 +343,7 @@ def task_generators(task: pb.Task, settings: DatasetPrepSettings, cache: Generat
 
 
 # ---- progress (worker thread -> event loop) -------------------------------------------------
+
 
 @dataclass
 class ProgressItem:
@@ -364,6 +379,7 @@ class ProgressReporter:
 
 # ---- the preparation itself (worker thread) -------------------------------------------------
 
+
 @dataclass
 class SplitBlob:
     name: str
@@ -378,8 +394,13 @@ class Preparation:
     blobs: list[SplitBlob]
 
 
-def prepare_task(task: pb.Task, settings: DatasetPrepSettings, cache: GeneratorCache, work_dir: Path,
-                 on_progress: Callable[[str, int, int], None]) -> Preparation:
+def prepare_task(
+    task: pb.Task,
+    settings: DatasetPrepSettings,
+    cache: GeneratorCache,
+    work_dir: Path,
+    on_progress: Callable[[str, int, int], None],
+) -> Preparation:
     """Blocking: the whole preparation of one task, artifacts' bytes included."""
     try:
         spec = dataset_spec(task, work_dir)
@@ -396,12 +417,15 @@ def prepare_task(task: pb.Task, settings: DatasetPrepSettings, cache: GeneratorC
 
 def counts_message(dataset: PreparedDataset) -> str:
     s = dataset.stats
-    return (f"train {dataset.train.num_rows}, test {dataset.test.num_rows}, synth {dataset.synth.num_rows} "
-            f"(source rows {s.source_rows}, empty {s.empty_rows}, duplicates moved to test {s.duplicates_moved_to_test}, "
-            f"synthetic requested {s.synth_requested}, generated {s.synth_generated}, leaked {s.synth_leaked})")
+    return (
+        f"train {dataset.train.num_rows}, test {dataset.test.num_rows}, synth {dataset.synth.num_rows} "
+        f"(source rows {s.source_rows}, empty {s.empty_rows}, duplicates moved to test {s.duplicates_moved_to_test}, "
+        f"synthetic requested {s.synth_requested}, generated {s.synth_generated}, leaked {s.synth_leaked})"
+    )
 
 
 # ---- the consumer -------------------------------------------------------------------------
+
 
 class DatasetPrepHandler:
     def __init__(self, ctx: ServiceContext[DatasetPrepSettings, Any]):
@@ -437,15 +461,23 @@ class DatasetPrepHandler:
         task_id = event.task_id or task.task_id
         if await self._republish(task_id):
             return
-        log.info("task %s: preparing on replica %s (delivery %d)", task_id, self.replica, delivery.num_delivered,
-                 extra={"task_id": task_id})
+        log.info(
+            "task %s: preparing on replica %s (delivery %d)",
+            task_id,
+            self.replica,
+            delivery.num_delivered,
+            extra={"task_id": task_id},
+        )
         result = await self.prepare(task, delivery)
         key = result_key(self.ctx.store, task_id)
         # First result wins: another replica may have finished the same job meanwhile
         # (its ack wait ran out while this one still worked); that one is then re-published.
         if not await self.ctx.store.redis.set(key, result.SerializeToString(), nx=True):
-            log.info("task %s: result already stored by another replica; publishing that one", task_id,
-                     extra={"task_id": task_id})
+            log.info(
+                "task %s: result already stored by another replica; publishing that one",
+                task_id,
+                extra={"task_id": task_id},
+            )
             await self._republish(task_id)
             return
         async with self.ctx.store.redis.pipeline(transaction=True) as pipe:
@@ -461,7 +493,8 @@ class DatasetPrepHandler:
         publisher = asyncio.create_task(self._publish_progress(task_id, queue))
         work_dir = self.work_root / f"{task_id}-{uuid.uuid4().hex[:8]}"
         with self._tracer.start_as_current_span(
-            "prepare dataset", attributes={"task.id": task_id, "task.type": pb.TaskType.Name(task.type)},
+            "prepare dataset",
+            attributes={"task.id": task_id, "task.type": pb.TaskType.Name(task.type)},
         ) as span:
             failure = ""
             try:
@@ -473,8 +506,9 @@ class DatasetPrepHandler:
             except Exception as exc:
                 if delivery.num_delivered < self.ctx.bus.max_deliver:
                     raise  # possibly transient (a device, a file system): redelivered
-                log.exception("task %s: data preparation failed on its last delivery", task_id,
-                              extra={"task_id": task_id})
+                log.exception(
+                    "task %s: data preparation failed on its last delivery", task_id, extra={"task_id": task_id}
+                )
                 failure = f"{type(exc).__name__}: {exc}"
             finally:
                 reporter.send(None)
@@ -490,16 +524,28 @@ class DatasetPrepHandler:
                 getattr(splits, blob.name).CopyFrom(pb.SplitInfo(artifact=key, sha256=blob.sha256, rows=blob.rows))
             span.set_attributes({f"dataset.{b.name}_rows": b.rows for b in prep.blobs})
         message = counts_message(prep.dataset)
-        log.info("task %s: dataset prepared in %.1fs: %s", task_id, time.monotonic() - started, message,
-                 extra={"task_id": task_id})
+        log.info(
+            "task %s: dataset prepared in %.1fs: %s",
+            task_id,
+            time.monotonic() - started,
+            message,
+            extra={"task_id": task_id},
+        )
         await self._progress(task_id, ProgressItem("prepared", 1, 1, message))
         return ev.DatasetPrepared(task_id=task_id, ok=True, splits=splits)
 
     async def _publish_progress(self, task_id: str, queue: asyncio.Queue) -> None:
         while (item := await queue.get()) is not None:
             if item.done >= item.total:
-                log.info("task %s: %s %d/%d %s", task_id, item.stage, item.done, item.total, item.message,
-                         extra={"task_id": task_id})
+                log.info(
+                    "task %s: %s %d/%d %s",
+                    task_id,
+                    item.stage,
+                    item.done,
+                    item.total,
+                    item.message,
+                    extra={"task_id": task_id},
+                )
             await self._progress(task_id, item)
 
     async def _progress(self, task_id: str, item: ProgressItem) -> None:
@@ -507,7 +553,9 @@ class DatasetPrepHandler:
         try:
             await self.ctx.bus.publish(
                 events.TASK_PROGRESS,
-                ev.TaskProgress(task_id=task_id, stage=item.stage, done=item.done, total=item.total, message=item.message),
+                ev.TaskProgress(
+                    task_id=task_id, stage=item.stage, done=item.done, total=item.total, message=item.message
+                ),
                 msg_id=f"progress:{task_id}:{uuid.uuid4().hex}",
             )
         except Exception as exc:
@@ -518,6 +566,7 @@ def consumers(ctx: DatasetPrepContext) -> list[Consumer]:
     handler = ctx.components.handler
     return [
         Consumer(DURABLE, events.TASK_STATE_CHANGED, handler.handle),
-        Consumer(WORK_DURABLE, events.DATASET_PREPARE_REQUESTED, handler.handle_job,
-                 concurrency=ctx.settings.concurrency),
+        Consumer(
+            WORK_DURABLE, events.DATASET_PREPARE_REQUESTED, handler.handle_job, concurrency=ctx.settings.concurrency
+        ),
     ]

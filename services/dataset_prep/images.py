@@ -29,10 +29,7 @@ class ImageSizing:
         if self.multiple <= 0:
             raise ValueError(f"ImageSizing.multiple must be positive, not {self.multiple}")
         if self.max_side < self.multiple or self.max_side % self.multiple:
-            raise ValueError(
-                f"ImageSizing.max_side ({self.max_side}) must be a multiple of "
-                f"multiple ({self.multiple})"
-            )
+            raise ValueError(f"ImageSizing.max_side ({self.max_side}) must be a multiple of multiple ({self.multiple})")
 
 
 def snap_size(width: int, height: int, sizing: ImageSizing = ImageSizing()) -> tuple[int, int]:

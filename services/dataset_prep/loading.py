@@ -79,9 +79,7 @@ def _detect_path_format(path: Path) -> str:
             return "hf_disk"
         if any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.rglob("*") if p.is_file()):
             return "image_folder"
-        raise DatasetRejected(
-            f"folder {path} is neither a saved Hugging Face dataset nor a folder of images"
-        )
+        raise DatasetRejected(f"folder {path} is neither a saved Hugging Face dataset nor a folder of images")
     fmt = _SUFFIX_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise DatasetRejected(
@@ -170,9 +168,7 @@ def _read_hf(path: Path, split: str) -> RawTable:
         raise DatasetRejected(f"{path} is not a readable saved dataset: {err}") from None
     if isinstance(data, DatasetDict):
         if split not in data:
-            raise DatasetRejected(
-                f"saved dataset {path} has no split '{split}'; it has: {', '.join(data)}"
-            )
+            raise DatasetRejected(f"saved dataset {path} has no split '{split}'; it has: {', '.join(data)}")
         data = data[split]
     return RawTable(data.to_list(), list(data.column_names), str(path), path)
 
@@ -220,9 +216,7 @@ def _download(url: str, target: Path, options: LoadOptions) -> str:
                 while chunk := response.read(1 << 20):
                     size += len(chunk)
                     if size > options.max_download_bytes:
-                        raise DatasetRejected(
-                            f"{url} is larger than the {options.max_download_bytes} byte limit"
-                        )
+                        raise DatasetRejected(f"{url} is larger than the {options.max_download_bytes} byte limit")
                     out.write(chunk)
     except urllib.error.HTTPError as err:
         raise DatasetRejected(f"could not download {url}: HTTP {err.code} {err.reason}") from None

@@ -113,9 +113,7 @@ def split_rows(rows: list[dict[str, Any]], config: SplitConfig = SplitConfig()) 
     train_idx = [i for i in train_order if hashes[i] not in test_hashes]
     moved = len(rows) - len(test_idx) - len(train_idx)
     if not train_idx:
-        raise DatasetRejected(
-            "no training rows left: every row is in the test split or identical to a test row"
-        )
+        raise DatasetRejected("no training rows left: every row is in the test split or identical to a test row")
 
     # Source sample for D_synth: distinct rows, cycled if the pool is smaller than asked.
     pool_idx = list(test_idx) if config.synth_source == "test" else list(range(len(rows)))

@@ -158,14 +158,10 @@ def _synthesise(
     if kind is TaskKind.IMAGE:
         if generators.image is None:
             raise ValueError("GeneratorSet.image is required for image datasets")
-        return synthesise_images(
-            sources, images, generators.text, generators.image, config.synthesis, progress
-        )
+        return synthesise_images(sources, images, generators.text, generators.image, config.synthesis, progress)
     if kind is TaskKind.DPO and generators.weak_text is None:
         raise ValueError("GeneratorSet.weak_text is required for dpo datasets (rejected answers)")
-    rows = synthesise_text(
-        kind, schema, sources, generators.text, config.synthesis, generators.weak_text, progress
-    )
+    rows = synthesise_text(kind, schema, sources, generators.text, config.synthesis, generators.weak_text, progress)
     return rows, {}
 
 

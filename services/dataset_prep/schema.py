@@ -156,9 +156,7 @@ def _blank(text: str) -> bool:
     return not text.strip()
 
 
-def _resolve_columns(
-    table: RawTable, kind: TaskKind, mapping: ColumnMapping
-) -> tuple[dict[str, str], tuple[str, ...]]:
+def _resolve_columns(table: RawTable, kind: TaskKind, mapping: ColumnMapping) -> tuple[dict[str, str], tuple[str, ...]]:
     """Standard field -> source column for every field the dataset provides."""
     spec = KIND_FIELDS[kind]
     unknown = sorted(set(mapping.fields) - set(spec.all))
@@ -188,15 +186,11 @@ def _resolve_columns(
         source = mapping.extra_source(name)
         if source not in available:
             missing.append(
-                f"'{source}' (extra column)"
-                if source == name
-                else f"'{source}' (mapped to extra column {name})"
+                f"'{source}' (extra column)" if source == name else f"'{source}' (mapped to extra column {name})"
             )
     if missing:
         shown = ", ".join(sorted(available)) or "none"
-        raise DatasetRejected(
-            f"missing mapped column(s): {', '.join(missing)}; the dataset has columns: {shown}"
-        )
+        raise DatasetRejected(f"missing mapped column(s): {', '.join(missing)}; the dataset has columns: {shown}")
     return resolved, extras
 
 
@@ -281,8 +275,7 @@ def standardise(
         )
     if len(rows) < limits.min_rows:
         raise DatasetRejected(
-            f"too few rows: {len(rows)} usable row(s) (of {total}); "
-            f"at least {limits.min_rows} are required"
+            f"too few rows: {len(rows)} usable row(s) (of {total}); at least {limits.min_rows} are required"
         )
     present = set(columns) | ({"input"} if kind is TaskKind.INSTRUCT else set())
     fields = tuple(f for f in KIND_FIELDS[kind].all if f in present)

@@ -33,7 +33,9 @@ SPEC: ServiceSpec[DatasetPrepSettings, DatasetPrepComponents] = ServiceSpec(
     name="dataset_prep",
     default_port=50053,
     grpc_services=(
-        GrpcService("gradients.v1.DatasetPrep", dataset_prep_pb2_grpc.add_DatasetPrepServicer_to_server, DatasetPrepServicer),
+        GrpcService(
+            "gradients.v1.DatasetPrep", dataset_prep_pb2_grpc.add_DatasetPrepServicer_to_server, DatasetPrepServicer
+        ),
     ),
     consumers=handlers.consumers,
     settings_type=DatasetPrepSettings,

@@ -65,6 +65,7 @@ class LocalSource:
 
 # ---- the pieces (blocking; run in a worker thread) ----------------------------------------------
 
+
 def _sniff_format(path: Path) -> str:
     """The format of a blob without a name: a tar (a folder), Parquet, JSON or JSONL."""
     with path.open("rb") as handle:
@@ -78,7 +79,9 @@ def _sniff_format(path: Path) -> str:
         return "json"
     if text.startswith(b"{"):
         return "jsonl"
-    raise SourceRefused("dataset.format", f"cannot tell the format of the data; set it to one of {', '.join(FILE_FORMATS)}")
+    raise SourceRefused(
+        "dataset.format", f"cannot tell the format of the data; set it to one of {', '.join(FILE_FORMATS)}"
+    )
 
 
 def _check_format(fmt: str) -> str:
@@ -95,8 +98,11 @@ def _upload_source(blob: Path, fmt: str, work_dir: Path) -> LocalSource:
         try:
             safe_extract(blob, folder, max_total_bytes=_LIMITS.max_download_bytes)
         except UnsafeArchive:
-            raise SourceRefused("dataset.uri", f"the uploaded {fmt or 'folder'} is not a safe tar archive of a folder "
-                                               "(plain files and folders only, no links, no absolute or '..' names)") from None
+            raise SourceRefused(
+                "dataset.uri",
+                f"the uploaded {fmt or 'folder'} is not a safe tar archive of a folder "
+                "(plain files and folders only, no links, no absolute or '..' names)",
+            ) from None
         finally:
             blob.unlink(missing_ok=True)
         return LocalSource(str(folder), fmt)
@@ -117,7 +123,9 @@ def _hub_source(source: HubDataset, fmt: str, work_dir: Path, cache: Path) -> Lo
     except ValueError as exc:  # an unknown split, among others
         if "split" in str(exc).lower():
             raise SourceRefused("dataset.uri", f"Hub dataset {shown!r} has no split {split!r}") from None
-        raise SourceRefused("dataset.uri", f"Hub dataset {shown!r} could not be loaded ({type(exc).__name__})") from None
+        raise SourceRefused(
+            "dataset.uri", f"Hub dataset {shown!r} could not be loaded ({type(exc).__name__})"
+        ) from None
     except Exception as exc:  # datasets raises many unrelated types for a missing dataset
         where = "in the local Hugging Face cache (offline)" if hf_offline() else "on the Hugging Face Hub"
         log.info("hub dataset %s not loaded: %s", shown, type(exc).__name__)
@@ -129,8 +137,10 @@ def _hub_source(source: HubDataset, fmt: str, work_dir: Path, cache: Path) -> Lo
 
 def _http_source(url: str, fmt: str, work_dir: Path, settings: DatasetPrepSettings) -> LocalSource:
     if not settings.allow_http:
-        raise SourceRefused("dataset.uri", "http(s) datasets are not enabled by the operator "
-                                           "(GRADIENTS_DATASET_ALLOW_HTTP); upload the file instead")
+        raise SourceRefused(
+            "dataset.uri",
+            "http(s) datasets are not enabled by the operator (GRADIENTS_DATASET_ALLOW_HTTP); upload the file instead",
+        )
     if fmt in FOLDER_FORMATS:
         raise SourceRefused("dataset.format", f"a {fmt} dataset cannot be fetched from a URL; upload it as a tar")
     from urllib.parse import urlsplit
@@ -174,7 +184,9 @@ def _image_list(uri: str, roots: Sequence[str], work_dir: Path) -> LocalSource:
     return LocalSource(str(target), "jsonl")
 
 
-def _vet_image_column(source: LocalSource, mapping: ColumnMapping, allowed: Sequence[str], work_dir: Path) -> LocalSource:
+def _vet_image_column(
+    source: LocalSource, mapping: ColumnMapping, allowed: Sequence[str], work_dir: Path
+) -> LocalSource:
     """IMAGE tables name image files: each must lie under the allowed folders. Written back as
     JSONL with absolute paths, so what the pipeline reads is what was checked."""
     table = _load(source)
@@ -206,8 +218,9 @@ def _detected_format(source: LocalSource) -> str:
     try:
         return _detect_path_format(Path(source.uri))
     except DatasetRejected:
-        raise SourceRefused("dataset.format", f"cannot tell the format of the data; set it to one of "
-                                              f"{', '.join(FILE_FORMATS)}") from None
+        raise SourceRefused(
+            "dataset.format", f"cannot tell the format of the data; set it to one of {', '.join(FILE_FORMATS)}"
+        ) from None
 
 
 def _load(source: LocalSource) -> RawTable:
@@ -219,7 +232,9 @@ def _load(source: LocalSource) -> RawTable:
     except DatasetRejected as exc:
         raise DatasetRejected(exc.reason.replace(source.uri, "the dataset")) from None
     except Exception as exc:
-        raise DatasetRejected(f"the data is not readable as {source.format or 'its format'} ({type(exc).__name__})") from None
+        raise DatasetRejected(
+            f"the data is not readable as {source.format or 'its format'} ({type(exc).__name__})"
+        ) from None
 
 
 def resolve_source(
@@ -244,7 +259,9 @@ def resolve_source(
     allowed: list[str] = [*roots, str(work_dir)]
     if isinstance(source, Upload):
         if upload_blob is None:
-            raise SourceRefused("dataset.uri", "no uploaded dataset has this sha256 (upload it with UploadDataset first)")
+            raise SourceRefused(
+                "dataset.uri", "no uploaded dataset has this sha256 (upload it with UploadDataset first)"
+            )
         local = _upload_source(upload_blob, fmt, work_dir)
     elif isinstance(source, HubDataset):
         local = _hub_source(source, fmt, work_dir, hf_datasets_cache_dir(data_dir))
@@ -286,6 +303,7 @@ async def fetch_upload(ctx: ServiceContext, dataset: pb.DatasetSpec, work_dir: P
 
 # ---- for a task being prepared ------------------------------------------------------------------
 
+
 def _resolved_base_model(ref: str, data_dir: Path) -> str:
     """The base model's local folder (a Hub id's cached snapshot), or `ref` as is when it has
     none: the generators then report what is missing."""
@@ -316,8 +334,9 @@ async def resolve_task_dataset(ctx: ServiceContext, task: pb.Task, work_dir: Pat
     try:
         if kind is not None and task.dataset.uri.strip():
             blob = await fetch_upload(ctx, task.dataset, work_dir)
-            local = await asyncio.to_thread(resolve_source, task.dataset, kind, task.organic, settings, work_dir,
-                                            data_dir, blob)
+            local = await asyncio.to_thread(
+                resolve_source, task.dataset, kind, task.organic, settings, work_dir, data_dir, blob
+            )
             resolved.dataset.uri, resolved.dataset.format = local.uri, local.format
         if _base_model_writes(task, settings):
             resolved.base_model = await asyncio.to_thread(_resolved_base_model, task.base_model, data_dir)
@@ -332,6 +351,7 @@ async def resolve_task_dataset(ctx: ServiceContext, task: pb.Task, work_dir: Pat
 
 # ---- InspectDataset -----------------------------------------------------------------------------
 
+
 def _check_mapping(table: RawTable, kind: TaskKind, mapping: ColumnMapping) -> None:
     """InvalidArgument naming the mapping entry whose column the dataset lacks."""
     available = set(table.columns)
@@ -340,22 +360,30 @@ def _check_mapping(table: RawTable, kind: TaskKind, mapping: ColumnMapping) -> N
     for name in spec.all:
         column = mapping.fields.get(name)
         if column is not None and column not in available:
-            raise InvalidArgument(f"dataset.column_mapping[{name}]",
-                                  f"the dataset has no column '{column}'; its columns: {shown}")
+            raise InvalidArgument(
+                f"dataset.column_mapping[{name}]", f"the dataset has no column '{column}'; its columns: {shown}"
+            )
         if column is None and name in spec.required and name not in available:
-            raise InvalidArgument(f"dataset.column_mapping[{name}]",
-                                  f"the dataset has no '{name}' column; map one of its columns to {name} (its columns: {shown})")
+            raise InvalidArgument(
+                f"dataset.column_mapping[{name}]",
+                f"the dataset has no '{name}' column; map one of its columns to {name} (its columns: {shown})",
+            )
     for extra in mapping.extra_columns:
         column = mapping.extra_source(extra)
         if column not in available:
-            raise InvalidArgument(f"dataset.column_mapping[{extra}]",
-                                  f"the dataset has no column '{column}'; its columns: {shown}")
+            raise InvalidArgument(
+                f"dataset.column_mapping[{extra}]", f"the dataset has no column '{column}'; its columns: {shown}"
+            )
 
 
-
-
-def inspect_local(dataset: pb.DatasetSpec, kind: TaskKind, settings: DatasetPrepSettings, work_dir: Path,
-                  data_dir: Path, blob: Path | None) -> dp.InspectDatasetResponse:
+def inspect_local(
+    dataset: pb.DatasetSpec,
+    kind: TaskKind,
+    settings: DatasetPrepSettings,
+    work_dir: Path,
+    data_dir: Path,
+    blob: Path | None,
+) -> dp.InspectDatasetResponse:
     """Blocking: the whole check of one customer dataset (always under the organic policy)."""
     try:
         mapping = ColumnMapping.from_dict(kind, dict(dataset.column_mapping))
@@ -381,16 +409,22 @@ def inspect_local(dataset: pb.DatasetSpec, kind: TaskKind, settings: DatasetPrep
         raise InvalidArgument("dataset", f"has {usable} usable rows (of {total}); at least {settings.min_rows} needed")
     if standard.empty_rows / total > settings.max_empty_fraction:
         required = ", ".join(KIND_FIELDS[kind].required)
-        raise InvalidArgument("dataset", f"{standard.empty_rows} of {total} rows are empty or lack a required field "
-                                         f"({required}); at most {settings.max_empty_fraction:.0%} may be")
+        raise InvalidArgument(
+            "dataset",
+            f"{standard.empty_rows} of {total} rows are empty or lack a required field "
+            f"({required}); at most {settings.max_empty_fraction:.0%} may be",
+        )
     return dp.InspectDatasetResponse(rows=usable, columns=[str(c) for c in table.columns], format=fmt)
 
 
-async def inspect_dataset(ctx: ServiceContext, task_type: int, dataset: pb.DatasetSpec, work_dir: Path,
-                          timeout_s: float = INSPECT_TIMEOUT_S) -> dp.InspectDatasetResponse:
+async def inspect_dataset(
+    ctx: ServiceContext, task_type: int, dataset: pb.DatasetSpec, work_dir: Path, timeout_s: float = INSPECT_TIMEOUT_S
+) -> dp.InspectDatasetResponse:
     kind = kind_of(task_type)
     if kind is None:
-        raise InvalidArgument("type", "names no task type with a dataset schema (INSTRUCT_TEXT, CHAT, DPO, GRPO, IMAGE)")
+        raise InvalidArgument(
+            "type", "names no task type with a dataset schema (INSTRUCT_TEXT, CHAT, DPO, GRPO, IMAGE)"
+        )
     if not dataset.uri.strip():
         raise InvalidArgument("dataset.uri", "is empty")
     try:

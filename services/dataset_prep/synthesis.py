@@ -49,8 +49,7 @@ TASK_TEXT = {
         "correct, high-quality response to it as 'chosen'."
     ),
     TaskKind.GRPO: (
-        "Reword the prompt: same meaning, same difficulty, same expected answer and format, "
-        "different wording."
+        "Reword the prompt: same meaning, same difficulty, same expected answer and format, different wording."
     ),
     TaskKind.IMAGE: (
         "Write a variation of this image prompt: keep the subject and the visual style, vary "
@@ -99,16 +98,18 @@ def task_seed(base_seed: int, task_id: str) -> int:
 
 
 def _text_request(
-    kind: TaskKind, schema: DatasetSchema, row: dict[str, Any], temperature: float, variant: int,
+    kind: TaskKind,
+    schema: DatasetSchema,
+    row: dict[str, Any],
+    temperature: float,
+    variant: int,
     seed: int = 0,
 ) -> RowRequest:
     if kind is TaskKind.INSTRUCT:
         shown = {f: row[f] for f in ("instruction", "input", "output") if row.get(f, "").strip()}
     elif kind is TaskKind.CHAT:
         shown = {
-            _chat_key(i, m["role"]): m["content"]
-            for i, m in enumerate(row["conversations"])
-            if m["role"] != "system"
+            _chat_key(i, m["role"]): m["content"] for i, m in enumerate(row["conversations"]) if m["role"] != "system"
         }
     elif kind is TaskKind.DPO:
         shown = {"prompt": row["prompt"], "chosen": row["chosen"]}
@@ -119,16 +120,12 @@ def _text_request(
     return RowRequest(shown, tuple(shown), TASK_TEXT[kind], temperature, variant, seed)
 
 
-def _assemble(
-    kind: TaskKind, schema: DatasetSchema, row: dict[str, Any], answer: dict[str, str]
-) -> dict[str, Any]:
+def _assemble(kind: TaskKind, schema: DatasetSchema, row: dict[str, Any], answer: dict[str, str]) -> dict[str, Any]:
     if kind is TaskKind.CHAT:
         turns = row["conversations"]
         return {
             "conversations": [
-                m
-                if m["role"] == "system"
-                else {"role": m["role"], "content": answer[_chat_key(i, m["role"])]}
+                m if m["role"] == "system" else {"role": m["role"], "content": answer[_chat_key(i, m["role"])]}
                 for i, m in enumerate(turns)
             ]
         }
@@ -171,7 +168,11 @@ def synthesise_text(
     assert weak_generator is not None
     weak_requests = [
         RowRequest(
-            {"prompt": row["prompt"]}, ("response",), DPO_REJECTED_TASK, config.text_temperature, i,
+            {"prompt": row["prompt"]},
+            ("response",),
+            DPO_REJECTED_TASK,
+            config.text_temperature,
+            i,
             config.seed,
         )
         for row, i in rows
@@ -210,9 +211,7 @@ def synthesise_images(
         if answer is not None:
             with Image.open(io.BytesIO(images[source["image"]])) as original:
                 width, height = snap_size(*original.size, sizing)
-            picture = image_generator.generate_image(
-                answer["caption"], width, height, seed=config.seed + index
-            )
+            picture = image_generator.generate_image(answer["caption"], width, height, seed=config.seed + index)
             picture = cover_crop(picture.convert("RGB"), width, height)
             data = png_bytes(picture)
             name = image_name(data)

@@ -89,8 +89,8 @@ def sample_completions(
             mask = torch.zeros((len(batch), width), dtype=torch.long)
             for r, i in enumerate(batch):
                 n = len(prompts[i])
-                ids[r, width - n:] = torch.tensor(prompts[i])
-                mask[r, width - n:] = 1
+                ids[r, width - n :] = torch.tensor(prompts[i])
+                mask[r, width - n :] = 1
             positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
             generators = [torch.Generator().manual_seed(seeds[i]) for i in batch]
             kwargs: dict[str, Any] = {}
@@ -102,8 +102,12 @@ def sample_completions(
             mask = mask.to(device)
             for _ in range(max_new_tokens):
                 result = model(
-                    input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
-                    cache=past, use_cache=True, **kwargs,
+                    input_ids=step_ids,
+                    attention_mask=mask,
+                    position_ids=step_pos,
+                    cache=past,
+                    use_cache=True,
+                    **kwargs,
                 )
                 past = result.cache
                 probs = torch.softmax(result.logits[:, -1, :].float() / temperature, dim=-1).cpu()
@@ -138,9 +142,7 @@ def completion_kls(
     """k3 KL(member || base) of each member's own completions (teacher-forced)."""
     if group.mixed:
         hotkeys = list(examples)
-        units = [
-            [(ex, group.owners[h]), (ex, BASE_ADAPTER)] for h in hotkeys for ex in examples[h]
-        ]
+        units = [[(ex, group.owners[h]), (ex, BASE_ADAPTER)] for h in hotkeys for ex in examples[h]]
         nll = unit_nll(group.model, units, pad_id, device, plan, per_token=True)
         out: dict[str, list[float]] = {}
         k = 0
@@ -250,7 +252,7 @@ def score_grpo(job: EvalJob, raw: dict[str, MemberResult]) -> dict[str, MemberRe
     for h in ok:
         kl = raw[h].extras["kl"]
         n = len(rows) * g
-        reward = totals[offset: offset + n]
+        reward = totals[offset : offset + n]
         per_prompt = []
         for p in range(len(rows)):
             values = [reward[p * g + j] - job.grpo.kl_beta * kl[p * g + j] for j in range(g)]
@@ -261,7 +263,7 @@ def score_grpo(job: EvalJob, raw: dict[str, MemberResult]) -> dict[str, MemberRe
             "warnings": warnings,
         }
         for o in outcomes:
-            extras[f"reward_{o.spec.name}_mean"] = sum(o.values[offset: offset + n]) / n
+            extras[f"reward_{o.spec.name}_mean"] = sum(o.values[offset : offset + n]) / n
         scored[h] = MemberResult(ok=True, test=per_prompt[:n_test], synth=per_prompt[n_test:], extras=extras)
         offset += n
     return scored

@@ -66,7 +66,9 @@ class EvalJobHandler:
         stored = await self.ctx.store.redis.get(self.result_key(task.task_id))
         if stored is not None:
             # Redelivered after the result was stored: make sure it went out, once.
-            await self.ctx.bus.publish(events.EVAL_COMPLETED, ev.EvalCompleted.FromString(stored), msg_id=f"eval:{task.task_id}")
+            await self.ctx.bus.publish(
+                events.EVAL_COMPLETED, ev.EvalCompleted.FromString(stored), msg_id=f"eval:{task.task_id}"
+            )
             return
         self.status["current_task_id"] = task.task_id
         started = time.monotonic()
@@ -77,8 +79,13 @@ class EvalJobHandler:
             if delivery.num_delivered < self.ctx.bus.max_deliver or is_transient(exc):
                 raise  # retried (transient failures, e.g. the artifact store briefly away, without a bound)
             log.exception("job for task %s failed on its last delivery", task.task_id, extra={"task_id": task.task_id})
-            completed = ev.EvalCompleted(task_id=task.task_id, type=task.type, worker=self.worker_id, ok=False,
-                                         failure_reason=f"{type(exc).__name__}: {exc}")
+            completed = ev.EvalCompleted(
+                task_id=task.task_id,
+                type=task.type,
+                worker=self.worker_id,
+                ok=False,
+                failure_reason=f"{type(exc).__name__}: {exc}",
+            )
             completed.completed_at.GetCurrentTime()
         finally:
             self.status["current_task_id"] = ""
@@ -93,18 +100,34 @@ class EvalJobHandler:
         per_submission = (time.monotonic() - started) / max(1, len(event.submissions))
         for _ in event.submissions:
             metrics.evaluation_seconds.record(per_submission, {"task_type": pb.TaskType.Name(task.type)})
-        log.info("evaluated task %s: %d submissions in %.1fs", task.task_id, len(event.submissions),
-                 time.monotonic() - started, extra={"task_id": task.task_id})
+        log.info(
+            "evaluated task %s: %d submissions in %.1fs",
+            task.task_id,
+            len(event.submissions),
+            time.monotonic() - started,
+            extra={"task_id": task.task_id},
+        )
 
     async def evaluate(self, task: pb.Task, submissions: list[pb.Submission], workdir: Path) -> ev.EvalCompleted:
-        completed = ev.EvalCompleted(task_id=task.task_id, type=task.type, worker=self.worker_id,
-                                     base_model_params_b=task.base_model_params_b, hours=task.hours, ok=True)
+        completed = ev.EvalCompleted(
+            task_id=task.task_id,
+            type=task.type,
+            worker=self.worker_id,
+            base_model_params_b=task.base_model_params_b,
+            hours=task.hours,
+            ok=True,
+        )
         try:
             job = await self.build_job(task, workdir)
             prepared, refused = await self.unpack_submissions(submissions, workdir)
             with telemetry.tracer("gradients.eval_worker").start_as_current_span(
-                "evaluate submissions", attributes={"task.id": task.task_id, "task.type": pb.TaskType.Name(task.type),
-                                                    "submissions": len(prepared)}):
+                "evaluate submissions",
+                attributes={
+                    "task.id": task.task_id,
+                    "task.type": pb.TaskType.Name(task.type),
+                    "submissions": len(prepared),
+                },
+            ):
                 # Even with no usable upload: the base model's own losses are still reported.
                 outcome = await asyncio.to_thread(evaluate_job, job, prepared)
         except JobFailed as exc:
@@ -117,8 +140,13 @@ class EvalJobHandler:
             result = to_proto(by_hotkey[sub.miner_hotkey], sub)
             completed.results.append(result)
             line = f"loss {result.loss_weighted:.5f}" if result.ok else f"failed: {result.failure_reason}"
-            log.info("task %s: submission of %s %s", task.task_id, sub.miner_hotkey, line,
-                     extra={"task_id": task.task_id, "miner_hotkey": sub.miner_hotkey})
+            log.info(
+                "task %s: submission of %s %s",
+                task.task_id,
+                sub.miner_hotkey,
+                line,
+                extra={"task_id": task.task_id, "miner_hotkey": sub.miner_hotkey},
+            )
         # Mean losses only: the base's per-example numbers would double the event for nothing.
         completed.baseline.CopyFrom(to_proto(outcome.baseline, pb.Submission(), per_example=False))
         completed.completed_at.GetCurrentTime()
@@ -145,12 +173,19 @@ class EvalJobHandler:
                 base_model_dir=str(base),
                 test_rows=test_rows,
                 synth_rows=synth_rows,
-                reward_functions=[RewardSpec(f.name, f.weight, f.code, dict(f.params))
-                                  for f in task.evaluation.reward_functions],
+                reward_functions=[
+                    RewardSpec(f.name, f.weight, f.code, dict(f.params)) for f in task.evaluation.reward_functions
+                ],
                 device=s.resolved_device(),
-                limits=EvalLimits(max_lora_rank=s.max_lora_rank, max_adapter_bytes=int(s.max_upload_gb * GiB),
-                                  child_memory_bytes=int(s.child_memory_gb * GiB), child_timeout_s=s.child_timeout_s,
-                                  isolate=s.isolate, eval_plan=s.plan, warm_bases=s.warm_bases),
+                limits=EvalLimits(
+                    max_lora_rank=s.max_lora_rank,
+                    max_adapter_bytes=int(s.max_upload_gb * GiB),
+                    child_memory_bytes=int(s.child_memory_gb * GiB),
+                    child_timeout_s=s.child_timeout_s,
+                    isolate=s.isolate,
+                    eval_plan=s.plan,
+                    warm_bases=s.warm_bases,
+                ),
                 test_weight=task.evaluation.test_weight or default.test_weight,
                 dpo_beta=task.evaluation.dpo_beta or default.dpo_beta,
                 grpo=GrpoOptions(num_generations=s.grpo_generations, max_new_tokens=s.grpo_max_new_tokens),

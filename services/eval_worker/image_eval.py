@@ -110,8 +110,9 @@ class ImageScorer:
 
     def _embed(self, prompts: list[str]) -> Any:
         tok = self.pipe.tokenizer
-        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids.to(self.device)
+        ids = tok(
+            prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids.to(self.device)
         return self.pipe.text_encoder(ids)[0]
 
     def score(self) -> tuple[list[float], list[float]]:

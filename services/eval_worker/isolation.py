@@ -79,8 +79,13 @@ def _exit_reason(exitcode: int | None) -> str:
 
 
 # Imported once by the fork server (never CUDA-initialised there); a missing one is skipped.
-CHILD_PRELOAD = ("torch", "transformers", "peft",
-                 "services.eval_worker.orchestration", "services.eval_worker.text_eval")
+CHILD_PRELOAD = (
+    "torch",
+    "transformers",
+    "peft",
+    "services.eval_worker.orchestration",
+    "services.eval_worker.text_eval",
+)
 
 
 def child_context() -> multiprocessing.context.ForkServerContext:

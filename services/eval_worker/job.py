@@ -60,8 +60,15 @@ class EvalLimits:
     verify_sha256: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("max_lora_rank", "max_adapter_bytes", "max_files", "max_seq_len", "max_batch_tokens",
-                     "max_batch_size", "max_adapters_per_group"):
+        for name in (
+            "max_lora_rank",
+            "max_adapter_bytes",
+            "max_files",
+            "max_seq_len",
+            "max_batch_tokens",
+            "max_batch_size",
+            "max_adapters_per_group",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"EvalLimits.{name} must be positive, got {getattr(self, name)}")
         if self.warm_bases < 0:

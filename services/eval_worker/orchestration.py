@@ -25,9 +25,7 @@ class GroupFn(Protocol):
     ) -> dict[str, MemberResult]: ...
 
 
-def evaluate_group(
-    job: EvalJob, members: list[ValidatedSubmission], baseline: bool = False
-) -> dict[str, MemberResult]:
+def evaluate_group(job: EvalJob, members: list[ValidatedSubmission], baseline: bool = False) -> dict[str, MemberResult]:
     """Evaluate one group with its base model loaded once (runs inside the child)."""
     if job.task_type in ("INSTRUCT_TEXT", "CHAT"):
         from services.eval_worker.text_eval import evaluate_text_group
@@ -64,7 +62,9 @@ WARM_TASK_TYPES = ("INSTRUCT_TEXT", "CHAT", "DPO", "GRPO")
 
 
 def run_groups(
-    job: EvalJob, groups: list[list[ValidatedSubmission]], group_fn: GroupFn = evaluate_group,
+    job: EvalJob,
+    groups: list[list[ValidatedSubmission]],
+    group_fn: GroupFn = evaluate_group,
     with_baseline: bool = True,
 ) -> dict[str, MemberResult]:
     """Each group in its own child; the members of a failed group are retried one per child.
@@ -107,8 +107,8 @@ def run_groups(
     if with_baseline and BASELINE_HOTKEY not in results:
         # No group carried it (or its group crashed, possibly because of it): the base alone.
         alone = run([], baseline=True)
-        results[BASELINE_HOTKEY] = alone.value.get(BASELINE_HOTKEY, missing) if alone.ok else MemberResult(
-            ok=False, reason=alone.reason
+        results[BASELINE_HOTKEY] = (
+            alone.value.get(BASELINE_HOTKEY, missing) if alone.ok else MemberResult(ok=False, reason=alone.reason)
         )
     return results
 
@@ -139,8 +139,5 @@ def run_job(job: EvalJob, submissions: list[Submission], group_fn: GroupFn = eva
         # The baseline's completions go through the same sandboxed reward runs as the members'.
         raw = score_grpo(job, raw)
     kinds = {v.hotkey: v.kind for v in accepted}
-    results = [
-        refused[h] if h in refused else assemble(job, h, kinds[h], raw[h])
-        for h in hotkeys
-    ]
+    results = [refused[h] if h in refused else assemble(job, h, kinds[h], raw[h]) for h in hotkeys]
     return JobOutcome(results, assemble(job, BASELINE_HOTKEY, "base", raw[BASELINE_HOTKEY]))

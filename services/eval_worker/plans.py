@@ -26,10 +26,7 @@ from services.eval_worker.logic import choose_plan as choose_plan
 def _lora_layers(model: Any, name: str) -> list[Any]:
     from peft.tuners.lora import LoraLayer
 
-    return [
-        m for m in model.modules()
-        if isinstance(m, LoraLayer) and (name in m.lora_A or name in m.lora_embedding_A)
-    ]
+    return [m for m in model.modules() if isinstance(m, LoraLayer) and (name in m.lora_A or name in m.lora_embedding_A)]
 
 
 def can_merge(model: Any, names: list[str]) -> bool:

@@ -32,7 +32,9 @@ def _column(columns: dict[str, list[Any]], name: str, n: int) -> list[Any]:
     return values
 
 
-def format_reward(completions: list[str], prompts: list[str], columns: dict[str, list[Any]], params: dict[str, str]) -> list[float]:
+def format_reward(
+    completions: list[str], prompts: list[str], columns: dict[str, list[Any]], params: dict[str, str]
+) -> list[float]:
     """1 if the completion matches params['pattern'] (params['mode']: search | fullmatch)."""
     pattern = re.compile(_param(params, "pattern"), re.DOTALL)
     mode = params.get("mode", "search")
@@ -42,7 +44,9 @@ def format_reward(completions: list[str], prompts: list[str], columns: dict[str,
     return [1.0 if match(c.strip()) else 0.0 for c in completions]
 
 
-def length_reward(completions: list[str], prompts: list[str], columns: dict[str, list[Any]], params: dict[str, str]) -> list[float]:
+def length_reward(
+    completions: list[str], prompts: list[str], columns: dict[str, list[Any]], params: dict[str, str]
+) -> list[float]:
     """max(0, 1 - |len(c) - target| / target), lengths in characters (params['target'])."""
     target = float(_param(params, "target"))
     if target <= 0:
@@ -50,7 +54,9 @@ def length_reward(completions: list[str], prompts: list[str], columns: dict[str,
     return [max(0.0, 1.0 - abs(len(c) - target) / target) for c in completions]
 
 
-def exact_match_reward(completions: list[str], prompts: list[str], columns: dict[str, list[Any]], params: dict[str, str]) -> list[float]:
+def exact_match_reward(
+    completions: list[str], prompts: list[str], columns: dict[str, list[Any]], params: dict[str, str]
+) -> list[float]:
     """1 if the stripped completion equals the row's answer column (params['column'], default answer)."""
     answers = _column(columns, params.get("column", "answer"), len(completions))
     fold = params.get("case_sensitive", "false").lower() != "true"
@@ -63,7 +69,9 @@ def exact_match_reward(completions: list[str], prompts: list[str], columns: dict
     return out
 
 
-def numeric_match_reward(completions: list[str], prompts: list[str], columns: dict[str, list[Any]], params: dict[str, str]) -> list[float]:
+def numeric_match_reward(
+    completions: list[str], prompts: list[str], columns: dict[str, list[Any]], params: dict[str, str]
+) -> list[float]:
     """1 if the last number in the completion is within tolerance of the answer column."""
     answers = _column(columns, params.get("column", "answer"), len(completions))
     tolerance = float(params.get("tolerance", "1e-6"))
@@ -83,7 +91,9 @@ def numeric_match_reward(completions: list[str], prompts: list[str], columns: di
     return out
 
 
-def keyword_reward(completions: list[str], prompts: list[str], columns: dict[str, list[Any]], params: dict[str, str]) -> list[float]:
+def keyword_reward(
+    completions: list[str], prompts: list[str], columns: dict[str, list[Any]], params: dict[str, str]
+) -> list[float]:
     """Fraction of params['keywords'] (comma separated) present in the completion (case-insensitive)."""
     keywords = [k.strip().lower() for k in _param(params, "keywords").split(",") if k.strip()]
     if not keywords:

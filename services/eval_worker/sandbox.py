@@ -72,8 +72,13 @@ def run_sandboxed(
 
     with tempfile.TemporaryDirectory(prefix="reward-sandbox-") as cwd:
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            cwd=cwd, env=env, start_new_session=True,
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
         )
         stdin, stdout = proc.stdin, proc.stdout
         assert stdin is not None and stdout is not None  # both are PIPEs
@@ -122,8 +127,9 @@ def run_sandboxed(
         rc = proc.returncode
         if rc is not None and rc < 0 and -rc in (signal.SIGXCPU, signal.SIGKILL):
             return SandboxResult(False, error=f"exceeded its CPU time limit of {limits.cpu_seconds} s or was killed")
-        return SandboxResult(False, error=f"the sandbox process ended with code {rc} and no answer "
-                                          "(out of memory or crashed)")
+        return SandboxResult(
+            False, error=f"the sandbox process ended with code {rc} and no answer (out of memory or crashed)"
+        )
     try:
         answer = json.loads(raw)
     except ValueError:

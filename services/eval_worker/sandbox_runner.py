@@ -23,17 +23,68 @@ import sys
 # Modules reward code commonly needs; imported before privileges are dropped (the interpreter's
 # own files may not be readable by nobody).
 PRELOAD = (
-    "re", "math", "json", "string", "collections", "itertools", "functools", "statistics",
-    "difflib", "unicodedata", "random", "fractions", "decimal", "textwrap", "operator", "heapq",
-    "bisect", "typing", "dataclasses", "enum", "ast", "copy", "datetime",
+    "re",
+    "math",
+    "json",
+    "string",
+    "collections",
+    "itertools",
+    "functools",
+    "statistics",
+    "difflib",
+    "unicodedata",
+    "random",
+    "fractions",
+    "decimal",
+    "textwrap",
+    "operator",
+    "heapq",
+    "bisect",
+    "typing",
+    "dataclasses",
+    "enum",
+    "ast",
+    "copy",
+    "datetime",
 )
 
 BLOCKED_EVENT_PREFIXES = (
-    "socket.", "subprocess.", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork",
-    "os.forkpty", "os.kill", "os.killpg", "ctypes.", "os.remove", "os.unlink", "os.rename",
-    "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.link", "os.symlink", "os.truncate",
-    "os.putenv", "os.unsetenv", "shutil.", "pty.", "winreg.", "msvcrt.", "webbrowser.",
-    "urllib.", "http.", "ftplib.", "smtplib.", "imaplib.", "poplib.", "nntplib.", "telnetlib.",
+    "socket.",
+    "subprocess.",
+    "os.system",
+    "os.exec",
+    "os.posix_spawn",
+    "os.spawn",
+    "os.fork",
+    "os.forkpty",
+    "os.kill",
+    "os.killpg",
+    "ctypes.",
+    "os.remove",
+    "os.unlink",
+    "os.rename",
+    "os.rmdir",
+    "os.mkdir",
+    "os.chmod",
+    "os.chown",
+    "os.link",
+    "os.symlink",
+    "os.truncate",
+    "os.putenv",
+    "os.unsetenv",
+    "shutil.",
+    "pty.",
+    "winreg.",
+    "msvcrt.",
+    "webbrowser.",
+    "urllib.",
+    "http.",
+    "ftplib.",
+    "smtplib.",
+    "imaplib.",
+    "poplib.",
+    "nntplib.",
+    "telnetlib.",
 )
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 
@@ -65,7 +116,7 @@ def _drop_root():
 def _write_all(fd, data):
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def _install_guards(out_fd):
@@ -90,8 +141,17 @@ def _install_guards(out_fd):
     def no_network(*_args, **_kwargs):
         deny("network access (socket)")
 
-    for name in ("socket", "create_connection", "create_server", "socketpair", "fromfd", "getaddrinfo",
-                 "gethostbyname", "gethostbyname_ex", "gethostbyaddr"):
+    for name in (
+        "socket",
+        "create_connection",
+        "create_server",
+        "socketpair",
+        "fromfd",
+        "getaddrinfo",
+        "gethostbyname",
+        "gethostbyname_ex",
+        "gethostbyaddr",
+    ):
         if hasattr(socket, name):
             setattr(socket, name, no_network)
     _socket.socket = no_network
@@ -105,13 +165,18 @@ def _pick_function(namespace, name):
             raise ValueError(f"the reward code defines no function {name!r}")
         return fn
     candidates = [
-        v for k, v in namespace.items()
-        if callable(v) and getattr(v, "__module__", None) == "reward_module" and not k.startswith("_")
+        v
+        for k, v in namespace.items()
+        if callable(v)
+        and getattr(v, "__module__", None) == "reward_module"
+        and not k.startswith("_")
         and not isinstance(v, type)
     ]
     if len(candidates) != 1:
-        raise ValueError(f"the reward code must define exactly one function (found {len(candidates)}); "
-                         "name it with params['function']")
+        raise ValueError(
+            f"the reward code must define exactly one function (found {len(candidates)}); "
+            "name it with params['function']"
+        )
     return candidates[0]
 
 

@@ -32,8 +32,11 @@ async def release(ctx: EvalWorkerContext) -> None:
 SPEC: ServiceSpec[EvalWorkerSettings, EvalWorkerComponents] = ServiceSpec(
     name="eval_worker",
     default_port=50054,
-    grpc_services=(GrpcService("gradients.v1.EvalWorker", eval_worker_pb2_grpc.add_EvalWorkerServicer_to_server,
-                               EvalWorkerServicer),),
+    grpc_services=(
+        GrpcService(
+            "gradients.v1.EvalWorker", eval_worker_pb2_grpc.add_EvalWorkerServicer_to_server, EvalWorkerServicer
+        ),
+    ),
     consumers=handlers.consumers,
     settings_type=EvalWorkerSettings,
     on_start=build,

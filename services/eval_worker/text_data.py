@@ -65,7 +65,7 @@ def fit_to_length(prompt: list[int], completion: list[int], max_len: int) -> Tok
     overflow = len(prompt) + len(completion) - max_len
     if overflow > 0:
         # Keep one prompt token: the first completion token is predicted from it.
-        prompt = prompt[min(overflow, max(len(prompt) - 1, 0)):]
+        prompt = prompt[min(overflow, max(len(prompt) - 1, 0)) :]
         completion = completion[: max_len - len(prompt)]
     return TokenizedExample(prompt + completion, [IGNORE_INDEX] * len(prompt) + completion)
 
@@ -96,8 +96,10 @@ def chat_example(tokenizer: Any, row: dict[str, Any], max_len: int) -> Tokenized
         raise ValueError("chat row needs a non-empty 'conversations' list")
     messages = []
     for turn in conversation:
-        if not isinstance(turn, dict) or not isinstance(turn.get("role"), str) or not isinstance(
-            turn.get("content"), str
+        if (
+            not isinstance(turn, dict)
+            or not isinstance(turn.get("role"), str)
+            or not isinstance(turn.get("content"), str)
         ):
             raise ValueError("each conversation turn needs string 'role' and 'content'")
         messages.append({"role": turn["role"], "content": turn["content"]})
@@ -113,14 +115,14 @@ def chat_example(tokenizer: Any, row: dict[str, Any], max_len: int) -> Tokenized
             after = render_chat(tokenizer, messages[: i + 1], add_generation_prompt=False)
             if not before.startswith(rendered) or not after.startswith(before):
                 raise ValueError("the chat template does not render conversations prefix by prefix")
-            segments.append((before[len(rendered):], False))
-            segments.append((after[len(before):], True))
+            segments.append((before[len(rendered) :], False))
+            segments.append((after[len(before) :], True))
             rendered = after
         else:
             after = render_chat(tokenizer, messages[: i + 1], add_generation_prompt=False)
             if not after.startswith(rendered):
                 raise ValueError("the chat template does not render conversations prefix by prefix")
-            segments.append((after[len(rendered):], False))
+            segments.append((after[len(rendered) :], False))
             rendered = after
 
     ids: list[int] = []
@@ -139,9 +141,7 @@ def chat_example(tokenizer: Any, row: dict[str, Any], max_len: int) -> Tokenized
     return TokenizedExample(ids, labels)
 
 
-def preference_examples(
-    tokenizer: Any, row: dict[str, Any], max_len: int
-) -> tuple[TokenizedExample, TokenizedExample]:
+def preference_examples(tokenizer: Any, row: dict[str, Any], max_len: int) -> tuple[TokenizedExample, TokenizedExample]:
     """(chosen, rejected) sequences of one DPO row."""
     prompt = _encode(tokenizer, render_chat(tokenizer, prompt_messages(row, _require(row, "prompt", "DPO")), True))
     eos = _eos_ids(tokenizer)

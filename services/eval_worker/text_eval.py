@@ -327,7 +327,11 @@ class GroupNll:
 
 
 def group_nll(
-    group: LoadedGroup, sequences: Sequence[TokenizedExample], pad_id: int, device: str, plan: BatchPlan,
+    group: LoadedGroup,
+    sequences: Sequence[TokenizedExample],
+    pad_id: int,
+    device: str,
+    plan: BatchPlan,
     with_reference: bool = False,
 ) -> GroupNll:
     """NLL of every sequence under every member (and the base): one pass for a mixed group, or
@@ -337,9 +341,7 @@ def group_nll(
     if group.mixed:
         owners: list[str | None] = list(group.owners.values()) + ([BASE_ADAPTER] if with_reference else [])
         nll = sequence_nll(group.model, sequences, owners, pad_id, device, plan)
-        return GroupNll(
-            {h: nll[o] for h, o in group.owners.items()}, nll[BASE_ADAPTER] if with_reference else None
-        )
+        return GroupNll({h: nll[o] for h, o in group.owners.items()}, nll[BASE_ADAPTER] if with_reference else None)
     (hotkey,) = group.owners
     member = sequence_nll(group.model, sequences, [None], pad_id, device, plan)[None]
     reference = base_nll(group, sequences, pad_id, device, plan) if with_reference else None
@@ -347,7 +349,11 @@ def group_nll(
 
 
 def merged_group_nll(
-    group: LoadedGroup, sequences: Sequence[TokenizedExample], pad_id: int, device: str, plan: BatchPlan,
+    group: LoadedGroup,
+    sequences: Sequence[TokenizedExample],
+    pad_id: int,
+    device: str,
+    plan: BatchPlan,
     with_reference: bool = False,
 ) -> GroupNll:
     """Merged plan: adapters disabled, the base pass, then each adapter merged into the weights."""
@@ -390,11 +396,11 @@ def evaluate_text_group(
         nll = group_nll(group, test + synth, tokenizer.pad_token_id, device, plan, with_reference=baseline)
         for hotkey, member_nll in nll.members.items():
             losses = mean_token_losses(member_nll)
-            results[hotkey] = MemberResult(ok=True, test=losses[: len(test)], synth=losses[len(test):])
+            results[hotkey] = MemberResult(ok=True, test=losses[: len(test)], synth=losses[len(test) :])
         reference = nll.reference
     elif baseline:
         reference = base_nll(group, test + synth, tokenizer.pad_token_id, device, plan)
     if reference is not None:
         losses = mean_token_losses(reference)
-        results[BASELINE_HOTKEY] = MemberResult(ok=True, test=losses[: len(test)], synth=losses[len(test):])
+        results[BASELINE_HOTKEY] = MemberResult(ok=True, test=losses[: len(test)], synth=losses[len(test) :])
     return results

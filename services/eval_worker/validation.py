@@ -70,19 +70,46 @@ ARCHITECTURE_FIELDS = (
 # LoRA config fields we pass on to peft. Everything else must be absent/empty, or be one of the
 # purely informational fields below; new peft options are refused until someone reviews them.
 LORA_KEPT_FIELDS = {
-    "r", "lora_alpha", "lora_dropout", "target_modules", "bias", "fan_in_fan_out", "use_rslora",
-    "modules_to_save", "layers_to_transform", "layers_pattern", "rank_pattern", "alpha_pattern",
-    "use_dora", "lora_bias", "exclude_modules",
+    "r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "bias",
+    "fan_in_fan_out",
+    "use_rslora",
+    "modules_to_save",
+    "layers_to_transform",
+    "layers_pattern",
+    "rank_pattern",
+    "alpha_pattern",
+    "use_dora",
+    "lora_bias",
+    "exclude_modules",
 }
 LORA_INFORMATIONAL_FIELDS = {
-    "peft_type", "base_model_name_or_path", "revision", "task_type", "inference_mode", "auto_mapping",
-    "peft_version", "init_lora_weights", "megatron_core", "qalora_group_size", "ensure_weight_tying",
+    "peft_type",
+    "base_model_name_or_path",
+    "revision",
+    "task_type",
+    "inference_mode",
+    "auto_mapping",
+    "peft_version",
+    "init_lora_weights",
+    "megatron_core",
+    "qalora_group_size",
+    "ensure_weight_tying",
 }
 
 LORA_SUFFIXES = (
-    ".lora_A.weight", ".lora_B.weight", ".lora_B.bias", ".lora_embedding_A", ".lora_embedding_B",
-    ".lora_magnitude_vector.weight", ".lora_magnitude_vector",
-    ".lora.down.weight", ".lora.up.weight",  # diffusers' own layout (image LoRAs)
+    ".lora_A.weight",
+    ".lora_B.weight",
+    ".lora_B.bias",
+    ".lora_embedding_A",
+    ".lora_embedding_B",
+    ".lora_magnitude_vector.weight",
+    ".lora_magnitude_vector",
+    ".lora.down.weight",
+    ".lora.up.weight",  # diffusers' own layout (image LoRAs)
 )
 # Suffix -> the PEFT role it plays in the shape checks.
 LORA_ROLE = {".lora.down.weight": ".lora_A.weight", ".lora.up.weight": ".lora_B.weight"}
@@ -427,7 +454,7 @@ def _validate_text(
         shapes = read_and_check_tensors(adapter_files, root)
 
         def prefix_of(key: str) -> str | None:
-            return key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else None
+            return key[len(PEFT_PREFIX) :] if key.startswith(PEFT_PREFIX) else None
 
         check_lora_shapes(shapes, base.weights.shapes, limits.max_lora_rank, prefix_of)
         check_base_layers_unchanged(adapter_files[0], base.weights)
@@ -461,7 +488,7 @@ def check_base_layers_unchanged(adapter_file: Path, base: WeightsInfo) -> None:
         for key in sf.keys():
             if ".base_layer." not in key:
                 continue
-            base_key = key[len(PEFT_PREFIX):].replace(".base_layer.", ".")
+            base_key = key[len(PEFT_PREFIX) :].replace(".base_layer.", ".")
             file, stored = base.locations[base_key]
             with safe_open(file, framework="pt") as bf:
                 expected = bf.get_tensor(stored)

@@ -46,7 +46,9 @@ def _wait_status_reason(status: int) -> str:
     return _exit_reason(os.WEXITSTATUS(status) if os.WIFEXITED(status) else None)
 
 
-def _run_forked(fn: Callable[..., Any], args: tuple[Any, ...], limits: ChildLimits, holder_conn: Any) -> tuple[str, Any]:
+def _run_forked(
+    fn: Callable[..., Any], args: tuple[Any, ...], limits: ChildLimits, holder_conn: Any
+) -> tuple[str, Any]:
     """fn(*args) in a fork of this holder, bounded by limits.timeout_s: ("ok", value) or ("error", reason)."""
     receiver, sender = child_context().Pipe(duplex=False)
     pid = os.fork()
@@ -217,4 +219,3 @@ class WarmBases:
             holders, self._holders = list(self._holders.values()), OrderedDict()
         for holder in holders:
             holder.close()
-

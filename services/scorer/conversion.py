@@ -83,12 +83,14 @@ def submission_result(result: pb.EvaluationResult) -> SubmissionResult:
     """
     hotkey = result.miner_hotkey
     if not result.ok:
-        return SubmissionResult(hotkey, valid=False, fail_reason=result.failure_reason or "evaluation failed",
-                                upload_seq=result.upload_seq)
+        return SubmissionResult(
+            hotkey, valid=False, fail_reason=result.failure_reason or "evaluation failed", upload_seq=result.upload_seq
+        )
     per_test, per_synth = tuple(result.per_example_test), tuple(result.per_example_synth)
     if not _finite(result.loss_test, result.loss_synth, result.loss_weighted, *per_test, *per_synth):
-        return SubmissionResult(hotkey, valid=False, fail_reason="evaluation reported a non-finite loss",
-                                upload_seq=result.upload_seq)
+        return SubmissionResult(
+            hotkey, valid=False, fail_reason="evaluation reported a non-finite loss", upload_seq=result.upload_seq
+        )
     return SubmissionResult(
         miner_hotkey=hotkey,
         valid=True,
@@ -110,8 +112,15 @@ def submission_results(event: ev.EvalCompleted) -> list[SubmissionResult]:
 
 def score_protos(result: TaskScoreResult) -> list[pb.Score]:
     return [
-        pb.Score(miner_hotkey=m.miner_hotkey, rank=m.rank, task_score=m.task_score, adjusted=m.adjusted,
-                 duplicate=m.duplicate, suspicious=m.suspicious, reason=m.reason)
+        pb.Score(
+            miner_hotkey=m.miner_hotkey,
+            rank=m.rank,
+            task_score=m.task_score,
+            adjusted=m.adjusted,
+            duplicate=m.duplicate,
+            suspicious=m.suspicious,
+            reason=m.reason,
+        )
         for m in result.miners
     ]
 

@@ -23,8 +23,12 @@ class EvalCompletedHandler:
     async def handle(self, event: ev.EvalCompleted, delivery: Delivery) -> None:
         if not event.ok:
             # The job as a whole failed: task_service fails the task; there is nothing to rank.
-            log.info("task %s: evaluation failed (%s), not scored", event.task_id, event.failure_reason,
-                     extra={"task_id": event.task_id})
+            log.info(
+                "task %s: evaluation failed (%s), not scored",
+                event.task_id,
+                event.failure_reason,
+                extra={"task_id": event.task_id},
+            )
             return
         if not event.task_id:
             raise ValueError("EvalCompleted.task_id is empty")

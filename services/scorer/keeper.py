@@ -67,8 +67,13 @@ class _NewTask:
 
 
 class ScoreKeeper:
-    def __init__(self, store: Store, bus: EventBus, config: ScoringConfig = DEFAULT_SCORING_CONFIG,
-                 clock_us: Callable[[], int] = wall_micros):
+    def __init__(
+        self,
+        store: Store,
+        bus: EventBus,
+        config: ScoringConfig = DEFAULT_SCORING_CONFIG,
+        clock_us: Callable[[], int] = wall_micros,
+    ):
         self.store = store
         self.repo = ScorerRepository(store)
         self.outbox = Outbox(store, bus, "scorer")
@@ -106,7 +111,10 @@ class ScoreKeeper:
                     await pipe.watch(*watched)
                     if task is not None and await pipe.exists(repo.results.key(task.result.task_id)):
                         return None
-                    records = {k.decode(): decode_record(k.decode(), v) for k, v in (await pipe.hgetall(repo.records_key)).items()}
+                    records = {
+                        k.decode(): decode_record(k.decode(), v)
+                        for k, v in (await pipe.hgetall(repo.records_key)).items()
+                    }
                     previous = await pipe.hget(repo.latest_key, b"now_us")
                     log_length = int(await pipe.xlen(repo.log_key))
                     if task is not None:
@@ -114,14 +122,17 @@ class ScoreKeeper:
                         log_length += 1
                     elif not records:
                         return None
-                    now_us = live_now_micros(self.clock_us(), int(previous) if previous else None,
-                                             task.record.completed_at if task else None)
+                    now_us = live_now_micros(
+                        self.clock_us(), int(previous) if previous else None, task.record.completed_at if task else None
+                    )
                     now = micros_to_seconds(now_us)
                     weights = recompute(build_score_table(records.values()), now, self.config)
                     computation = Computation(now_us, weights.digest, log_length, self.config.version, trigger)
                     update = scores_updated(weights, now_us)
                     cutoff = now - max(self.config.window_seconds) - PRUNE_MARGIN_S
-                    stale = [m.decode() for m in await pipe.zrangebyscore(repo.record_times_key, "-inf", f"({cutoff!r}")]
+                    stale = [
+                        m.decode() for m in await pipe.zrangebyscore(repo.record_times_key, "-inf", f"({cutoff!r}")
+                    ]
 
                     pipe.multi()
                     if task is not None:
@@ -137,21 +148,39 @@ class ScoreKeeper:
                 except WatchError:
                     continue
             break
-        log.info("scores updated (%s): %d miners, %d tasks in the log, digest %s", trigger, len(weights.hotkeys),
-                 log_length, weights.digest[:16], extra={"task_id": task.result.task_id if task else ""})
+        log.info(
+            "scores updated (%s): %d miners, %d tasks in the log, digest %s",
+            trigger,
+            len(weights.hotkeys),
+            log_length,
+            weights.digest[:16],
+            extra={"task_id": task.result.task_id if task else ""},
+        )
         await self.outbox.flush()
         return computation
 
     def _queue_task(self, pipe, task: _NewTask, now_us: int) -> None:
         repo, result = self.repo, task.result
         scored = task_scored(result, now_us)
-        entry = LogEntry(result.task_id, self.config.version, self.config.digest(),
-                         task.event.SerializeToString(), scored.SerializeToString())
+        entry = LogEntry(
+            result.task_id,
+            self.config.version,
+            self.config.digest(),
+            task.event.SerializeToString(),
+            scored.SerializeToString(),
+        )
         pipe.xadd(repo.log_key, entry.fields())
-        repo.results.put(pipe, result.task_id, sc.TaskResult(
-            task_id=result.task_id, scores=score_protos(result), results=list(task.event.results),
-            task_weight=result.task_weight, **confidence_kwargs(result),
-        ))
+        repo.results.put(
+            pipe,
+            result.task_id,
+            sc.TaskResult(
+                task_id=result.task_id,
+                scores=score_protos(result),
+                results=list(task.event.results),
+                task_weight=result.task_weight,
+                **confidence_kwargs(result),
+            ),
+        )
         pipe.hset(repo.records_key, result.task_id, encode_record(task.record))
         pipe.zadd(repo.record_times_key, {result.task_id: task.record.completed_at})
         self.outbox.add(pipe, events.TASK_SCORED, scored, f"scored:{result.task_id}")

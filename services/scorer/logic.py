@@ -268,7 +268,9 @@ def _task_seed(config: ScoringConfig, task_id: str) -> list[int]:
     return [config.bootstrap_seed, task_part]
 
 
-def _rank1_confidence(first: SubmissionResult, second: SubmissionResult, task: TaskInfo, config: ScoringConfig) -> float | None:
+def _rank1_confidence(
+    first: SubmissionResult, second: SubmissionResult, task: TaskInfo, config: ScoringConfig
+) -> float | None:
     """None when the two lack comparable per-example losses (then eq 11 applies unchanged).
 
     (score_task does not call it with fewer than two credited submissions: then the confidence
@@ -352,7 +354,9 @@ class TaskScoreResult:
         return ScoredTask(self.task_id, self.completed_at, {m.miner_hotkey: m.adjusted for m in self.miners})
 
 
-def score_task(task: TaskInfo, results: Sequence[SubmissionResult], config: ScoringConfig = DEFAULT_SCORING_CONFIG) -> TaskScoreResult:
+def score_task(
+    task: TaskInfo, results: Sequence[SubmissionResult], config: ScoringConfig = DEFAULT_SCORING_CONFIG
+) -> TaskScoreResult:
     """Score one task's submissions (eqs 9–12). Does not depend on the order of `results`.
 
     Ties: equal L_weighted → the earlier upload (upload_time, then upload_seq, then hotkey)
@@ -375,11 +379,15 @@ def score_task(task: TaskInfo, results: Sequence[SubmissionResult], config: Scor
     credited.sort(key=lambda r: (r.l_weighted, *r.upload_order))
     n = len(credited)
     # Credited submissions are valid, so __post_init__ checked their l_test is a finite number.
-    flags = suspicious_flags([cast(float, r.l_test) for r in credited], [r.l_synth for r in credited], config.suspicious_alpha)
+    flags = suspicious_flags(
+        [cast(float, r.l_test) for r in credited], [r.l_synth for r in credited], config.suspicious_alpha
+    )
 
     confidence = _rank1_confidence(credited[0], credited[1], task, config) if n >= 2 else None
     withhold_first = (
-        config.min_confidence_for_first is not None and confidence is not None and confidence < config.min_confidence_for_first
+        config.min_confidence_for_first is not None
+        and confidence is not None
+        and confidence < config.min_confidence_for_first
     )
     w_task = task_weight(task.model_params_billions, task.hours, config)
 
@@ -602,7 +610,9 @@ class MinerExplanation:
     final: float
 
 
-def explain_miner(table: ScoreTable, hotkey: str, now: float, config: ScoringConfig = DEFAULT_SCORING_CONFIG) -> MinerExplanation:
+def explain_miner(
+    table: ScoreTable, hotkey: str, now: float, config: ScoringConfig = DEFAULT_SCORING_CONFIG
+) -> MinerExplanation:
     """Per-window contributions behind one miner's score (for Scorer.ExplainMinerScore)."""
     result = recompute(table, now, config)
     if hotkey not in result.hotkeys:
@@ -616,7 +626,9 @@ def explain_miner(table: ScoreTable, hotkey: str, now: float, config: ScoringCon
         rows = r0 + np.flatnonzero(table.row_miner[r0:r1] == miner_idx)
         tasks = tuple((table.task_ids[int(table.row_task[r])], float(table.row_score[r])) for r in rows)
         windows.append(
-            WindowExplanation(config.window_names[w], weight, result.window_sums[w][col], result.window_normalised[w][col], tasks)
+            WindowExplanation(
+                config.window_names[w], weight, result.window_sums[w][col], result.window_normalised[w][col], tasks
+            )
         )
     return MinerExplanation(hotkey, tuple(windows), result.temporal[col], result.final[col])
 

@@ -58,8 +58,9 @@ class LogEntry:
 
 def encode_record(record: ScoredTask) -> bytes:
     # json writes floats by repr: the shortest text that reads back as the same double.
-    return json.dumps({"t": record.completed_at, "a": [list(p) for p in record.adjusted]},
-                      separators=(",", ":"), allow_nan=False).encode()
+    return json.dumps(
+        {"t": record.completed_at, "a": [list(p) for p in record.adjusted]}, separators=(",", ":"), allow_nan=False
+    ).encode()
 
 
 def decode_record(task_id: str, raw: bytes) -> ScoredTask:

@@ -58,12 +58,17 @@ class ReplayReport:
 
 def _stored_record(entry: LogEntry) -> ScoredTask:
     event, scored = entry.event(), entry.scored()
-    return ScoredTask(entry.task_id, timestamp_seconds(event.completed_at),
-                      {s.miner_hotkey: s.adjusted for s in scored.scores})
+    return ScoredTask(
+        entry.task_id, timestamp_seconds(event.completed_at), {s.miner_hotkey: s.adjusted for s in scored.scores}
+    )
 
 
-def replay_entries(entries: Iterable[LogEntry], now: float, config: ScoringConfig = DEFAULT_SCORING_CONFIG,
-                   live: Computation | None = None) -> ReplayReport:
+def replay_entries(
+    entries: Iterable[LogEntry],
+    now: float,
+    config: ScoringConfig = DEFAULT_SCORING_CONFIG,
+    live: Computation | None = None,
+) -> ReplayReport:
     records: list[ScoredTask] = []
     not_recomputed: list[str] = []
     mismatches: list[TaskCheck] = []
@@ -72,7 +77,9 @@ def replay_entries(entries: Iterable[LogEntry], now: float, config: ScoringConfi
         count += 1
         event = entry.event()
         if event.task_id != entry.task_id:
-            mismatches.append(TaskCheck(entry.task_id, (f"entry names task {entry.task_id} but holds {event.task_id}",)))
+            mismatches.append(
+                TaskCheck(entry.task_id, (f"entry names task {entry.task_id} but holds {event.task_id}",))
+            )
         if entry.config_version != config.version or entry.config_digest != config.digest():
             not_recomputed.append(entry.task_id)
             records.append(_stored_record(entry))
@@ -86,8 +93,9 @@ def replay_entries(entries: Iterable[LogEntry], now: float, config: ScoringConfi
     return ReplayReport(now, count, count - len(not_recomputed), tuple(not_recomputed), tuple(mismatches), result, live)
 
 
-async def replay_store(store: Store, now: float | None = None,
-                       config: ScoringConfig = DEFAULT_SCORING_CONFIG) -> ReplayReport:
+async def replay_store(
+    store: Store, now: float | None = None, config: ScoringConfig = DEFAULT_SCORING_CONFIG
+) -> ReplayReport:
     """Replay the log in `store`.
 
     now None: as of the last live computation, over the entries it saw (compared with it).

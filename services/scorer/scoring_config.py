@@ -77,7 +77,13 @@ class ScoringConfig:
         if self.duplicate_epsilon < 0:
             raise ValueError(f"ScoringConfig.duplicate_epsilon must be >= 0, got {self.duplicate_epsilon!r}")
         _finite("suspicious_alpha", self.suspicious_alpha)
-        for name in ("first_place_score", "penalty_score", "failed_submission_score", "task_weight_floor", "task_weight_scale"):
+        for name in (
+            "first_place_score",
+            "penalty_score",
+            "failed_submission_score",
+            "task_weight_floor",
+            "task_weight_scale",
+        ):
             _finite(name, getattr(self, name))
         _in_range("penalty_fraction", self.penalty_fraction, 0.0, 1.0)
         _in_range("test_weight_omega", self.test_weight_omega, 0.0, 1.0)
@@ -95,7 +101,13 @@ class ScoringConfig:
             _in_range("window_weights", w, 0.0, 1.0)
         if not math.isclose(sum(self.window_weights), 1.0, abs_tol=1e-9):
             raise ValueError(f"ScoringConfig.window_weights must sum to 1, got {self.window_weights!r}")
-        for name in ("sigmoid_weight_beta", "linear_weight", "sigmoid_steepness_gamma", "sigmoid_shift_mu", "sigmoid_power_nu"):
+        for name in (
+            "sigmoid_weight_beta",
+            "linear_weight",
+            "sigmoid_steepness_gamma",
+            "sigmoid_shift_mu",
+            "sigmoid_power_nu",
+        ):
             _finite(name, getattr(self, name))
         if self.sigmoid_power_nu <= 0:
             raise ValueError(f"ScoringConfig.sigmoid_power_nu must be > 0, got {self.sigmoid_power_nu!r}")
@@ -104,7 +116,11 @@ class ScoringConfig:
             _finite("min_confidence_for_first", c)
             if not 0.0 < c <= 1.0:
                 raise ValueError(f"ScoringConfig.min_confidence_for_first must be in (0, 1] or None, got {c!r}")
-        if isinstance(self.bootstrap_samples, bool) or not isinstance(self.bootstrap_samples, int) or self.bootstrap_samples < 1:
+        if (
+            isinstance(self.bootstrap_samples, bool)
+            or not isinstance(self.bootstrap_samples, int)
+            or self.bootstrap_samples < 1
+        ):
             raise ValueError(f"ScoringConfig.bootstrap_samples must be an int >= 1, got {self.bootstrap_samples!r}")
         if isinstance(self.bootstrap_seed, bool) or not isinstance(self.bootstrap_seed, int) or self.bootstrap_seed < 0:
             raise ValueError(f"ScoringConfig.bootstrap_seed must be an int >= 0, got {self.bootstrap_seed!r}")

@@ -43,8 +43,9 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             raise InvalidArgument("task_id", "is required")
         result = await self.repo.result(task_id)
         if result is None:
-            raise NotFound(f"task {task_id} has no score: it is not evaluated yet, its evaluation failed, "
-                           "or the id is unknown")
+            raise NotFound(
+                f"task {task_id} has no score: it is not evaluated yet, its evaluation failed, or the id is unknown"
+            )
         return result
 
     async def ExplainMinerScore(self, request: sc.ExplainMinerScoreRequest, context) -> sc.MinerScoreExplanation:
@@ -63,7 +64,10 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             miner_hotkey=hotkey,
             windows=[
                 sc.WindowContribution(
-                    window=w.window, weight=w.weight, raw_sum=w.raw_sum, normalised=w.normalised,
+                    window=w.window,
+                    weight=w.weight,
+                    raw_sum=w.raw_sum,
+                    normalised=w.normalised,
                     tasks=[sc.TaskContribution(task_id=t, adjusted=a) for t, a in w.tasks],
                 )
                 for w in explanation.windows

@@ -14,10 +14,12 @@ from gradients.runtime.config import non_negative, positive, setting
 @dataclass(frozen=True)
 class ScorerSettings:
     refresh_s: float = setting(
-        "GRADIENTS_SCORER_REFRESH_S", 3600.0,
+        "GRADIENTS_SCORER_REFRESH_S",
+        3600.0,
         "seconds after which S_final is recomputed and re-published even when no task was scored "
         "(the 1d/3d/7d windows age); 0 = only when a task is scored",
         check=non_negative,
     )
-    tick_s: float = setting("GRADIENTS_SCORER_TICK_S", 30.0, "how often the refresh and outbox loop wakes (seconds)",
-                            check=positive)
+    tick_s: float = setting(
+        "GRADIENTS_SCORER_TICK_S", 30.0, "how often the refresh and outbox loop wakes (seconds)", check=positive
+    )

@@ -21,7 +21,7 @@ from services.selector.settings import SelectorSettings
 @dataclass
 class SelectorComponents:
     settings: SelectorSettings
-    receiver_ss58: str             # this validator's hotkey: what miners sign for
+    receiver_ss58: str  # this validator's hotkey: what miners sign for
     policy: HotkeyPolicy
     nonce_store: RedisNonceStore
     auth: MinerAuthenticator

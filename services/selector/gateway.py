@@ -65,7 +65,8 @@ class MinerGatewayServicer:
             limiter = self.sel.limiter
             raise ResourceExhausted(
                 f"rate limit: hotkey {miner.hotkey} is over {limiter.rate_per_s:g} calls/s (burst {limiter.burst}); "
-                f"retry in {retry_in:.2f}s")
+                f"retry in {retry_in:.2f}s"
+            )
         await self.sel.registry.seen(miner.hotkey, miner.uid)
         return miner
 
@@ -109,7 +110,9 @@ class MinerGatewayServicer:
                 await sub.unsubscribe()
             with contextlib.suppress(Exception):
                 await registry.close_session(miner.hotkey, session_id)
-            log.info("miner %s disconnected (session %s)", miner.hotkey, session_id, extra={"miner_hotkey": miner.hotkey})
+            log.info(
+                "miner %s disconnected (session %s)", miner.hotkey, session_id, extra={"miner_hotkey": miner.hotkey}
+            )
 
     async def AnswerOffer(self, request: SignedRequest, context) -> gw.AnswerOfferResponse:
         miner = await self._authenticate(context, ANSWER_OFFER, request.raw)
@@ -155,7 +158,10 @@ class MinerGatewayServicer:
         for i, start in enumerate(offsets):
             last = i == len(offsets) - 1
             yield gw.DataChunk(
-                data=data[start:start + step], total_bytes=size, last=last, sha256=key if last else "",
+                data=data[start : start + step],
+                total_bytes=size,
+                last=last,
+                sha256=key if last else "",
             )
 
     def _check_deadline(self, task: pb.Task, when: str) -> None:
@@ -195,18 +201,35 @@ class MinerGatewayServicer:
             key = await self.ctx.artifacts.put_file(spool)
         finally:
             assembler.discard()
-        return gw.UploadResponse(submission=await self._record(task, miner, key, sha256, assembler.received, header.kind))
+        return gw.UploadResponse(
+            submission=await self._record(task, miner, key, sha256, assembler.received, header.kind)
+        )
 
-    async def _record(self, task: pb.Task, miner: AuthenticatedMiner, key: str, sha256: str, size: int, kind: str) -> pb.Submission:
+    async def _record(
+        self, task: pb.Task, miner: AuthenticatedMiner, key: str, sha256: str, size: int, kind: str
+    ) -> pb.Submission:
         uploaded = Timestamp()
         uploaded.GetCurrentTime()
         submission = pb.Submission(
-            task_id=task.task_id, miner_hotkey=miner.hotkey, artifact=key, sha256=sha256, size_bytes=size,
-            uploaded_at=uploaded, upload_seq=await self.sel.submissions.next_seq(task.task_id), kind=kind,
+            task_id=task.task_id,
+            miner_hotkey=miner.hotkey,
+            artifact=key,
+            sha256=sha256,
+            size_bytes=size,
+            uploaded_at=uploaded,
+            upload_seq=await self.sel.submissions.next_seq(task.task_id),
+            kind=kind,
         )
         await self.sel.submissions.record(submission, trace_parent=task.trace_parent)
-        log.info("submission from %s for task %s: %s (%d bytes, seq %d)", miner.hotkey, task.task_id, sha256, size,
-                 submission.upload_seq, extra={"task_id": task.task_id, "miner_hotkey": miner.hotkey})
+        log.info(
+            "submission from %s for task %s: %s (%d bytes, seq %d)",
+            miner.hotkey,
+            task.task_id,
+            sha256,
+            size,
+            submission.upload_seq,
+            extra={"task_id": task.task_id, "miner_hotkey": miner.hotkey},
+        )
         return submission
 
     # ---- results ---------------------------------------------------------------------------
@@ -214,7 +237,9 @@ class MinerGatewayServicer:
     async def GetMyResults(self, request: SignedRequest, context) -> gw.GetMyResultsResponse:
         miner = await self._authenticate(context, MY_RESULTS, request.raw)
         tasks = await self.sel.results.for_miner(miner.hotkey, request.message.task_id)
-        reply = gw.GetMyResultsResponse(tasks=tasks, final_score=await self.sel.registry.final_score(miner.hotkey) or 0.0)
+        reply = gw.GetMyResultsResponse(
+            tasks=tasks, final_score=await self.sel.registry.final_score(miner.hotkey) or 0.0
+        )
         for item in tasks:
             if item.HasField("result"):
                 reply.results.append(item.result)

@@ -30,7 +30,7 @@ class OfferStatus(str, enum.Enum):  # noqa: UP042  (StrEnum would change str()/f
     PENDING = "pending"
     ACCEPTED = "accepted"
     DECLINED = "declined"
-    TIMEOUT = "timeout"          # delivered, not answered in time: counts as a decline
+    TIMEOUT = "timeout"  # delivered, not answered in time: counts as a decline
     UNDELIVERED = "undelivered"  # the miner's session was gone: counts as a decline
 
     @property
@@ -80,10 +80,16 @@ class OfferBook:
 
     def create(self, pipe, offer: gw.Offer, hotkey: str, attempt: int) -> None:
         """Queue the pending offer record on `pipe`."""
-        pipe.hset(self.key(offer.offer_id), mapping={
-            "hotkey": hotkey, "task_id": offer.task_id, "attempt": attempt, "status": OfferStatus.PENDING.value,
-            "answer_by": f"{offer.answer_by.ToNanoseconds() / 1e9:.6f}",
-        })
+        pipe.hset(
+            self.key(offer.offer_id),
+            mapping={
+                "hotkey": hotkey,
+                "task_id": offer.task_id,
+                "attempt": attempt,
+                "status": OfferStatus.PENDING.value,
+                "answer_by": f"{offer.answer_by.ToNanoseconds() / 1e9:.6f}",
+            },
+        )
         pipe.expire(self.key(offer.offer_id), OFFER_TTL_S)
 
     async def status(self, offer_id: str) -> OfferStatus | None:
@@ -108,7 +114,9 @@ class OfferBook:
     async def answer(self, offer_id: str, hotkey: str, accept: bool) -> str:
         """Record a miner's answer: 'ok', 'missing', 'foreign', 'expired' or the status it already has."""
         status = OfferStatus.ACCEPTED if accept else OfferStatus.DECLINED
-        outcome = (await self._answer(keys=[self.key(offer_id)], args=[hotkey, status.value, f"{time.time():.6f}"])).decode()
+        outcome = (
+            await self._answer(keys=[self.key(offer_id)], args=[hotkey, status.value, f"{time.time():.6f}"])
+        ).decode()
         if outcome == "ok":
             await self.nc.publish(self.answer_subject(offer_id), status.value.encode())
         return outcome

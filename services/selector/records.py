@@ -46,7 +46,9 @@ class GatewayTasks:
         return self.store.key("gateway-task", task_id)
 
     async def put_if_newer(self, task: pb.Task) -> bool:
-        return bool(await self._put(keys=[self.key(task.task_id)], args=[task.version, task.SerializeToString(), RECORD_TTL_S]))
+        return bool(
+            await self._put(keys=[self.key(task.task_id)], args=[task.version, task.SerializeToString(), RECORD_TTL_S])
+        )
 
     async def exists(self, task_id: str) -> bool:
         return bool(await self.redis.exists(self.key(task_id)))
@@ -89,8 +91,13 @@ class Submissions:
         """Store a miner's new latest upload and announce it, in one transaction (outbox)."""
         async with self.redis.pipeline(transaction=True) as pipe:
             self.put(pipe, submission)
-            self.outbox.add(pipe, events.SUBMISSION_RECEIVED, ev.SubmissionReceived(submission=submission),
-                            submission_msg_id(submission), trace_parent=trace_parent)
+            self.outbox.add(
+                pipe,
+                events.SUBMISSION_RECEIVED,
+                ev.SubmissionReceived(submission=submission),
+                submission_msg_id(submission),
+                trace_parent=trace_parent,
+            )
             await pipe.execute()
         await self.outbox.flush()
 

@@ -55,7 +55,10 @@ class MinerRecord:
 
     def to_proto(self) -> pb.Miner:
         return pb.Miner(
-            hotkey=self.hotkey, uid=self.uid, connected=self.connected, took_part_today=self.took_part_today,
+            hotkey=self.hotkey,
+            uid=self.uid,
+            connected=self.connected,
+            took_part_today=self.took_part_today,
             avg_quality_score=self.avg_quality_score or 0.0,
         )
 
@@ -127,7 +130,9 @@ class MinerRegistry:
 
     # ---- reading ----------------------------------------------------------------------------
 
-    async def miners(self, uid_of: Callable[[str], int | None] | None = None, today: str | None = None) -> list[MinerRecord]:
+    async def miners(
+        self, uid_of: Callable[[str], int | None] | None = None, today: str | None = None
+    ) -> list[MinerRecord]:
         """Every known miner, by hotkey. `uid_of` (the auth policy) drops miners no longer allowed
         and supplies current uids."""
         today = today or utc_day()
@@ -148,10 +153,16 @@ class MinerRegistry:
             count = int(fields.get("score_count", 0))
             avg = float(fields["score_sum"]) / count if count > 0 else None
             final = float(fields["final_score"]) if "final_score" in fields else None
-            records.append(MinerRecord(
-                hotkey=hotkey, uid=uid, connected=bool(replies[2 * i + 1]),
-                took_part_today=fields.get("part_day") == today, avg_quality_score=avg, final_score=final,
-            ))
+            records.append(
+                MinerRecord(
+                    hotkey=hotkey,
+                    uid=uid,
+                    connected=bool(replies[2 * i + 1]),
+                    took_part_today=fields.get("part_day") == today,
+                    avg_quality_score=avg,
+                    final_score=final,
+                )
+            )
         return records
 
     async def connected_standings(self, uid_of: Callable[[str], int | None] | None = None) -> list[MinerStanding]:

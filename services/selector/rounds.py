@@ -118,9 +118,16 @@ class OfferRounds:
 
     async def _store_outcome(self, task: pb.Task, outcome: ev.MinersSelected) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self._round_key(task.task_id, outcome.attempt, "outcome"), outcome.SerializeToString(), ex=ROUND_TTL_S)
-            self.outbox.add(pipe, events.MINERS_SELECTED, outcome, selected_msg_id(task.task_id, outcome.attempt),
-                            trace_parent=task.trace_parent)
+            pipe.set(
+                self._round_key(task.task_id, outcome.attempt, "outcome"), outcome.SerializeToString(), ex=ROUND_TTL_S
+            )
+            self.outbox.add(
+                pipe,
+                events.MINERS_SELECTED,
+                outcome,
+                selected_msg_id(task.task_id, outcome.attempt),
+                trace_parent=task.trace_parent,
+            )
             await pipe.execute()
 
     @contextlib.asynccontextmanager
@@ -161,7 +168,9 @@ class OfferRounds:
 
     async def _deadline(self, task: pb.Task, attempt: int) -> float:
         """now + hours × time scale, fixed once per attempt."""
-        return await self._fixed(task.task_id, attempt, "deadline", float(int(time.time() + task.hours * self.config.time_scale)))
+        return await self._fixed(
+            task.task_id, attempt, "deadline", float(int(time.time() + task.hours * self.config.time_scale))
+        )
 
     async def _run(self, task: pb.Task, attempt: int) -> ev.MinersSelected:
         deadline = await self._deadline(task, attempt)
@@ -185,8 +194,15 @@ class OfferRounds:
         drawn_size = self.config.pool_sizes.pool_size_for(category_of(task.type), n_available + len(earlier), rng)
         pool_size = await self._fixed(task.task_id, attempt, "pool-size", drawn_size)
         target = max(pool_size - len(earlier), 0)
-        log.info("offer round task=%s attempt=%d: pool %d, %d earlier, %d candidates",
-                 task.task_id, attempt, pool_size, len(earlier), n_available, extra={"task_id": task.task_id})
+        log.info(
+            "offer round task=%s attempt=%d: pool %d, %d earlier, %d candidates",
+            task.task_id,
+            attempt,
+            pool_size,
+            len(earlier),
+            n_available,
+            extra={"task_id": task.task_id},
+        )
 
         while len(accepted) < target:
             batch = select_pool(standings, target - len(accepted), rng, exclude=excluded, tie_break_salt=task.task_id)
@@ -203,8 +219,12 @@ class OfferRounds:
 
         all_accepted = earlier + [h for h in accepted if h not in earlier]
         return ev.MinersSelected(
-            task_id=task.task_id, accepted=all_accepted, declined=declined, enough=len(all_accepted) >= pool_size > 0,
-            attempt=attempt, deadline=timestamp(deadline),
+            task_id=task.task_id,
+            accepted=all_accepted,
+            declined=declined,
+            enough=len(all_accepted) >= pool_size > 0,
+            attempt=attempt,
+            deadline=timestamp(deadline),
         )
 
     async def _finish_earlier_offer(self, offer_id: str) -> tuple[str | None, OfferStatus]:
@@ -221,9 +241,15 @@ class OfferRounds:
 
     def _offer_message(self, task: pb.Task, attempt: int, hotkey: str, deadline: float) -> gw.Offer:
         return gw.Offer(
-            offer_id=offer_id_for(task.task_id, attempt, hotkey), task_id=task.task_id, type=task.type,
-            base_model=task.base_model, hours=task.hours, answer_by=timestamp(time.time() + self.config.offer_timeout_s),
-            deadline=timestamp(deadline), train_rows=task.splits.train.rows, schema=list(task.splits.schema),
+            offer_id=offer_id_for(task.task_id, attempt, hotkey),
+            task_id=task.task_id,
+            type=task.type,
+            base_model=task.base_model,
+            hours=task.hours,
+            answer_by=timestamp(time.time() + self.config.offer_timeout_s),
+            deadline=timestamp(deadline),
+            train_rows=task.splits.train.rows,
+            schema=list(task.splits.schema),
         )
 
     async def _offer(self, task: pb.Task, attempt: int, standing: MinerStanding, deadline: float) -> OfferStatus:
@@ -257,8 +283,13 @@ class OfferRounds:
             await self.redis.srem(self._offered_key(task.task_id), standing.hotkey)
         if status.accepted:
             await self._mark_took_part(standing.hotkey)
-        log.info("offer %s to %s: %s", offer.offer_id, standing.hotkey, status.value,
-                 extra={"task_id": task.task_id, "miner_hotkey": standing.hotkey})
+        log.info(
+            "offer %s to %s: %s",
+            offer.offer_id,
+            standing.hotkey,
+            status.value,
+            extra={"task_id": task.task_id, "miner_hotkey": standing.hotkey},
+        )
         return status
 
     async def _mark_took_part(self, hotkey: str) -> None:

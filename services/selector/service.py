@@ -52,10 +52,12 @@ def validator_hotkey(settings: SelectorSettings, data_dir: Path) -> str:
         return wallet.hotkey.ss58_address
     except FileNotFoundError:
         if settings.auth_mode != "allowlist":
-            raise ConfigError([
-                f"GRADIENTS_SELECTOR_VALIDATOR_HOTKEY is empty and wallet {settings.validator_wallet_name}/"
-                f"{settings.validator_wallet_hotkey} has no hotkey under {path}",
-            ]) from None
+            raise ConfigError(
+                [
+                    f"GRADIENTS_SELECTOR_VALIDATOR_HOTKEY is empty and wallet {settings.validator_wallet_name}/"
+                    f"{settings.validator_wallet_hotkey} has no hotkey under {path}",
+                ]
+            ) from None
     wallet.create_new_hotkey(suppress=True)
     log.warning("created validator hotkey %s under %s (embedded mode)", wallet.hotkey.ss58_address, path)
     return wallet.hotkey.ss58_address
@@ -75,29 +77,45 @@ async def build(ctx: SelectorContext) -> SelectorComponents:
         if not policy.uids:
             log.warning("GRADIENTS_SELECTOR_ALLOWED_HOTKEYS is empty: no miner can connect")
     nonce_store = RedisNonceStore.from_url(
-        ctx.mesh.redis_url, ctx.mesh.namespace,
+        ctx.mesh.redis_url,
+        ctx.mesh.namespace,
         retention=settings.auth_max_age_s + settings.auth_allowed_skew_s + NONCE_RETENTION_MARGIN_S,
     )
     registry = MinerRegistry(ctx.store, settings.session_ttl_s)
     book = OfferBook(ctx.store, ctx.bus.nc)
     outbox = Outbox(ctx.store, ctx.bus, "selector")  # retried by the host's keep_flushing
     rounds = OfferRounds(
-        ctx.store, ctx.bus, registry, book, outbox,
-        RoundConfig(settings.offer_timeout_s, pool_sizes, ctx.mesh.time_scale), policy.uid_of,
+        ctx.store,
+        ctx.bus,
+        registry,
+        book,
+        outbox,
+        RoundConfig(settings.offer_timeout_s, pool_sizes, ctx.mesh.time_scale),
+        policy.uid_of,
     )
     sel = SelectorComponents(
-        settings=settings, receiver_ss58=receiver, policy=policy, nonce_store=nonce_store,
+        settings=settings,
+        receiver_ss58=receiver,
+        policy=policy,
+        nonce_store=nonce_store,
         auth=MinerAuthenticator(receiver, nonce_store, policy, settings.auth_max_age_s, settings.auth_allowed_skew_s),
-        registry=registry, book=book, rounds=rounds, tasks=GatewayTasks(ctx.store), submissions=Submissions(ctx.store, outbox),
-        results=MinerResults(ctx.store, settings.results_kept), outbox=outbox,
+        registry=registry,
+        book=book,
+        rounds=rounds,
+        tasks=GatewayTasks(ctx.store),
+        submissions=Submissions(ctx.store, outbox),
+        results=MinerResults(ctx.store, settings.results_kept),
+        outbox=outbox,
         limiter=HotkeyRateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst),
     )
     if settings.gateway_port is not None:
         server = new_grpc_server()
         bound = server.add_insecure_port(f"{ctx.mesh.grpc_host}:{settings.gateway_port}")
         if bound == 0:
-            raise OSError(f"cannot bind the miner gateway port {ctx.mesh.grpc_host}:{settings.gateway_port} "
-                          "(GRADIENTS_SELECTOR_GATEWAY_PORT)")
+            raise OSError(
+                f"cannot bind the miner gateway port {ctx.mesh.grpc_host}:{settings.gateway_port} "
+                "(GRADIENTS_SELECTOR_GATEWAY_PORT)"
+            )
         sel.gateway_server, sel.gateway_port = server, bound
     await outbox.flush()  # events a crashed predecessor stored but did not publish
     log.info("miner gateway: validator hotkey %s, auth mode %s", receiver, settings.auth_mode)

@@ -38,6 +38,8 @@ class SelectorServicer(selector_pb2_grpc.SelectorServicer):
         standings = await self.sel.registry.connected_standings(self.sel.policy.uid_of)
         excluded = set(request.exclude)
         available = sum(1 for m in standings if m.hotkey not in excluded)
-        size = request.pool_size or self.sel.settings.pool_sizes().pool_size_for(category_of(request.type), available, rng)
+        size = request.pool_size or self.sel.settings.pool_sizes().pool_size_for(
+            category_of(request.type), available, rng
+        )
         pool = select_pool(standings, size, rng, exclude=excluded, tie_break_salt=request.task_id or None)
         return sel_pb.SelectPoolResponse(offer_order=[m.hotkey for m in pool])

@@ -46,8 +46,12 @@ def make_task(
     base_model: str = "tiny-llama",
 ) -> pb.Task:
     task = pb.Task(
-        task_id=task_id or str(uuid.uuid4()), type=task_type, base_model=base_model, hours=hours,
-        delay_attempts=attempt, miner_hotkeys=list(miners),
+        task_id=task_id or str(uuid.uuid4()),
+        type=task_type,
+        base_model=base_model,
+        hours=hours,
+        delay_attempts=attempt,
+        miner_hotkeys=list(miners),
     )
     task.splits.train.artifact = train_artifact
     task.splits.train.sha256 = train_artifact

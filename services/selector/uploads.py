@@ -47,7 +47,9 @@ class UploadAssembler:
             for name in ("task_id", "sha256", "kind"):
                 value = getattr(chunk, name)
                 if value and value != getattr(self.header, name):
-                    raise InvalidArgument(name, f"chunk {index} says {value!r}, the first chunk said {getattr(self.header, name)!r}")
+                    raise InvalidArgument(
+                        name, f"chunk {index} says {value!r}, the first chunk said {getattr(self.header, name)!r}"
+                    )
         if hashlib.sha256(chunk.data).hexdigest() != chunk.chunk_sha256:
             raise InvalidArgument("chunk_sha256", f"chunk {index} does not match its sha256 (corrupted in transit)")
         self.received += len(chunk.data)

@@ -90,7 +90,9 @@ def validate_create(request: ts.CreateTaskRequest) -> None:
     mapping = request.dataset.column_mapping
     for column in REQUIRED_COLUMNS[request.type]:
         if mapping and column not in mapping:
-            raise InvalidArgument(f"dataset.column_mapping[{column}]", f"is required for {pb.TaskType.Name(request.type)}")
+            raise InvalidArgument(
+                f"dataset.column_mapping[{column}]", f"is required for {pb.TaskType.Name(request.type)}"
+            )
         if mapping and not mapping[column].strip():
             raise InvalidArgument(f"dataset.column_mapping[{column}]", "must name a dataset column")
     if request.type == pb.GRPO:
@@ -103,17 +105,24 @@ def validate_create(request: ts.CreateTaskRequest) -> None:
                 if not fn.code.strip():
                     raise InvalidArgument(f"reward_functions[{i}].code", "is required when name is 'code'")
                 if len(fn.code) > MAX_REWARD_CODE_CHARS:  # compiling megabytes blocks the service for seconds
-                    raise InvalidArgument(f"reward_functions[{i}].code",
-                                          f"is {len(fn.code)} characters; at most {MAX_REWARD_CODE_CHARS}")
+                    raise InvalidArgument(
+                        f"reward_functions[{i}].code", f"is {len(fn.code)} characters; at most {MAX_REWARD_CODE_CHARS}"
+                    )
                 try:
                     compile(fn.code, f"reward_functions[{i}]", "exec")  # syntax only; never executed here
                 except SyntaxError as exc:
-                    raise InvalidArgument(f"reward_functions[{i}].code", f"syntax error: {exc.msg} (line {exc.lineno})") from None
+                    raise InvalidArgument(
+                        f"reward_functions[{i}].code", f"syntax error: {exc.msg} (line {exc.lineno})"
+                    ) from None
                 except (ValueError, RecursionError, MemoryError) as exc:  # null bytes; nesting too deep to compile
-                    raise InvalidArgument(f"reward_functions[{i}].code", f"cannot be compiled: {type(exc).__name__}") from None
+                    raise InvalidArgument(
+                        f"reward_functions[{i}].code", f"cannot be compiled: {type(exc).__name__}"
+                    ) from None
             elif fn.name not in BUILTIN_REWARDS:
-                raise InvalidArgument(f"reward_functions[{i}].name",
-                                      f"unknown reward function {fn.name!r}; built-ins: {', '.join(sorted(BUILTIN_REWARDS))}, or 'code'")
+                raise InvalidArgument(
+                    f"reward_functions[{i}].name",
+                    f"unknown reward function {fn.name!r}; built-ins: {', '.join(sorted(BUILTIN_REWARDS))}, or 'code'",
+                )
 
 
 class CustomerTasks:
@@ -143,8 +152,10 @@ class CustomerTasks:
                 raise Unauthenticated("the API key is not valid (unknown or revoked)")
         if self.open:
             return OPEN_ACCOUNT
-        raise Unauthenticated("an API key is required: send metadata 'authorization: Bearer <key>' "
-                              "(operators create keys with `gradients accounts create`)")
+        raise Unauthenticated(
+            "an API key is required: send metadata 'authorization: Bearer <key>' "
+            "(operators create keys with `gradients accounts create`)"
+        )
 
     async def visible_task(self, account: Account, task_id: str) -> pb.Task:
         """The task when this account may see it; NOT_FOUND otherwise (existence is not revealed)."""
@@ -168,8 +179,9 @@ class CustomerTasks:
             return
         stub = dp_grpc.DatasetPrepStub(self.ctx.channel(self.ctx.mesh.dataset_prep_addr))
         try:
-            await stub.InspectDataset(dp.InspectDatasetRequest(type=request.type, dataset=dataset),
-                                      timeout=self.settings.inspect_timeout_s)
+            await stub.InspectDataset(
+                dp.InspectDatasetRequest(type=request.type, dataset=dataset), timeout=self.settings.inspect_timeout_s
+            )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidArgument(*_split_field(exc.details() or "dataset: refused")) from None
@@ -204,8 +216,10 @@ class CustomerTasks:
         if model is not None:
             wants = "diffusion" if request.type == pb.IMAGE else "text"
             if model.kind != wants:
-                raise InvalidArgument("base_model", f"is a {model.kind} model; a {pb.TaskType.Name(request.type)} "
-                                                    f"task needs a {wants} model")
+                raise InvalidArgument(
+                    "base_model",
+                    f"is a {model.kind} model; a {pb.TaskType.Name(request.type)} task needs a {wants} model",
+                )
         await self._inspect_dataset(account, request, dataset)
         params_b = request.base_model_params_b or (model.params_b if model and model.params_b else 0.0)
         task = pb.Task(
@@ -246,10 +260,15 @@ class CustomerTasks:
         else:
             ids = await self.accounts.task_ids(account.name)
         tasks = await self.tasks.many(ids)
-        tasks = [t for t in tasks if (not request.state or t.state == request.state)
-                 and (not request.type or t.type == request.type) and self._may_see(account, t)]
+        tasks = [
+            t
+            for t in tasks
+            if (not request.state or t.state == request.state)
+            and (not request.type or t.type == request.type)
+            and self._may_see(account, t)
+        ]
         tasks.sort(key=lambda t: (t.created_at.ToNanoseconds(), t.task_id))
-        page = tasks[offset:offset + size]
+        page = tasks[offset : offset + size]
         next_token = str(offset + size) if offset + size < len(tasks) else ""
         return ts.ListTasksResponse(tasks=page, next_page_token=next_token)
 
@@ -268,8 +287,10 @@ class CustomerTasks:
         async def on_message(msg: Any) -> None:
             await queue.put(msg)
 
-        subs = [await self.ctx.bus.nc.subscribe(subject, cb=on_message)
-                for subject in (events.TASK_STATE_CHANGED, events.TASK_PROGRESS)]
+        subs = [
+            await self.ctx.bus.nc.subscribe(subject, cb=on_message)
+            for subject in (events.TASK_STATE_CHANGED, events.TASK_PROGRESS)
+        ]
         try:
             # Re-read after subscribing so a change in between is not missed.
             task = await self.tasks.get(task_id) or task
@@ -300,14 +321,14 @@ class CustomerTasks:
         if task.state != pb.SCORED:
             # Losses say something about the hidden test split: nothing before the task ends.
             why = f": {task.failure_reason}" if task.state == pb.FAILED and task.failure_reason else ""
-            raise FailedPrecondition(f"task {task.task_id} is {pb.TaskState.Name(task.state)}{why}; "
-                                     "a result exists once it is SCORED")
+            raise FailedPrecondition(
+                f"task {task.task_id} is {pb.TaskState.Name(task.state)}{why}; a result exists once it is SCORED"
+            )
         record = await self.results.get(task.task_id)
         submissions = await self.lifecycle.submissions(task.task_id)
         return build_result(task, record, submissions)
 
-    async def winner_archive(self, account: Account, task_id: str
-                             ) -> tuple[ts.CustomerTaskResult, pb.Submission, Path]:
+    async def winner_archive(self, account: Account, task_id: str) -> tuple[ts.CustomerTaskResult, pb.Submission, Path]:
         """The result, its winning submission and a verified local copy of its archive (the
         caller deletes the file)."""
         result = await self.result(account, task_id)

@@ -66,8 +66,10 @@ class DatasetUploads:
                     if first.size_bytes <= 0:
                         raise InvalidArgument("size_bytes", "the first chunk must carry the file's size (> 0)")
                     if first.size_bytes > max_bytes:
-                        raise ResourceExhausted(f"size_bytes: {first.size_bytes} bytes is over this validator's "
-                                                f"{max_bytes}-byte dataset limit")
+                        raise ResourceExhausted(
+                            f"size_bytes: {first.size_bytes} bytes is over this validator's "
+                            f"{max_bytes}-byte dataset limit"
+                        )
                     self.spool_dir.mkdir(parents=True, exist_ok=True)
                     handle = open(spool, "wb")
                 received += len(chunk.data)
@@ -94,7 +96,7 @@ class DatasetUploads:
             spool.unlink(missing_ok=True)
 
     async def owned(self, account: Account, uri: str) -> bool:
-        digest = uri[len(UPLOAD_PREFIX):]
+        digest = uri[len(UPLOAD_PREFIX) :]
         if not _SHA256.match(digest):
             return False
         return bool(await self.ctx.store.redis.sismember(self.owner_key(account), digest))

@@ -36,8 +36,11 @@ class TaskEventHandlers:
     async def on_dataset_prepared(self, event: ev.DatasetPrepared, delivery: Delivery) -> None:
         if not event.ok:
             await self.lifecycle.transition(
-                event.task_id, pb.FAILED, expect_from=(pb.PREPARING_DATA,),
-                reason=f"data preparation: {event.failure_reason}", trigger=_trigger(delivery),
+                event.task_id,
+                pb.FAILED,
+                expect_from=(pb.PREPARING_DATA,),
+                reason=f"data preparation: {event.failure_reason}",
+                trigger=_trigger(delivery),
             )
             return
 
@@ -50,7 +53,10 @@ class TaskEventHandlers:
                 task.initial_hours = task.hours
 
         await self.lifecycle.transition(
-            event.task_id, pb.LOOKING_FOR_MINERS, expect_from=(pb.PREPARING_DATA,), mutate=store_splits,
+            event.task_id,
+            pb.LOOKING_FOR_MINERS,
+            expect_from=(pb.PREPARING_DATA,),
+            mutate=store_splits,
             trigger=_trigger(delivery),
         )
 
@@ -59,13 +65,19 @@ class TaskEventHandlers:
         if task is None or task.state != pb.LOOKING_FOR_MINERS or event.attempt != task.delay_attempts:
             return  # a stale round
         decision = decide_after_offers(
-            len(event.accepted), task.delay_attempts, task.initial_hours or task.hours,
-            self.settings.delay_policy(), task.organic,
+            len(event.accepted),
+            task.delay_attempts,
+            task.initial_hours or task.hours,
+            self.settings.delay_policy(),
+            task.organic,
         )
         trigger = _trigger(delivery)
         if decision.next_state is TaskState.TRAINING:
-            deadline = event.deadline.ToSeconds() if event.HasField("deadline") else (
-                time.time() + task.hours * self.ctx.mesh.time_scale)
+            deadline = (
+                event.deadline.ToSeconds()
+                if event.HasField("deadline")
+                else (time.time() + task.hours * self.ctx.mesh.time_scale)
+            )
 
             def start_training(t: pb.Task) -> None:
                 del t.miner_hotkeys[:]
@@ -73,8 +85,12 @@ class TaskEventHandlers:
                 t.deadline.FromSeconds(int(deadline))
 
             await self.lifecycle.transition(
-                task.task_id, pb.TRAINING, expect_from=(pb.LOOKING_FOR_MINERS,), mutate=start_training,
-                extra=lambda pipe, t: self.lifecycle.set_timer(pipe, "deadline", t.task_id, deadline), trigger=trigger,
+                task.task_id,
+                pb.TRAINING,
+                expect_from=(pb.LOOKING_FOR_MINERS,),
+                mutate=start_training,
+                extra=lambda pipe, t: self.lifecycle.set_timer(pipe, "deadline", t.task_id, deadline),
+                trigger=trigger,
             )
         elif decision.next_state is TaskState.DELAYED:
             retry_at = time.time() + (decision.retry_in_hours or 0) * self.ctx.mesh.time_scale
@@ -86,13 +102,19 @@ class TaskEventHandlers:
                 t.miner_hotkeys.extend(event.accepted)
 
             await self.lifecycle.transition(
-                task.task_id, pb.DELAYED, expect_from=(pb.LOOKING_FOR_MINERS,), mutate=delay,
+                task.task_id,
+                pb.DELAYED,
+                expect_from=(pb.LOOKING_FOR_MINERS,),
+                mutate=delay,
                 reason=f"{len(event.accepted)} of {self.settings.min_acceptances} required miners accepted",
-                extra=lambda pipe, t: self.lifecycle.set_timer(pipe, "retry", t.task_id, retry_at), trigger=trigger,
+                extra=lambda pipe, t: self.lifecycle.set_timer(pipe, "retry", t.task_id, retry_at),
+                trigger=trigger,
             )
         else:
             await self.lifecycle.transition(
-                task.task_id, pb.FAILED, expect_from=(pb.LOOKING_FOR_MINERS,),
+                task.task_id,
+                pb.FAILED,
+                expect_from=(pb.LOOKING_FOR_MINERS,),
                 reason=f"no miners: {len(event.accepted)} accepted after {task.delay_attempts} delays",
                 trigger=trigger,
             )
@@ -103,18 +125,25 @@ class TaskEventHandlers:
     async def on_eval_completed(self, event: ev.EvalCompleted, delivery: Delivery) -> None:
         if not event.ok:
             await self.lifecycle.transition(
-                event.task_id, pb.FAILED, expect_from=(pb.EVALUATING,),
-                reason=f"evaluation: {event.failure_reason}", trigger=_trigger(delivery),
+                event.task_id,
+                pb.FAILED,
+                expect_from=(pb.EVALUATING,),
+                reason=f"evaluation: {event.failure_reason}",
+                trigger=_trigger(delivery),
             )
             return
         # Kept for the customer's result (the base model's losses come only from here).
         trigger = _trigger(delivery)
-        await self.ctx.store.apply_once(trigger.scope, trigger.event_id,
-                                        lambda pipe: self.results.put_evaluation(pipe, event))
+        await self.ctx.store.apply_once(
+            trigger.scope, trigger.event_id, lambda pipe: self.results.put_evaluation(pipe, event)
+        )
 
     async def on_task_scored(self, event: ev.TaskScored, delivery: Delivery) -> None:
         await self.lifecycle.transition(
-            event.task_id, pb.SCORED, expect_from=(pb.EVALUATING,), trigger=_trigger(delivery),
+            event.task_id,
+            pb.SCORED,
+            expect_from=(pb.EVALUATING,),
+            trigger=_trigger(delivery),
             extra=lambda pipe, task: self.results.put_scored(pipe, event),
         )
 

@@ -74,8 +74,9 @@ class TaskLifecycle:
         ids = [m.decode() for m in await redis.smembers(self.accounts.tasks_key(account.name))]
         raws = await redis.mget([self.tasks.key(i) for i in ids]) if ids else []
         live = sum(1 for r in raws if r is not None and pb.Task.FromString(r).state in LIVE_STATES)
-        created = [score for _, score in await redis.zrange(self.accounts.created_key(account.name), 0, -1,
-                                                             withscores=True)]
+        created = [
+            score for _, score in await redis.zrange(self.accounts.created_key(account.name), 0, -1, withscores=True)
+        ]
         return live, created
 
     async def check_quota(self, account: Account | None, pipe: Pipeline | None = None) -> None:
@@ -121,8 +122,13 @@ class TaskLifecycle:
                     if task.account:
                         pipe.sadd(self.accounts.tasks_key(task.account), task.task_id)
                         pipe.zadd(self.accounts.created_key(task.account), {task.task_id: time.time()})
-                    self.outbox.add(pipe, events.TASK_CREATED, ev.TaskCreated(task=task), f"task-created:{task.task_id}",
-                                    task.trace_parent)
+                    self.outbox.add(
+                        pipe,
+                        events.TASK_CREATED,
+                        ev.TaskCreated(task=task),
+                        f"task-created:{task.task_id}",
+                        task.trace_parent,
+                    )
                     await pipe.execute()
                     break
                 except WatchError:
@@ -188,16 +194,28 @@ class TaskLifecycle:
                     if marker:
                         pipe.set(marker, b"1", ex=14 * 24 * 3600)
                     change = ev.TaskStateChanged(
-                        task_id=task_id, from_state=old, to_state=to_state, reason=reason,
-                        version=task.version, at=now_ts(), task=task,
+                        task_id=task_id,
+                        from_state=old,
+                        to_state=to_state,
+                        reason=reason,
+                        version=task.version,
+                        at=now_ts(),
+                        task=task,
                     )
-                    self.outbox.add(pipe, events.TASK_STATE_CHANGED, change, f"state:{task_id}:{task.version}",
-                                    task.trace_parent)
+                    self.outbox.add(
+                        pipe, events.TASK_STATE_CHANGED, change, f"state:{task_id}:{task.version}", task.trace_parent
+                    )
                     await pipe.execute()
                 except WatchError:
                     continue
-            log.info("task %s: %s -> %s %s", task_id, pb.TaskState.Name(old), pb.TaskState.Name(to_state), reason,
-                     extra={"task_id": task_id})
+            log.info(
+                "task %s: %s -> %s %s",
+                task_id,
+                pb.TaskState.Name(old),
+                pb.TaskState.Name(to_state),
+                reason,
+                extra={"task_id": task_id},
+            )
             await self.outbox.flush()
             return task
 

@@ -125,7 +125,9 @@ class TimeAllocationConfig:
 DEFAULT_TIME_ALLOCATION = TimeAllocationConfig()
 
 
-def hours_range(task_type: TaskType, n_rows: int, config: TimeAllocationConfig = DEFAULT_TIME_ALLOCATION) -> tuple[int, int]:
+def hours_range(
+    task_type: TaskType, n_rows: int, config: TimeAllocationConfig = DEFAULT_TIME_ALLOCATION
+) -> tuple[int, int]:
     """The [min, max] hours eq 4 allows for a dataset of `n_rows` rows."""
     if isinstance(n_rows, bool) or not isinstance(n_rows, int) or n_rows < 0:
         raise ValueError(f"n_rows must be an int >= 0, got {n_rows!r}")
@@ -352,7 +354,11 @@ class DelayPolicy:
         if not math.isfinite(self.c_hours) or self.c_hours < 0:
             raise ValueError(f"DelayPolicy.c_hours must be finite and >= 0, got {self.c_hours!r}")
         _check_count("DelayPolicy.max_attempts", self.max_attempts)
-        if isinstance(self.min_acceptances, bool) or not isinstance(self.min_acceptances, int) or self.min_acceptances < 1:
+        if (
+            isinstance(self.min_acceptances, bool)
+            or not isinstance(self.min_acceptances, int)
+            or self.min_acceptances < 1
+        ):
             raise ValueError(f"DelayPolicy.min_acceptances must be an int >= 1, got {self.min_acceptances!r}")
         if not math.isfinite(self.retry_wait_hours) or self.retry_wait_hours < 0:
             raise ValueError(f"DelayPolicy.retry_wait_hours must be finite and >= 0, got {self.retry_wait_hours!r}")

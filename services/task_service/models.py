@@ -22,8 +22,8 @@ class ModelRefused(ValueError):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    kind: str                # "text" | "diffusion"
-    params_b: float | None   # phi(M) estimated from the config (None: unknown)
+    kind: str  # "text" | "diffusion"
+    params_b: float | None  # phi(M) estimated from the config (None: unknown)
 
 
 def _config_only(repo: str, revision: str | None, cache_dir: Path) -> ModelInfo:
@@ -58,8 +58,9 @@ def inspect_base_model(ref: str, data_dir: str | os.PathLike) -> ModelInfo:
                 except ModelRefused:
                     raise
                 except Exception as exc:  # network, repository not found, gated...
-                    raise ModelRefused(f"model {text!r} could not be looked up on the Hugging Face Hub "
-                                       f"({type(exc).__name__})") from None
+                    raise ModelRefused(
+                        f"model {text!r} could not be looked up on the Hugging Face Hub ({type(exc).__name__})"
+                    ) from None
         kind = model_kind(folder)
     except SourceRefused as exc:
         raise ModelRefused(exc.reason) from None
@@ -74,7 +75,13 @@ def resolve_model_syntax(text: str) -> None:
     """SourceRefused for a string that is no Hub model id (checked before any network call)."""
     import re
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._/-]+)?", text) \
-            or ".." in text or "--" in text.split("@")[0]:
-        raise SourceRefused("base_model", "is neither a local model folder (config.json or model_index.json) "
-                                          "nor a Hugging Face model id 'org/name[@revision]'")
+    if (
+        not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._/-]+)?", text)
+        or ".." in text
+        or "--" in text.split("@")[0]
+    ):
+        raise SourceRefused(
+            "base_model",
+            "is neither a local model folder (config.json or model_index.json) "
+            "nor a Hugging Face model id 'org/name[@revision]'",
+        )

@@ -45,7 +45,9 @@ class ResultStore:
         pipe.hset(self.key(scored.task_id), "scored", scored.SerializeToString())
 
     async def put_publish(self, task_id: str, repository: str, error: str) -> None:
-        await self.store.redis.hset(self.key(task_id), "publish", json.dumps({"repository": repository, "error": error}))
+        await self.store.redis.hset(
+            self.key(task_id), "publish", json.dumps({"repository": repository, "error": error})
+        )
 
     async def get(self, task_id: str) -> ResultRecord:
         raw = await self.store.redis.hgetall(self.key(task_id))
@@ -82,16 +84,24 @@ def winner_of(scores: list[pb.Score]) -> str:
 
 
 def build_result(task: pb.Task, record: ResultRecord, submissions: list[pb.Submission]) -> ts.CustomerTaskResult:
-    out = ts.CustomerTaskResult(task_id=task.task_id, state=task.state, base_model=task.base_model,
-                                result_model_name=task.result_model_name,
-                                pushed_repository=record.pushed_repository, push_error=record.push_error)
+    out = ts.CustomerTaskResult(
+        task_id=task.task_id,
+        state=task.state,
+        base_model=task.base_model,
+        result_model_name=task.result_model_name,
+        pushed_repository=record.pushed_repository,
+        push_error=record.push_error,
+    )
     results = {r.miner_hotkey: r for r in (record.evaluation.results if record.evaluation else [])}
     scores = {s.miner_hotkey: s for s in (record.scored.scores if record.scored else [])}
     if record.evaluation is not None and record.evaluation.HasField("baseline") and record.evaluation.baseline.ok:
         out.base.CopyFrom(split_losses(record.evaluation.baseline))
         out.has_base = True
-    if record.scored is not None and record.scored.HasField("rank1_confidence") \
-            and math.isfinite(record.scored.rank1_confidence):
+    if (
+        record.scored is not None
+        and record.scored.HasField("rank1_confidence")
+        and math.isfinite(record.scored.rank1_confidence)
+    ):
         out.rank1_confidence = record.scored.rank1_confidence
     for hotkey in sorted(set(results) | set(scores)):
         result, score = results.get(hotkey), scores.get(hotkey)
@@ -116,5 +126,9 @@ def build_result(task: pb.Task, record: ResultRecord, submissions: list[pb.Submi
         by_hotkey = {s.miner_hotkey: s for s in submissions}
         if winner in by_hotkey:
             sub = by_hotkey[winner]
-            out.winner_kind, out.winner_sha256, out.winner_size_bytes = sub.kind or "adapter", sub.sha256, sub.size_bytes
+            out.winner_kind, out.winner_sha256, out.winner_size_bytes = (
+                sub.kind or "adapter",
+                sub.sha256,
+                sub.size_bytes,
+            )
     return out

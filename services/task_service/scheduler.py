@@ -75,10 +75,12 @@ class TaskScheduler:
         synthetic_cap = self.settings.max_synthetic if (self.settings.synthetic_enabled and self.pools) else 0
         if synthetic_cap and self.settings.synthetic_limit:
             created = int(await self.ctx.store.redis.get(self.created_key) or 0)  # leftovers were counted
-            synthetic_cap = min(synthetic_cap,
-                                synthetic_running + len(leftover) + max(0, self.settings.synthetic_limit - created))
-        plan = next_tasks_to_start(organic_queue, synthetic_running, synthetic_cap, free, self.rng,
-                                   self.pools or _NO_POOLS, self.mix)
+            synthetic_cap = min(
+                synthetic_cap, synthetic_running + len(leftover) + max(0, self.settings.synthetic_limit - created)
+            )
+        plan = next_tasks_to_start(
+            organic_queue, synthetic_running, synthetic_cap, free, self.rng, self.pools or _NO_POOLS, self.mix
+        )
         for task in plan.organic:
             await self.lifecycle.transition(task.task_id, pb.PREPARING_DATA, expect_from=(pb.PENDING,))
         for i, spec in enumerate(plan.synthetic):
@@ -86,7 +88,9 @@ class TaskScheduler:
             await self.lifecycle.transition(task.task_id, pb.PREPARING_DATA, expect_from=(pb.PENDING,))
 
     async def create_synthetic(self, spec: SyntheticTaskSpec) -> pb.Task:
-        with self._tracer.start_as_current_span("synthetic task", attributes={"task.type": spec.task_type.name}) as span:
+        with self._tracer.start_as_current_span(
+            "synthetic task", attributes={"task.type": spec.task_type.name}
+        ) as span:
             task = pb.Task(
                 task_id=str(uuid.uuid4()),
                 type=proto_of(spec.task_type),
@@ -101,8 +105,13 @@ class TaskScheduler:
             )
             for fn in self.extras.get("reward_functions", {}).get(spec.task_type.name, []):
                 task.evaluation.reward_functions.append(
-                    pb.RewardFunction(name=fn["name"], weight=float(fn.get("weight", 1.0)), code=fn.get("code", ""),
-                                      params={k: str(v) for k, v in fn.get("params", {}).items()}))
+                    pb.RewardFunction(
+                        name=fn["name"],
+                        weight=float(fn.get("weight", 1.0)),
+                        code=fn.get("code", ""),
+                        params={k: str(v) for k, v in fn.get("params", {}).items()},
+                    )
+                )
             criteria = default_criteria(task.type)
             task.evaluation.test_weight = criteria.test_weight
             task.evaluation.dpo_beta = criteria.dpo_beta
@@ -123,8 +132,12 @@ class TaskScheduler:
     async def fire(self, kind: str, task_id: str) -> pb.Task | None:
         lc = self.lifecycle
         if kind == "retry":
-            return await lc.transition(task_id, pb.LOOKING_FOR_MINERS, expect_from=(pb.DELAYED,),
-                                       extra=lambda pipe, t: lc.clear_timer(pipe, "retry", task_id))
+            return await lc.transition(
+                task_id,
+                pb.LOOKING_FOR_MINERS,
+                expect_from=(pb.DELAYED,),
+                extra=lambda pipe, t: lc.clear_timer(pipe, "retry", task_id),
+            )
         if kind == "deadline":
             evaluate_at = time.time() + self.settings.submission_grace_s
 
@@ -136,9 +149,13 @@ class TaskScheduler:
         if kind == "evaluate":
             submissions = await lc.submissions(task_id)
             if not submissions:
-                return await lc.transition(task_id, pb.FAILED, expect_from=(pb.PREEVALUATION,),
-                                           reason="evaluation: no submissions before the deadline",
-                                           extra=lambda pipe, t: lc.clear_timer(pipe, "evaluate", task_id))
+                return await lc.transition(
+                    task_id,
+                    pb.FAILED,
+                    expect_from=(pb.PREEVALUATION,),
+                    reason="evaluation: no submissions before the deadline",
+                    extra=lambda pipe, t: lc.clear_timer(pipe, "evaluate", task_id),
+                )
 
             def enqueue(pipe, t: pb.Task) -> None:
                 lc.clear_timer(pipe, "evaluate", task_id)

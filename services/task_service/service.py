@@ -27,8 +27,10 @@ TaskServiceContext = ServiceContext[TaskServiceSettings, TaskServiceComponents]
 async def build(ctx: TaskServiceContext) -> TaskServiceComponents:
     components = TaskServiceComponents(TaskLifecycle(ctx))
     if ctx.settings.auth == "open":
-        log.warning("GRADIENTS_TASK_AUTH=open: TaskService accepts calls without an API key and shows every "
-                    "task to every caller; use this for local development only")
+        log.warning(
+            "GRADIENTS_TASK_AUTH=open: TaskService accepts calls without an API key and shows every "
+            "task to every caller; use this for local development only"
+        )
     return components
 
 

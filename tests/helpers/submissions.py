@@ -96,8 +96,9 @@ def train_dpo_lora(
     def seq_logps(m):
         logits = m(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         tgt = labels[:, 1:]
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=IGNORE_INDEX,
-                              reduction="none").view(tgt.shape)
+        nll = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+        ).view(tgt.shape)
         return -nll.sum(dim=1)
 
     with torch.no_grad(), model.disable_adapter():
@@ -146,9 +147,23 @@ def _unet_lora(pipe, r: int, init: Any = True):
     from peft import LoraConfig
 
     # Convolutions included: the tiny UNet's capacity is mostly in its ResNet blocks.
-    cfg = LoraConfig(r=r, lora_alpha=r, init_lora_weights=init,
-                     target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out",
-                                     "conv1", "conv2", "conv_in", "conv_out"])
+    cfg = LoraConfig(
+        r=r,
+        lora_alpha=r,
+        init_lora_weights=init,
+        target_modules=[
+            "to_q",
+            "to_k",
+            "to_v",
+            "to_out.0",
+            "proj_in",
+            "proj_out",
+            "conv1",
+            "conv2",
+            "conv_in",
+            "conv_out",
+        ],
+    )
     pipe.unet.add_adapter(cfg)
     return pipe
 
@@ -172,7 +187,12 @@ def save_untouched_image_lora(base_dir: str | Path, out_dir: str | Path, r: int 
 
 
 def train_image_lora(
-    base_dir: str | Path, rows: list[dict], out_dir: str | Path, steps: int = 100, lr: float = 1e-2, r: int = 8,
+    base_dir: str | Path,
+    rows: list[dict],
+    out_dir: str | Path,
+    steps: int = 100,
+    lr: float = 1e-2,
+    r: int = 8,
     seed: int = 0,
 ) -> Path:
     """UNet LoRA trained with the usual epsilon-prediction loss on the rows' images and prompts."""
@@ -189,8 +209,13 @@ def train_image_lora(
     tok = pipe.tokenizer
     with torch.no_grad():
         latents = pipe.vae.encode(images).latent_dist.mean * pipe.vae.config.scaling_factor
-        ids = tok([row["prompt"] for row in rows] + [""], padding="max_length", max_length=tok.model_max_length,
-                  truncation=True, return_tensors="pt").input_ids
+        ids = tok(
+            [row["prompt"] for row in rows] + [""],
+            padding="max_length",
+            max_length=tok.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
         embeds = pipe.text_encoder(ids)[0]
     cond, uncond = embeds[:-1], embeds[-1:].expand(len(rows), -1, -1)
     params = [p for p in pipe.unet.parameters() if p.requires_grad]
@@ -222,7 +247,9 @@ def fit_tiny_vae(pipeline_dir: str | Path, rows: list[dict], steps: int = 100, l
     from services.eval_worker.image_eval import load_image
 
     torch.manual_seed(0)
-    pipe = StableDiffusionPipeline.from_pretrained(str(pipeline_dir), safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(pipeline_dir), safety_checker=None, requires_safety_checker=False
+    )
     images = torch.stack([load_image(row["image"], None, 4) for row in rows]) * 2 - 1
     vae = pipe.vae
     vae.train()

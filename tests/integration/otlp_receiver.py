@@ -89,11 +89,18 @@ def _spans(request: trace_service_pb2.ExportTraceServiceRequest) -> list[Receive
         service = str(resource.get("service.name", ""))
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
-                out.append(ReceivedSpan(
-                    service=service, trace_id=span.trace_id.hex(), span_id=span.span_id.hex(),
-                    parent_span_id=span.parent_span_id.hex(), name=span.name, kind=span.kind,
-                    attributes=attributes(span.attributes), resource=resource,
-                ))
+                out.append(
+                    ReceivedSpan(
+                        service=service,
+                        trace_id=span.trace_id.hex(),
+                        span_id=span.span_id.hex(),
+                        parent_span_id=span.parent_span_id.hex(),
+                        name=span.name,
+                        kind=span.kind,
+                        attributes=attributes(span.attributes),
+                        resource=resource,
+                    )
+                )
     return out
 
 
@@ -110,10 +117,18 @@ def _points(request: metrics_service_pb2.ExportMetricsServiceRequest) -> list[Re
                         out.append(ReceivedPoint(service, metric.name, metric.unit, attributes(p.attributes), value))
                 elif kind == "histogram":
                     for p in metric.histogram.data_points:
-                        out.append(ReceivedPoint(
-                            service, metric.name, metric.unit, attributes(p.attributes), count=p.count, sum=p.sum,
-                            bucket_counts=tuple(p.bucket_counts), bounds=tuple(p.explicit_bounds),
-                        ))
+                        out.append(
+                            ReceivedPoint(
+                                service,
+                                metric.name,
+                                metric.unit,
+                                attributes(p.attributes),
+                                count=p.count,
+                                sum=p.sum,
+                                bucket_counts=tuple(p.bucket_counts),
+                                bounds=tuple(p.explicit_bounds),
+                            )
+                        )
     return out
 
 

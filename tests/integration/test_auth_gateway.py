@@ -27,8 +27,9 @@ STRANGER = dev_keypair("stranger")  # a valid key the validator does not allow
 
 @pytest.fixture
 async def gateway(mesh_env):
-    host = await ServiceHost.start(SPEC, env=selector_env(mesh_env, [MINER.ss58_address, OTHER_MINER.ss58_address],
-                                                          VALIDATOR.ss58_address))
+    host = await ServiceHost.start(
+        SPEC, env=selector_env(mesh_env, [MINER.ss58_address, OTHER_MINER.ss58_address], VALIDATOR.ss58_address)
+    )
     yield host
     await host.stop(1)
 
@@ -63,7 +64,9 @@ async def test_a_signed_call_from_an_allowed_hotkey_is_served(gateway):
     assert await nonce_keys(gateway.ctx.store, MINER.ss58_address)  # its nonce is now spent
 
 
-@pytest.mark.parametrize("case", ["unsigned", "forged", "tampered_body", "stale", "future", "wrong_receiver", "unbound"])
+@pytest.mark.parametrize(
+    "case", ["unsigned", "forged", "tampered_body", "stale", "future", "wrong_receiver", "unbound"]
+)
 async def test_bad_signatures_are_unauthenticated_and_leave_no_trace(gateway, case):
     req = request("t1")
     if case == "unsigned":
@@ -136,7 +139,9 @@ async def test_sdk_with_real_wallets_and_a_validator_wallet_created_in_embedded_
     env = selector_env(mesh_env, [miner_wallet.hotkey.ss58_address], validator_ss58=None)
     host = await ServiceHost.start(SPEC, env=env)
     try:
-        validator_wallet = bt.Wallet(name="validator", hotkey="default", path=str(Path(env["GRADIENTS_DATA_DIR"]) / "wallets"))
+        validator_wallet = bt.Wallet(
+            name="validator", hotkey="default", path=str(Path(env["GRADIENTS_DATA_DIR"]) / "wallets")
+        )
         receiver = validator_wallet.hotkeypub.ss58_address
         assert host.ctx.components.receiver_ss58 == receiver
         async with MinerClient(host.address, miner_wallet, receiver) as client:

@@ -18,7 +18,7 @@ HONEST = dev_keypair("honest")
 PATH = "/gradients.v1.MinerGateway/GetMyResults"
 DELAY_S = 0.1
 WORKERS = 8
-BURST = 80   # without lanes the honest call waits behind BURST * DELAY_S / WORKERS = 1 s of them
+BURST = 80  # without lanes the honest call waits behind BURST * DELAY_S / WORKERS = 1 s of them
 
 
 class SlowNonceStore(RedisNonceStore):

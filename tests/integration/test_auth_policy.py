@@ -26,9 +26,26 @@ PATH = "/gradients.v1.MinerGateway/GetMyResults"
 def neuron(uid: int, hotkey: str, validator_permit: bool = False) -> MetagraphNeuron:
     zero = None
     return MetagraphNeuron(
-        uid=uid, hotkey=hotkey, coldkey="5C" + "x" * 46, active=True, validator_permit=validator_permit, last_update=0,
-        block_at_registration=0, rank=0.0, trust=0.0, consensus=0.0, incentive=0.0, dividends=0.0, pruning_score=0.0,
-        emission=zero, alpha_stake=zero, tao_stake=zero, total_stake=zero, axon=None, identity=None, commitment=None,
+        uid=uid,
+        hotkey=hotkey,
+        coldkey="5C" + "x" * 46,
+        active=True,
+        validator_permit=validator_permit,
+        last_update=0,
+        block_at_registration=0,
+        rank=0.0,
+        trust=0.0,
+        consensus=0.0,
+        incentive=0.0,
+        dividends=0.0,
+        pruning_score=0.0,
+        emission=zero,
+        alpha_stake=zero,
+        tao_stake=zero,
+        total_stake=zero,
+        axon=None,
+        identity=None,
+        commitment=None,
     )
 
 

@@ -72,7 +72,9 @@ async def test_consumer_killed_before_ack_gets_redelivery_and_effect_applies_onc
 
     child = subprocess.run(
         [sys.executable, str(HERE / "crashing_consumer.py"), nats_server.url, redis_server.url, durable],
-        timeout=60, capture_output=True, text=True,
+        timeout=60,
+        capture_output=True,
+        text=True,
     )
     assert child.returncode == 9, child.stderr
     assert await effect_count(store, durable) == 1  # effect stored, message not acked
@@ -210,16 +212,20 @@ async def test_streams_get_age_and_size_limits_and_an_older_config_is_updated_at
     driver = await EventBus.connect(mesh_env["GRADIENTS_NATS_URL"], "driver")
     for stream in events.STREAMS:
         await driver.js.delete_stream(stream.name)
-        await driver.js.add_stream(name=stream.name, subjects=list(stream.subjects), storage=js_api.StorageType.FILE,
-                                   retention=js_api.RetentionPolicy.WORK_QUEUE if stream.work_queue
-                                   else js_api.RetentionPolicy.LIMITS)
+        await driver.js.add_stream(
+            name=stream.name,
+            subjects=list(stream.subjects),
+            storage=js_api.StorageType.FILE,
+            retention=js_api.RetentionPolicy.WORK_QUEUE if stream.work_queue else js_api.RetentionPolicy.LIMITS,
+        )
     await driver.publish(events.TASK_CREATED, task_created("kept"), msg_id="kept")
     spec = ServiceSpec(name="limits-test", default_port=0)
-    host = await ServiceHost.start(spec, env=dict(mesh_env, GRADIENTS_STREAM_DLQ_MAX_AGE_DAYS="2",
-                                                  GRADIENTS_STREAM_JOBS_MAX_BYTES="5000000"))
+    host = await ServiceHost.start(
+        spec, env=dict(mesh_env, GRADIENTS_STREAM_DLQ_MAX_AGE_DAYS="2", GRADIENTS_STREAM_JOBS_MAX_BYTES="5000000")
+    )
     try:
         day = 86400.0
-        domain = (await driver.js.stream_info(events.DOMAIN_STREAM.name))
+        domain = await driver.js.stream_info(events.DOMAIN_STREAM.name)
         assert domain.config.max_age == 14 * day and domain.config.max_bytes == 10 * 1024**3
         assert domain.state.messages == 1  # updated in place, nothing lost
         jobs = (await driver.js.stream_info(events.JOBS_STREAM.name)).config

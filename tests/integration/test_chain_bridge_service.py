@@ -39,24 +39,35 @@ from services.scorer.repository import ScorerRepository
 from services.scorer.service import SPEC as SCORER_SPEC
 
 CHAIN_SPEC = chain_service.SPEC
-FAST_CHAIN = {"GRADIENTS_CHAIN_RETRY_INITIAL_S": "0.05", "GRADIENTS_CHAIN_RETRY_MAX_S": "0.4",
-              "GRADIENTS_CHAIN_IDLE_CHECK_S": "0.2", "GRADIENTS_CHAIN_CALL_TIMEOUT_S": "3"}
+FAST_CHAIN = {
+    "GRADIENTS_CHAIN_RETRY_INITIAL_S": "0.05",
+    "GRADIENTS_CHAIN_RETRY_MAX_S": "0.4",
+    "GRADIENTS_CHAIN_IDLE_CHECK_S": "0.2",
+    "GRADIENTS_CHAIN_CALL_TIMEOUT_S": "3",
+}
 
 
 def scores_update(digest: str, at_us: int, scores: dict[str, float]) -> ev.ScoresUpdated:
     rows = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
-    return ev.ScoresUpdated(scores=[ev.MinerFinalScore(miner_hotkey=hk, final_score=f, temporal_score=f) for hk, f in rows],
-                            digest=digest, at=micros_to_timestamp(at_us))
+    return ev.ScoresUpdated(
+        scores=[ev.MinerFinalScore(miner_hotkey=hk, final_score=f, temporal_score=f) for hk, f in rows],
+        digest=digest,
+        at=micros_to_timestamp(at_us),
+    )
 
 
 def eval_event(task_id: str, rng: random.Random, miners: list[str]) -> ev.EvalCompleted:
     results = []
     for seq, hk in enumerate(miners):
         lt, ls = rng.uniform(0.5, 2.0), rng.uniform(0.5, 2.0)
-        results.append(pb.EvaluationResult(miner_hotkey=hk, ok=True, loss_test=lt, loss_synth=ls,
-                                           loss_weighted=0.7 * lt + 0.3 * ls, upload_seq=seq))
-    event = ev.EvalCompleted(task_id=task_id, type=pb.INSTRUCT_TEXT, results=results, base_model_params_b=1.0,
-                             hours=2.0, ok=True)
+        results.append(
+            pb.EvaluationResult(
+                miner_hotkey=hk, ok=True, loss_test=lt, loss_synth=ls, loss_weighted=0.7 * lt + 0.3 * ls, upload_seq=seq
+            )
+        )
+    event = ev.EvalCompleted(
+        task_id=task_id, type=pb.INSTRUCT_TEXT, results=results, base_model_params_b=1.0, hours=2.0, ok=True
+    )
     event.completed_at.FromNanoseconds(int((time.time() - rng.uniform(0, 5 * 86400)) * 1e9))
     return event
 
@@ -94,7 +105,9 @@ async def test_ledger_gets_bittensor_quantisation_of_the_scorers_final_scores(me
         rng = random.Random(4)
         miners = [f"5Hot{i}" for i in range(6)]
         for k in range(12):
-            await bus.publish(events.EVAL_COMPLETED, eval_event(f"t{k}", rng, rng.sample(miners, 4)), msg_id=f"eval:t{k}")
+            await bus.publish(
+                events.EVAL_COMPLETED, eval_event(f"t{k}", rng, rng.sample(miners, 4)), msg_id=f"eval:t{k}"
+            )
         repo = ScorerRepository(store)
 
         async def scored_and_set() -> bool:
@@ -132,7 +145,12 @@ async def test_ledger_gets_bittensor_quantisation_of_the_scorers_final_scores(me
         published = await collect_weights_set(weights_sub, until_sequence=sequences[-1])
         assert [w.sequence for w in published] == sequences
         status = await stub.GetChainStatus(cb.GetChainStatusRequest())
-        assert (status.backend, status.reachable, status.pending, status.last_sequence) == ("ledger", True, 0, sequences[-1])
+        assert (status.backend, status.reachable, status.pending, status.last_sequence) == (
+            "ledger",
+            True,
+            0,
+            sequences[-1],
+        )
     finally:
         await store.close()
         await bus.stop(1)
@@ -154,8 +172,13 @@ async def test_unreachable_chain_fails_cleanly_retries_and_keeps_pending(mesh_en
     wallets = tmp_path / "wallets"
     make_wallet(wallets)
     closed_port = free_port()  # bound and released: nothing listens there
-    env = dict(mesh_env, **FAST_CHAIN, GRADIENTS_CHAIN_BACKEND="bittensor",
-               GRADIENTS_CHAIN_NETWORK=f"ws://127.0.0.1:{closed_port}", GRADIENTS_CHAIN_WALLET_PATH=str(wallets))
+    env = dict(
+        mesh_env,
+        **FAST_CHAIN,
+        GRADIENTS_CHAIN_BACKEND="bittensor",
+        GRADIENTS_CHAIN_NETWORK=f"ws://127.0.0.1:{closed_port}",
+        GRADIENTS_CHAIN_WALLET_PATH=str(wallets),
+    )
     chain, channel, stub = await start_chain(env)
     bus = await EventBus.connect(env["GRADIENTS_NATS_URL"], "test-driver")
     store = Store.from_url(env["GRADIENTS_REDIS_URL"])
@@ -186,6 +209,7 @@ async def test_unreachable_chain_fails_cleanly_retries_and_keeps_pending(mesh_en
     ledger_env = dict(mesh_env, **FAST_CHAIN)
     chain, channel, stub = await start_chain(ledger_env)
     try:
+
         async def set_after_restart() -> bool:
             try:
                 return (await stub.GetLastWeights(cb.GetLastWeightsRequest())).scores_digest == "d" * 64
@@ -339,8 +363,10 @@ def test_bittensor_backend_refuses_to_start_without_its_hotkey(tmp_path):
     from gradients.runtime import ConfigError, load_settings
     from services.chain_bridge.settings import ChainBridgeSettings
 
-    settings = load_settings(ChainBridgeSettings, {"GRADIENTS_CHAIN_BACKEND": "bittensor",
-                                                   "GRADIENTS_CHAIN_WALLET_PATH": str(tmp_path / "none")})
+    settings = load_settings(
+        ChainBridgeSettings,
+        {"GRADIENTS_CHAIN_BACKEND": "bittensor", "GRADIENTS_CHAIN_WALLET_PATH": str(tmp_path / "none")},
+    )
     with pytest.raises(ConfigError, match="GRADIENTS_CHAIN_WALLET"):
         make_backend(settings, Store.from_url("redis://127.0.0.1:1"), tmp_path)
     with pytest.raises(ConfigError) as err:

@@ -29,7 +29,7 @@ from gradients.runtime.auth import dev_keypair
 from gradients.runtime.embedded import spawn
 
 ROOT = Path(__file__).resolve().parents[2]
-TIME_SCALE = 20.0   # real seconds per nominal hour: `--hours 2` trains for 40 s
+TIME_SCALE = 20.0  # real seconds per nominal hour: `--hours 2` trains for 40 s
 ROWS = 96
 _ENTRY_POINT = Path(sys.executable).with_name("gradients")
 GRADIENTS = [str(_ENTRY_POINT)] if _ENTRY_POINT.exists() else [sys.executable, "-m", "gradients.cli"]
@@ -51,16 +51,31 @@ class LocalMesh:
     def env(self, api_key: str | None = None, **extra: str) -> dict[str, str]:
         """A customer's shell: nothing of the test's GRADIENTS_* settings, the validator, a key."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("GRADIENTS_")}
-        env.update(GRADIENTS_VALIDATOR=self.validator, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                   TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", COLUMNS="200")
+        env.update(
+            GRADIENTS_VALIDATOR=self.validator,
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            TOKENIZERS_PARALLELISM="false",
+            OMP_NUM_THREADS="1",
+            PYTHONUNBUFFERED="1",
+            COLUMNS="200",
+        )
         if api_key is not None:
             env["GRADIENTS_API_KEY"] = api_key
         env.update(extra)
         return env
 
-    def cli(self, *args: str, api_key: str | None = None, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*GRADIENTS, *args], env=self.env(api_key, **extra), cwd=self.work,
-                              capture_output=True, text=True, timeout=timeout)
+    def cli(
+        self, *args: str, api_key: str | None = None, timeout: float = 120, **extra: str
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*GRADIENTS, *args],
+            env=self.env(api_key, **extra),
+            cwd=self.work,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
 
 def write_dataset(path: Path) -> Path:
@@ -69,8 +84,12 @@ def write_dataset(path: Path) -> Path:
     from gradients.models import procedural
 
     rows = procedural.generate("strings", ROWS // 2, seed=3) + procedural.generate("arithmetic", ROWS // 2, seed=3)
-    path.write_text("".join(json.dumps({"question": r["instruction"], "context": r["input"], "answer": r["output"]}) + "\n"
-                            for r in rows))
+    path.write_text(
+        "".join(
+            json.dumps({"question": r["instruction"], "context": r["input"], "answer": r["output"]}) + "\n"
+            for r in rows
+        )
+    )
     return path
 
 
@@ -82,7 +101,8 @@ def wait_for_miner(mesh: Mesh, timeout_s: float = 90) -> None:
         try:
             with grpc.insecure_channel(mesh.addresses["selector"]) as channel:
                 reply = selector_pb2_grpc.SelectorStub(channel).ListMiners(
-                    selector_pb2.ListMinersRequest(connected_only=True), timeout=5)
+                    selector_pb2.ListMinersRequest(connected_only=True), timeout=5
+                )
             if any(m.connected for m in reply.miners):
                 return
         except grpc.RpcError:
@@ -122,12 +142,37 @@ def local_mesh(tmp_path_factory):
         mesh.start()
         mesh.wait_ready()
         miner_log = mesh.data_dir / "logs" / "miner.log"
-        miner_env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                     "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-        miner_process = spawn([sys.executable, "-m", "gradients.cli", "miner", "run",
-                               "--validator", mesh.addresses["selector"], "--validator-hotkey", validator.ss58_address,
-                               "--dev-key", "customer-journey-miner", "--work-dir", str(root / "miner"),
-                               "--strategy", "autotrain-default", "--upload-margin", "6"], miner_log, miner_env)
+        miner_env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONUNBUFFERED": "1",
+        }
+        miner_process = spawn(
+            [
+                sys.executable,
+                "-m",
+                "gradients.cli",
+                "miner",
+                "run",
+                "--validator",
+                mesh.addresses["selector"],
+                "--validator-hotkey",
+                validator.ss58_address,
+                "--dev-key",
+                "customer-journey-miner",
+                "--work-dir",
+                str(root / "miner"),
+                "--strategy",
+                "autotrain-default",
+                "--upload-margin",
+                "6",
+            ],
+            miner_log,
+            miner_env,
+        )
         wait_for_miner(mesh)
         work = root / "customer"
         work.mkdir()
@@ -170,17 +215,39 @@ def test_customer_journey_through_the_cli(local_mesh: LocalMesh, tmp_path: Path)
     data_dir = str(m.mesh.data_dir)
 
     # The operator creates an account in the validator's Redis (found through mesh.json).
-    created = json.loads(ok(m.cli("accounts", "create", "alice", "--tasks-per-hour", "5", "--data-dir", data_dir,
-                                  "--json")).stdout)
+    created = json.loads(
+        ok(m.cli("accounts", "create", "alice", "--tasks-per-hour", "5", "--data-dir", data_dir, "--json")).stdout
+    )
     key = created["api_key"]
     assert key.startswith("gm_") and created["tasks_per_hour"] == 5 and created["revoked"] is False
     listed = ok(m.cli("accounts", "list", "--data-dir", data_dir, "--json")).stdout
     assert "alice" in {a["name"] for a in json.loads(listed)["accounts"]} and key not in listed
 
     # The customer uploads a JSONL under their own column names and creates a task.
-    proc = ok(m.cli("task", "create", "--type", "instruct", "--base-model", str(m.base_model), "--dataset", str(m.dataset),
-                    "--column", "instruction=question", "--column", "input=context", "--column", "output=answer",
-                    "--hours", "2", "--request-id", "journey-1", "--json", api_key=key))
+    proc = ok(
+        m.cli(
+            "task",
+            "create",
+            "--type",
+            "instruct",
+            "--base-model",
+            str(m.base_model),
+            "--dataset",
+            str(m.dataset),
+            "--column",
+            "instruction=question",
+            "--column",
+            "input=context",
+            "--column",
+            "output=answer",
+            "--hours",
+            "2",
+            "--request-id",
+            "journey-1",
+            "--json",
+            api_key=key,
+        )
+    )
     answer = json.loads(proc.stdout)
     task_id = answer["task"]["task_id"]
     assert answer["upload"]["uri"] == f"upload:{sha256_of(m.dataset)}" and answer["upload"]["format"] == "jsonl"
@@ -202,11 +269,34 @@ def test_customer_journey_through_the_cli(local_mesh: LocalMesh, tmp_path: Path)
     assert no_key.returncode == 2 and "GRADIENTS_API_KEY" in no_key.stderr
 
     # The same request id gives the same task.
-    again = json.loads(ok(m.cli("task", "create", "--type", "instruct", "--base-model", str(m.base_model),
-                                "--dataset", answer["upload"]["uri"], "--format", "jsonl",
-                                "--column", "instruction=question", "--column", "input=context",
-                                "--column", "output=answer", "--hours", "2", "--request-id", "journey-1", "--json",
-                                api_key=key)).stdout)
+    again = json.loads(
+        ok(
+            m.cli(
+                "task",
+                "create",
+                "--type",
+                "instruct",
+                "--base-model",
+                str(m.base_model),
+                "--dataset",
+                answer["upload"]["uri"],
+                "--format",
+                "jsonl",
+                "--column",
+                "instruction=question",
+                "--column",
+                "input=context",
+                "--column",
+                "output=answer",
+                "--hours",
+                "2",
+                "--request-id",
+                "journey-1",
+                "--json",
+                api_key=key,
+            )
+        ).stdout
+    )
     assert again["task"]["task_id"] == task_id and again["upload"] is None
 
     # Watched to SCORED: exit 0, the stages on the way.
@@ -226,8 +316,9 @@ def test_customer_journey_through_the_cli(local_mesh: LocalMesh, tmp_path: Path)
 
     # The download is the miner's upload, byte for byte; --merge writes a full model.
     out = tmp_path / "winner"
-    got = json.loads(ok(m.cli("task", "download", task_id, "--out", str(out), "--merge", "--json", api_key=key,
-                              timeout=300)).stdout)
+    got = json.loads(
+        ok(m.cli("task", "download", task_id, "--out", str(out), "--merge", "--json", api_key=key, timeout=300)).stdout
+    )
     archive = Path(got["archive"])
     assert sha256_of(archive) == got["sha256"] == result["winner_sha256"] == miner_upload_sha256(m, task_id, tmp_path)
     assert got["kind"] == "adapter" and (out / "adapter_config.json").is_file()
@@ -239,8 +330,9 @@ def test_customer_journey_through_the_cli(local_mesh: LocalMesh, tmp_path: Path)
 
     tokenizer = AutoTokenizer.from_pretrained(m.base_model)
     tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(m.base_model), out).eval()
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "reverse the word\nhello"}],
-                                           tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "reverse the word\nhello"}], tokenize=False, add_generation_prompt=True
+    )
     inputs = tokenizer(prompt, return_tensors="pt")
     generated = tuned.generate(**inputs, max_new_tokens=8, do_sample=False)
     assert generated.shape[1] > inputs["input_ids"].shape[1]
@@ -260,15 +352,24 @@ def docs_script() -> str:
 @pytest.mark.timeout(420)
 def test_customer_guide_runs_as_written(local_mesh: LocalMesh, tmp_path: Path):
     m = local_mesh
-    key = json.loads(ok(m.cli("accounts", "create", "guide-reader", "--data-dir", str(m.mesh.data_dir),
-                              "--json")).stdout)["api_key"]
+    key = json.loads(
+        ok(m.cli("accounts", "create", "guide-reader", "--data-dir", str(m.mesh.data_dir), "--json")).stdout
+    )["api_key"]
     script = docs_script()
     bin_dir = str(Path(sys.executable).parent)  # `gradients` and `python` of this checkout
-    env = m.env(key, BASE_MODEL=str(m.base_model), DATASET=str(m.dataset), GRADIENTS_REDIS_URL=m.mesh.redis_url,
-                PATH=f"{bin_dir}:{os.environ.get('PATH', '')}")
-    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], env=env, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=400)
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-6000:]}\nstderr:\n{proc.stderr[-6000:]}"
+    env = m.env(
+        key,
+        BASE_MODEL=str(m.base_model),
+        DATASET=str(m.dataset),
+        GRADIENTS_REDIS_URL=m.mesh.redis_url,
+        PATH=f"{bin_dir}:{os.environ.get('PATH', '')}",
+    )
+    proc = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400
+    )
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\nstdout:\n{proc.stdout[-6000:]}\nstderr:\n{proc.stderr[-6000:]}"
+    )
     assert "SCORED" in proc.stdout
     assert (tmp_path / "winner" / "adapter_config.json").is_file()
     assert (tmp_path / "winner" / "merged" / "config.json").is_file()

@@ -37,8 +37,9 @@ def tiny_llama(tmp_path_factory) -> str:
 
 
 def jsonl_bytes(rows: int = 30) -> bytes:
-    return b"".join(json.dumps({"question": f"what is {i} + {i}?", "answer": str(2 * i)}).encode() + b"\n"
-                    for i in range(rows))
+    return b"".join(
+        json.dumps({"question": f"what is {i} + {i}?", "answer": str(2 * i)}).encode() + b"\n" for i in range(rows)
+    )
 
 
 class Customer:
@@ -48,11 +49,16 @@ class Customer:
         self.stub = ts_grpc.TaskServiceStub(channel)
         self.metadata = (("authorization", f"Bearer {key}"),) if key else ()
 
-    async def upload(self, data: bytes, filename: str = "train.jsonl", sha256: str | None = None,
-                     size: int | None = None) -> ts.UploadDatasetResponse:
-        first = ts.DatasetChunk(filename=filename, size_bytes=len(data) if size is None else size,
-                                sha256=sha256 or hashlib.sha256(data).hexdigest(), data=data[:1000])
-        chunks = [first] + [ts.DatasetChunk(data=data[i:i + 1000]) for i in range(1000, len(data), 1000)]
+    async def upload(
+        self, data: bytes, filename: str = "train.jsonl", sha256: str | None = None, size: int | None = None
+    ) -> ts.UploadDatasetResponse:
+        first = ts.DatasetChunk(
+            filename=filename,
+            size_bytes=len(data) if size is None else size,
+            sha256=sha256 or hashlib.sha256(data).hexdigest(),
+            data=data[:1000],
+        )
+        chunks = [first] + [ts.DatasetChunk(data=data[i : i + 1000]) for i in range(1000, len(data), 1000)]
 
         async def stream():
             for c in chunks:
@@ -62,8 +68,12 @@ class Customer:
 
     async def create(self, uri: str, base_model: str, **kw) -> pb.Task:
         request = ts.CreateTaskRequest(
-            type=pb.INSTRUCT_TEXT, base_model=base_model, hours=1,
-            dataset=pb.DatasetSpec(uri=uri, column_mapping={"instruction": "question", "output": "answer"}), **kw)
+            type=pb.INSTRUCT_TEXT,
+            base_model=base_model,
+            hours=1,
+            dataset=pb.DatasetSpec(uri=uri, column_mapping={"instruction": "question", "output": "answer"}),
+            **kw,
+        )
         return (await self.stub.CreateTask(request, metadata=self.metadata, timeout=RPC)).task
 
 
@@ -71,9 +81,14 @@ class Customer:
 async def mesh(mesh_env, tmp_path):
     roots = tmp_path / "allowed"
     roots.mkdir()
-    env = {**mesh_env, "GRADIENTS_TASK_AUTH": "required", "GRADIENTS_TASK_CHECK_AT_CREATE": "true",
-           "GRADIENTS_TASK_MAX_DATASET_BYTES": str(64 * 1024), "GRADIENTS_DATASET_LOCAL_ROOTS": str(roots),
-           "GRADIENTS_ARTIFACT_BACKEND": "local"}
+    env = {
+        **mesh_env,
+        "GRADIENTS_TASK_AUTH": "required",
+        "GRADIENTS_TASK_CHECK_AT_CREATE": "true",
+        "GRADIENTS_TASK_MAX_DATASET_BYTES": str(64 * 1024),
+        "GRADIENTS_DATASET_LOCAL_ROOTS": str(roots),
+        "GRADIENTS_ARTIFACT_BACKEND": "local",
+    }
     prep = await ServiceHost.start(DATASET_PREP, env=env)
     env["GRADIENTS_DATASET_PREP_ADDR"] = prep.address
     tasks = await ServiceHost.start(TASK_SERVICE, env=env)
@@ -84,8 +99,17 @@ async def mesh(mesh_env, tmp_path):
     _, bob = await accounts.create("bob")
     _, revoked = await accounts.create("carol")
     await accounts.revoke("carol")
-    yield {"channel": channel, "accounts": accounts, "alice": alice, "bob": bob, "revoked": revoked,
-           "roots": roots, "tasks_host": tasks, "store": store, "tmp": tmp_path}
+    yield {
+        "channel": channel,
+        "accounts": accounts,
+        "alice": alice,
+        "bob": bob,
+        "revoked": revoked,
+        "roots": roots,
+        "tasks_host": tasks,
+        "store": store,
+        "tmp": tmp_path,
+    }
     await channel.close()
     await store.close()
     await tasks.stop(1)
@@ -114,14 +138,19 @@ async def every_method(customer: Customer, task_id: str) -> dict[str, tuple[grpc
             return item
 
     calls = {
-        "CreateTask": s.CreateTask(ts.CreateTaskRequest(type=pb.INSTRUCT_TEXT, base_model="x", dataset=pb.DatasetSpec(uri="y")),
-                                   metadata=md, timeout=RPC),
+        "CreateTask": s.CreateTask(
+            ts.CreateTaskRequest(type=pb.INSTRUCT_TEXT, base_model="x", dataset=pb.DatasetSpec(uri="y")),
+            metadata=md,
+            timeout=RPC,
+        ),
         "GetTask": s.GetTask(ts.GetTaskRequest(task_id=task_id), metadata=md, timeout=RPC),
         "ListTasks": s.ListTasks(ts.ListTasksRequest(), metadata=md, timeout=RPC),
         "CancelTask": s.CancelTask(ts.CancelTaskRequest(task_id=task_id), metadata=md, timeout=RPC),
         "WatchTask": first_of(s.WatchTask(ts.WatchTaskRequest(task_id=task_id), metadata=md, timeout=RPC)),
         "GetTaskResult": s.GetTaskResult(ts.GetResultRequest(task_id=task_id), metadata=md, timeout=RPC),
-        "DownloadResult": first_of(s.DownloadResult(ts.DownloadResultRequest(task_id=task_id), metadata=md, timeout=RPC)),
+        "DownloadResult": first_of(
+            s.DownloadResult(ts.DownloadResultRequest(task_id=task_id), metadata=md, timeout=RPC)
+        ),
         "UploadDataset": customer.upload(jsonl_bytes(12)),
     }
     return {name: await outcome_of(call) for name, call in calls.items()}
@@ -152,8 +181,9 @@ async def test_another_accounts_task_is_not_found(mesh, tiny_llama):
     # Alice sees it; its result is not there before it ends (the test split stays hidden).
     mine = await alice.stub.ListTasks(ts.ListTasksRequest(), metadata=alice.metadata, timeout=RPC)
     assert [t.task_id for t in mine.tasks] == [task.task_id]
-    code, details = await code_of(alice.stub.GetTaskResult(ts.GetResultRequest(task_id=task.task_id),
-                                                           metadata=alice.metadata, timeout=RPC))
+    code, details = await code_of(
+        alice.stub.GetTaskResult(ts.GetResultRequest(task_id=task.task_id), metadata=alice.metadata, timeout=RPC)
+    )
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "once it is SCORED" in details
     # Bob cannot use Alice's upload either (content addressing must not leak datasets).
     code, details = await code_of(bob.create(task.dataset.uri, tiny_llama))
@@ -170,10 +200,21 @@ async def test_bad_dataset_sources_are_refused_at_create_and_nothing_is_stored(m
     secret_file.write_text(json.dumps({"question": SECRET, "answer": SECRET}) + "\n")
     (roots / "escape.jsonl").symlink_to(secret_file)
     (roots / "escape-dir").symlink_to(outside, target_is_directory=True)
-    bad = ["/etc/passwd", "/", "../x", str(secret_file), str(roots / "escape.jsonl"),
-           str(roots / "escape-dir" / "secret.jsonl"), f"{roots}/../outside/secret.jsonl",
-           "http://127.0.0.1:9/data.jsonl", "http://169.254.169.254/latest/meta-data/", "http://[::1]/x.jsonl",
-           "http://localhost/x.jsonl", "file:///etc/passwd", "upload:" + "0" * 64]
+    bad = [
+        "/etc/passwd",
+        "/",
+        "../x",
+        str(secret_file),
+        str(roots / "escape.jsonl"),
+        str(roots / "escape-dir" / "secret.jsonl"),
+        f"{roots}/../outside/secret.jsonl",
+        "http://127.0.0.1:9/data.jsonl",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]/x.jsonl",
+        "http://localhost/x.jsonl",
+        "file:///etc/passwd",
+        "upload:" + "0" * 64,
+    ]
     for uri in bad:
         code, details = await code_of(alice.create(uri, tiny_llama))
         assert code == grpc.StatusCode.INVALID_ARGUMENT, (uri, code, details)
@@ -197,8 +238,12 @@ async def test_bad_base_models_and_columns_are_refused_naming_the_field(mesh, ti
     for base in ("/etc", "no-such-org/no-such-model", "../../x", str(tmp_path)):
         code, details = await code_of(alice.create(uri, base))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("base_model"), (base, details)
-    request = ts.CreateTaskRequest(type=pb.INSTRUCT_TEXT, base_model=tiny_llama, hours=1,
-                                   dataset=pb.DatasetSpec(uri=uri, column_mapping={"instruction": "nope", "output": "answer"}))
+    request = ts.CreateTaskRequest(
+        type=pb.INSTRUCT_TEXT,
+        base_model=tiny_llama,
+        hours=1,
+        dataset=pb.DatasetSpec(uri=uri, column_mapping={"instruction": "nope", "output": "answer"}),
+    )
     code, details = await code_of(alice.stub.CreateTask(request, metadata=alice.metadata, timeout=RPC))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "column" in details, details
     few = (await alice.upload(jsonl_bytes(3))).uri
@@ -277,6 +322,7 @@ async def test_keys_never_reach_logs_or_traces(mesh, tiny_llama, caplog, span_ex
     assert spans
     for span in spans:
         text = json.dumps({k: str(v) for k, v in (span.attributes or {}).items()}) + " ".join(
-            json.dumps({k: str(v) for k, v in (e.attributes or {}).items()}) for e in span.events)
+            json.dumps({k: str(v) for k, v in (e.attributes or {}).items()}) for e in span.events
+        )
         assert mesh["alice"] not in text, span.name
     assert os.environ.get("GRADIENTS_API_KEY", "") != mesh["alice"]

@@ -101,9 +101,7 @@ class ChatCompletionsServer:
         source = json.loads(SOURCE_RE.search(prompt).group(1))
         marker = json.dumps(source, sort_keys=True)
         with self.lock:
-            self.requests.append(
-                {"path": path, "headers": headers, "body": body, "keys": keys, "source": source}
-            )
+            self.requests.append({"path": path, "headers": headers, "body": body, "keys": keys, "source": source})
             self.attempts[marker] += 1
             attempt = self.attempts[marker]
         if path != "/v1/chat/completions":
@@ -188,9 +186,7 @@ def write_instruct(path: Path, n: int, markers: dict[int, str] | None = None) ->
 QA = ColumnMapping(fields={"instruction": "q", "output": "a"})
 
 
-@pytest.mark.parametrize(
-    "n, n_test, n_synth", [(50, 5, 50), (2_000, 200, 300), (20_000, 1_000, 300)]
-)
+@pytest.mark.parametrize("n, n_test, n_synth", [(50, 5, 50), (2_000, 200, 300), (20_000, 1_000, 300)])
 def test_pipeline_split_sizes_end_to_end(api, tmp_path, n, n_test, n_synth):
     spec = DatasetSpec(str(write_instruct(tmp_path / "d.jsonl", n)), TaskKind.INSTRUCT, QA)
     gens = GeneratorSet(text=generator(api, max_concurrency=8))
@@ -228,13 +224,9 @@ def test_retries_drop_malformed_rows_and_keep_the_schema(api, tmp_path):
         10: "ECHO",
         11: "ECHO",
     }
-    spec = DatasetSpec(
-        str(write_instruct(tmp_path / "d.jsonl", 40, markers)), TaskKind.INSTRUCT, QA
-    )
+    spec = DatasetSpec(str(write_instruct(tmp_path / "d.jsonl", 40, markers)), TaskKind.INSTRUCT, QA)
     gen = generator(api)
-    prepared = prepare_dataset(
-        spec, GeneratorSet(text=gen)
-    )  # |D| = 40 -> every row is a source once
+    prepared = prepare_dataset(spec, GeneratorSet(text=gen))  # |D| = 40 -> every row is a source once
 
     # Each FLAKY row took three attempts (500, wrong keys, good) and was kept.
     flaky = [r for r in prepared.synth.rows if "FLAKY" in r["instruction"]]
@@ -274,8 +266,7 @@ def test_requests_are_bounded_and_answers_keep_the_request_order(api):
     from services.dataset_prep.generators import RowRequest
 
     # Early requests answer last (SLOW<ms> decreasing): completion order is the reverse.
-    requests = [RowRequest({"prompt": f"p{i} SLOW{(12 - i) * 15}"}, ("prompt",), "Reword.", 0.6, i)
-                for i in range(12)]
+    requests = [RowRequest({"prompt": f"p{i} SLOW{(12 - i) * 15}"}, ("prompt",), "Reword.", 0.6, i) for i in range(12)]
     progress: list[tuple[int, int]] = []
     gen = generator(api, max_concurrency=3)
     answers = gen.generate(requests, lambda done, total: progress.append((done, total)))
@@ -329,13 +320,9 @@ def test_unreachable_endpoint_aborts(tmp_path):
 
 def test_too_few_surviving_rows_fail_the_preparation(api, tmp_path):
     markers = {i: "MALFORMED" for i in range(0, 20, 2)}  # half the rows
-    spec = DatasetSpec(
-        str(write_instruct(tmp_path / "d.jsonl", 20, markers)), TaskKind.INSTRUCT, QA
-    )
+    spec = DatasetSpec(str(write_instruct(tmp_path / "d.jsonl", 20, markers)), TaskKind.INSTRUCT, QA)
     config = PrepConfig(min_synth_kept_fraction=0.75)
-    with pytest.raises(
-        GenerationAborted, match="only 10 of 20 synthetic rows survived.*at least 15"
-    ):
+    with pytest.raises(GenerationAborted, match="only 10 of 20 synthetic rows survived.*at least 15"):
         prepare_dataset(spec, GeneratorSet(text=generator(api)), config)
 
 
@@ -343,8 +330,7 @@ def test_dpo_chosen_from_strong_rejected_from_weak(api, tmp_path):
     path = tmp_path / "dpo.jsonl"
     path.write_text(
         "".join(
-            json.dumps({"prompt": f"explain {i}", "chosen": f"good {i}", "rejected": f"bad {i}"})
-            + "\n"
+            json.dumps({"prompt": f"explain {i}", "chosen": f"good {i}", "rejected": f"bad {i}"}) + "\n"
             for i in range(20)
         )
     )
@@ -363,15 +349,10 @@ def test_dpo_chosen_from_strong_rejected_from_weak(api, tmp_path):
 
 def test_grpo_rows_keep_the_reward_columns(api, tmp_path):
     path = tmp_path / "grpo.jsonl"
-    rows = [
-        {"question": f"what is {i}+{i}", "answer": 2 * i, "meta": {"level": i % 3}}
-        for i in range(20)
-    ]
+    rows = [{"question": f"what is {i}+{i}", "answer": 2 * i, "meta": {"level": i % 3}} for i in range(20)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     mapping = ColumnMapping(fields={"prompt": "question"}, extra_columns=("answer", "meta"))
-    prepared = prepare_dataset(
-        DatasetSpec(str(path), TaskKind.GRPO, mapping), GeneratorSet(text=generator(api))
-    )
+    prepared = prepare_dataset(DatasetSpec(str(path), TaskKind.GRPO, mapping), GeneratorSet(text=generator(api)))
     by_prompt = {r["question"]: r for r in rows}
     assert prepared.synth.num_rows == 20
     for row in prepared.synth.rows:
@@ -396,9 +377,7 @@ def test_image_prompts_at_tau_04_and_new_images(api, tmp_path):
     image_gen = DiffusersImageGenerator(
         DiffusersImageConfig(str(build_tiny_sd_pipeline(tmp_path / "sd")), num_inference_steps=2)
     )
-    config = PrepConfig(
-        synthesis=SynthesisConfig(image_max_side=128), limits=RejectionLimits(min_rows=10)
-    )
+    config = PrepConfig(synthesis=SynthesisConfig(image_max_side=128), limits=RejectionLimits(min_rows=10))
     prepared = prepare_dataset(
         DatasetSpec(str(folder), TaskKind.IMAGE),
         GeneratorSet(text=generator(api), image=image_gen),
@@ -418,9 +397,7 @@ def test_datasets_load_from_urls(api, tmp_path):
     url = f"http://127.0.0.1:{api.port}/data/train.jsonl"
     table = load_table(url)
     assert table.rows == rows and table.source == url
-    prepared = prepare_dataset(
-        DatasetSpec(url, TaskKind.INSTRUCT, QA), GeneratorSet(text=generator(api))
-    )
+    prepared = prepare_dataset(DatasetSpec(url, TaskKind.INSTRUCT, QA), GeneratorSet(text=generator(api)))
     assert prepared.train.num_rows + prepared.test.num_rows == 15
 
     with pytest.raises(DatasetRejected, match="could not download .*missing.jsonl: HTTP 404"):

@@ -84,13 +84,15 @@ class GatedChatServer:
 
 
 def rows(tag: str, n: int) -> str:
-    return "".join(json.dumps({"instruction": f"{tag} question {i}", "output": f"{tag} answer {i}"}) + "\n"
-                   for i in range(n))
+    return "".join(
+        json.dumps({"instruction": f"{tag} question {i}", "output": f"{tag} answer {i}"}) + "\n" for i in range(n)
+    )
 
 
 def replica_env(mesh_env: dict[str, str], server: GatedChatServer, port: int, data_root: Path) -> dict[str, str]:
     return {
-        **os.environ, **mesh_env,
+        **os.environ,
+        **mesh_env,
         "GRADIENTS_GRPC_PORT": str(port),
         "GRADIENTS_DATASET_GENERATOR": "openai",
         "GRADIENTS_DATASET_OPENAI_BASE_URL": server.base_url,
@@ -106,8 +108,12 @@ def replica_env(mesh_env: dict[str, str], server: GatedChatServer, port: int, da
 
 def preparing_replica(log: Path, task_id: str) -> list[int]:
     """Deliveries of `task_id` this replica's log says it started preparing."""
-    return [int(m) for m in re.findall(rf"task {task_id}: preparing on replica \S+ \(delivery (\d+)\)",
-                                       log.read_text(errors="replace"))]
+    return [
+        int(m)
+        for m in re.findall(
+            rf"task {task_id}: preparing on replica \S+ \(delivery (\d+)\)", log.read_text(errors="replace")
+        )
+    ]
 
 
 async def read_prepared(bus: EventBus, task_ids: set[str]) -> list[ev.DatasetPrepared]:
@@ -135,21 +141,36 @@ async def test_replicas_share_jobs_and_a_killed_replica_job_is_finished_once(mes
     logs = tmp_path / "logs"
     logs.mkdir()
     ports = [free_port(), free_port()]
-    replicas = [spawn([sys.executable, "-m", "services.dataset_prep"], logs / f"prep-{i}.log",
-                      replica_env(mesh_env, server, port, data)) for i, port in enumerate(ports)]
-    task_host = await ServiceHost.start(TASK_SERVICE, env={**mesh_env, "GRADIENTS_TIME_SCALE": "1",
-                                                            "GRADIENTS_TASK_TICK_S": "0.05"})
+    replicas = [
+        spawn(
+            [sys.executable, "-m", "services.dataset_prep"],
+            logs / f"prep-{i}.log",
+            replica_env(mesh_env, server, port, data),
+        )
+        for i, port in enumerate(ports)
+    ]
+    task_host = await ServiceHost.start(
+        TASK_SERVICE, env={**mesh_env, "GRADIENTS_TIME_SCALE": "1", "GRADIENTS_TASK_TICK_S": "0.05"}
+    )
     bus = await EventBus.connect(mesh_env["GRADIENTS_NATS_URL"], "test-driver")
     channel = grpc.aio.insecure_channel(task_host.address)
     try:
         assert await wait_for(lambda: _all_serving(ports), 90, interval=0.25), [
-            (log.name, log.read_text()[-2000:]) for log in logs.iterdir()]
+            (log.name, log.read_text()[-2000:]) for log in logs.iterdir()
+        ]
         tasks = ts_grpc.TaskServiceStub(channel)
         ids = {}
         for tag in ("alpha", "beta"):
-            created = await tasks.CreateTask(ts.CreateTaskRequest(
-                type=pb.INSTRUCT_TEXT, base_model="hub-org/any-model", base_model_params_b=0.1, hours=1,
-                dataset=pb.DatasetSpec(uri=str(data / f"{tag}.jsonl"), format="jsonl")), timeout=15)
+            created = await tasks.CreateTask(
+                ts.CreateTaskRequest(
+                    type=pb.INSTRUCT_TEXT,
+                    base_model="hub-org/any-model",
+                    base_model_params_b=0.1,
+                    hours=1,
+                    dataset=pb.DatasetSpec(uri=str(data / f"{tag}.jsonl"), format="jsonl"),
+                ),
+                timeout=15,
+            )
             ids[tag] = created.task.task_id
 
         # Each replica runs one preparation at a time: both datasets reach the generator
@@ -158,8 +179,10 @@ async def test_replicas_share_jobs_and_a_killed_replica_job_is_finished_once(mes
             return {s.split()[0] for s in server.seen} == {"alpha", "beta"}
 
         assert await wait_for(both_generating, 60, interval=0.1), server.seen
-        holders = {tag: [i for i in range(2) if preparing_replica(logs / f"prep-{i}.log", task_id)]
-                   for tag, task_id in ids.items()}
+        holders = {
+            tag: [i for i in range(2) if preparing_replica(logs / f"prep-{i}.log", task_id)]
+            for tag, task_id in ids.items()
+        }
         assert sorted(holders["alpha"] + holders["beta"]) == [0, 1], holders
         (victim,) = holders["alpha"]
         replicas[victim].send_signal(signal.SIGKILL)
@@ -171,7 +194,8 @@ async def test_replicas_share_jobs_and_a_killed_replica_job_is_finished_once(mes
             return all(s == pb.LOOKING_FOR_MINERS for s in states)
 
         assert await wait_for(settled, 60, interval=0.2), [
-            (await tasks.GetTask(ts.GetTaskRequest(task_id=t), timeout=5)) for t in ids.values()]
+            (await tasks.GetTask(ts.GetTaskRequest(task_id=t), timeout=5)) for t in ids.values()
+        ]
 
         survivor = 1 - victim
         # The killed replica's job came back (after the ack wait) to the survivor, delivery 2.
@@ -186,7 +210,8 @@ async def test_replicas_share_jobs_and_a_killed_replica_job_is_finished_once(mes
 
         async with grpc.aio.insecure_channel(f"127.0.0.1:{ports[survivor]}") as prep_channel:
             splits = await dp_grpc.DatasetPrepStub(prep_channel).GetSplits(
-                dp.GetSplitsRequest(task_id=ids["alpha"]), timeout=15)
+                dp.GetSplitsRequest(task_id=ids["alpha"]), timeout=15
+            )
         assert (splits.train.rows, splits.test.rows, splits.synth.rows) == (18, 2, 4)
         synth, _ = read_split_artifact(await task_host.ctx.artifacts.get_bytes(splits.synth.artifact))
         assert all(row["instruction"].startswith("new alpha question") for row in synth)

@@ -51,6 +51,7 @@ PREP_FAST = {
 
 # ---- fixtures -----------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory) -> str:
     from gradients.models.tiny import build_tiny_llama
@@ -180,15 +181,23 @@ def write_images(folder: Path, n: int, bad: int | None = None) -> list[ts.ImageI
 
 # ---- the happy path -----------------------------------------------------------------------
 
+
 async def test_instruct_dataset_is_split_and_synthesised(mesh_env, tmp_path, tiny_llama):
     source = instruct_rows(50)
     uri = write_jsonl(tmp_path / "rows.jsonl", source)
     # No text model configured: the task's own (local) base model writes the synthetic rows.
     async with running_mesh(mesh_env, GRADIENTS_DATASET_MAX_SYNTH_ROWS="5") as mesh:
         started = time.monotonic()
-        created = await create_task(mesh, ts.CreateTaskRequest(
-            type=pb.INSTRUCT_TEXT, base_model=tiny_llama, base_model_params_b=0.001, hours=1,
-            dataset=pb.DatasetSpec(uri=uri, format="jsonl")))
+        created = await create_task(
+            mesh,
+            ts.CreateTaskRequest(
+                type=pb.INSTRUCT_TEXT,
+                base_model=tiny_llama,
+                base_model_params_b=0.001,
+                hours=1,
+                dataset=pb.DatasetSpec(uri=uri, format="jsonl"),
+            ),
+        )
         task = await settled(mesh, created.task_id)
         elapsed = time.monotonic() - started
         assert task.state == pb.LOOKING_FOR_MINERS, task.failure_reason
@@ -209,8 +218,11 @@ async def test_instruct_dataset_is_split_and_synthesised(mesh_env, tmp_path, tin
             assert set(row) == set(splits.schema) and row["instruction"].strip() and row["output"].strip()
             assert row_sha256(row) not in standard
 
-        progress = [p for p in await read_stream(mesh.bus, events.TASK_PROGRESS, ev.TaskProgress, "t-progress")
-                    if p.task_id == task.task_id]
+        progress = [
+            p
+            for p in await read_stream(mesh.bus, events.TASK_PROGRESS, ev.TaskProgress, "t-progress")
+            if p.task_id == task.task_id
+        ]
         stages = [p.stage for p in progress]
         assert {"load", "standardise", "split", "synthesise", "done", "prepared"} <= set(stages)
         synthesised = [p for p in progress if p.stage == "synthesise"]
@@ -227,11 +239,17 @@ async def test_instruct_dataset_is_split_and_synthesised(mesh_env, tmp_path, tin
             return info.num_pending == 0 and info.num_ack_pending == 0
 
         assert await wait_for(consumed, 10)
-        again = [p for p in await read_stream(mesh.bus, events.TASK_PROGRESS, ev.TaskProgress, "t-progress-2")
-                 if p.task_id == task.task_id]
+        again = [
+            p
+            for p in await read_stream(mesh.bus, events.TASK_PROGRESS, ev.TaskProgress, "t-progress-2")
+            if p.task_id == task.task_id
+        ]
         assert len(again) == len(progress)
-        prepared = [p for p in await read_stream(mesh.bus, events.DATASET_PREPARED, ev.DatasetPrepared, "t-prepared")
-                    if p.task_id == task.task_id]
+        prepared = [
+            p
+            for p in await read_stream(mesh.bus, events.DATASET_PREPARED, ev.DatasetPrepared, "t-prepared")
+            if p.task_id == task.task_id
+        ]
         assert len(prepared) == 1 and prepared[0].splits == splits
 
         with pytest.raises(grpc.aio.AioRpcError) as missing:
@@ -243,11 +261,21 @@ async def test_instruct_dataset_is_split_and_synthesised(mesh_env, tmp_path, tin
 async def test_dpo_dataset_uses_a_weak_model_for_rejected(mesh_env, tmp_path, tiny_llama, weak_llama):
     rows = [{"question": f"name a colour number {i}", "good": f"blue {i}", "bad": f"no {i}"} for i in range(20)]
     uri = write_jsonl(tmp_path / "dpo.jsonl", rows)
-    async with running_mesh(mesh_env, GRADIENTS_DATASET_MAX_SYNTH_ROWS="3",
-                            GRADIENTS_DATASET_WEAK_MODEL_PATH=weak_llama) as mesh:
-        created = await create_task(mesh, ts.CreateTaskRequest(
-            type=pb.DPO, base_model=tiny_llama, base_model_params_b=0.001, hours=1,
-            dataset=pb.DatasetSpec(uri=uri, column_mapping={"prompt": "question", "chosen": "good", "rejected": "bad"})))
+    async with running_mesh(
+        mesh_env, GRADIENTS_DATASET_MAX_SYNTH_ROWS="3", GRADIENTS_DATASET_WEAK_MODEL_PATH=weak_llama
+    ) as mesh:
+        created = await create_task(
+            mesh,
+            ts.CreateTaskRequest(
+                type=pb.DPO,
+                base_model=tiny_llama,
+                base_model_params_b=0.001,
+                hours=1,
+                dataset=pb.DatasetSpec(
+                    uri=uri, column_mapping={"prompt": "question", "chosen": "good", "rejected": "bad"}
+                ),
+            ),
+        )
         task = await settled(mesh, created.task_id)
         assert task.state == pb.LOOKING_FOR_MINERS, task.failure_reason
         assert (task.splits.train.rows, task.splits.test.rows) == (18, 2)
@@ -264,10 +292,13 @@ async def test_dpo_dataset_uses_a_weak_model_for_rejected(mesh_env, tmp_path, ti
 async def test_image_task_from_an_image_list(mesh_env, tmp_path, tiny_llama, tiny_sd):
     items = write_images(tmp_path / "imgs", 10)
     # The base model is the diffusers pipeline (it draws the new images); captions need a text model.
-    async with running_mesh(mesh_env, GRADIENTS_DATASET_MAX_SYNTH_ROWS="2",
-                            GRADIENTS_DATASET_TEXT_MODEL_PATH=tiny_llama) as mesh:
-        created = await create_task(mesh, ts.CreateTaskRequest(
-            type=pb.IMAGE, base_model=tiny_sd, base_model_params_b=0.001, hours=1, images=items))
+    async with running_mesh(
+        mesh_env, GRADIENTS_DATASET_MAX_SYNTH_ROWS="2", GRADIENTS_DATASET_TEXT_MODEL_PATH=tiny_llama
+    ) as mesh:
+        created = await create_task(
+            mesh,
+            ts.CreateTaskRequest(type=pb.IMAGE, base_model=tiny_sd, base_model_params_b=0.001, hours=1, images=items),
+        )
         assert created.dataset.format == "image_list"
         task = await settled(mesh, created.task_id)
         assert task.state == pb.LOOKING_FOR_MINERS, task.failure_reason
@@ -286,6 +317,7 @@ async def test_image_task_from_an_image_list(mesh_env, tmp_path, tiny_llama, tin
 
 # ---- rejected datasets ----------------------------------------------------------------------
 
+
 async def test_bad_datasets_fail_the_task_with_their_reason(mesh_env, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
@@ -294,30 +326,50 @@ async def test_bad_datasets_fail_the_task_with_their_reason(mesh_env, tmp_path):
         row["output"] = "  "
     cases = {
         "empty": (dict(uri=str(empty)), "dataset is empty"),
-        "mostly empty": (dict(uri=write_jsonl(tmp_path / "holes.jsonl", mostly_empty)),
-                         "85.0% of rows (17 of 20) are empty"),
-        "missing column": (dict(uri=write_jsonl(tmp_path / "qa.jsonl", [{"q": "x", "a": "y"}] * 20),
-                                column_mapping={"instruction": "q", "output": "answer"}),
-                           "missing mapped column(s): 'answer' (mapped to output)"),
-        "too few rows": (dict(uri=write_jsonl(tmp_path / "few.jsonl", instruct_rows(6))),
-                         "too few rows: 6 usable row(s) (of 6); at least 10 are required"),
+        "mostly empty": (
+            dict(uri=write_jsonl(tmp_path / "holes.jsonl", mostly_empty)),
+            "85.0% of rows (17 of 20) are empty",
+        ),
+        "missing column": (
+            dict(
+                uri=write_jsonl(tmp_path / "qa.jsonl", [{"q": "x", "a": "y"}] * 20),
+                column_mapping={"instruction": "q", "output": "answer"},
+            ),
+            "missing mapped column(s): 'answer' (mapped to output)",
+        ),
+        "too few rows": (
+            dict(uri=write_jsonl(tmp_path / "few.jsonl", instruct_rows(6))),
+            "too few rows: 6 usable row(s) (of 6); at least 10 are required",
+        ),
     }
     # Synthesis off: nothing needs a generator, so a base model that is no model at all is fine.
     async with running_mesh(mesh_env, GRADIENTS_DATASET_SYNTHETIC="false") as mesh:
         ids = {}
         for name, (dataset, _) in cases.items():
-            request = ts.CreateTaskRequest(type=pb.INSTRUCT_TEXT, base_model="/nowhere/model", hours=1,
-                                           dataset=pb.DatasetSpec(**dataset))
+            request = ts.CreateTaskRequest(
+                type=pb.INSTRUCT_TEXT, base_model="/nowhere/model", hours=1, dataset=pb.DatasetSpec(**dataset)
+            )
             ids[name] = (await create_task(mesh, request)).task_id
         bad_image = write_images(tmp_path / "imgs", 10, bad=4)
-        ids["unreadable image"] = (await create_task(mesh, ts.CreateTaskRequest(
-            type=pb.IMAGE, base_model="/nowhere/model", hours=1, images=bad_image))).task_id
+        ids["unreadable image"] = (
+            await create_task(
+                mesh, ts.CreateTaskRequest(type=pb.IMAGE, base_model="/nowhere/model", hours=1, images=bad_image)
+            )
+        ).task_id
         good = write_jsonl(tmp_path / "good.jsonl", instruct_rows(20))
-        good_id = (await create_task(mesh, ts.CreateTaskRequest(
-            type=pb.INSTRUCT_TEXT, base_model="/nowhere/model", hours=1, dataset=pb.DatasetSpec(uri=good)))).task_id
+        good_id = (
+            await create_task(
+                mesh,
+                ts.CreateTaskRequest(
+                    type=pb.INSTRUCT_TEXT, base_model="/nowhere/model", hours=1, dataset=pb.DatasetSpec(uri=good)
+                ),
+            )
+        ).task_id
 
-        expected = {**{name: reason for name, (_, reason) in cases.items()},
-                    "unreadable image": f"unreadable image {bad_image[4].path}"}
+        expected = {
+            **{name: reason for name, (_, reason) in cases.items()},
+            "unreadable image": f"unreadable image {bad_image[4].path}",
+        }
         for name, task_id in ids.items():
             task = await settled(mesh, task_id)
             assert task.state == pb.FAILED, name
@@ -338,16 +390,22 @@ async def test_bad_datasets_fail_the_task_with_their_reason(mesh_env, tmp_path):
 async def test_a_missing_generator_fails_the_task_with_a_reason(mesh_env, tmp_path):
     uri = write_jsonl(tmp_path / "rows.jsonl", instruct_rows(20))
     async with running_mesh(mesh_env) as mesh:
-        created = await create_task(mesh, ts.CreateTaskRequest(
-            type=pb.INSTRUCT_TEXT, base_model="hub-org/some-model", hours=1, dataset=pb.DatasetSpec(uri=uri)))
+        created = await create_task(
+            mesh,
+            ts.CreateTaskRequest(
+                type=pb.INSTRUCT_TEXT, base_model="hub-org/some-model", hours=1, dataset=pb.DatasetSpec(uri=uri)
+            ),
+        )
         task = await settled(mesh, created.task_id)
         assert task.state == pb.FAILED
         assert task.failure_reason == (
             "data preparation: no text generator: the base model 'hub-org/some-model' is not a local transformers "
-            "model folder; set GRADIENTS_DATASET_TEXT_MODEL_PATH or use GRADIENTS_DATASET_GENERATOR=openai")
+            "model folder; set GRADIENTS_DATASET_TEXT_MODEL_PATH or use GRADIENTS_DATASET_GENERATOR=openai"
+        )
 
 
 # ---- settings and the image list (no servers) ---------------------------------------------------
+
 
 def test_settings_defaults_follow_the_paper():
     settings = load_settings(DatasetPrepSettings, {})
@@ -361,19 +419,29 @@ def test_settings_defaults_follow_the_paper():
     assert off.split.synth_cap == 0
 
 
-@pytest.mark.parametrize("env, problem", [
-    ({"GRADIENTS_DATASET_GENERATOR": "openai"},
-     "GRADIENTS_DATASET_OPENAI_BASE_URL is required when GRADIENTS_DATASET_GENERATOR=openai"),
-    ({"GRADIENTS_DATASET_GENERATOR": "openai", "GRADIENTS_DATASET_OPENAI_BASE_URL": "http://h:8000/v1"},
-     "GRADIENTS_DATASET_OPENAI_MODEL is required"),
-    ({"GRADIENTS_DATASET_OPENAI_BASE_URL": "h:8000"}, "GRADIENTS_DATASET_OPENAI_BASE_URL='h:8000': must be a URL"),
-    ({"GRADIENTS_DATASET_GENERATOR": "vllm"}, "GRADIENTS_DATASET_GENERATOR='vllm': must be one of local, openai"),
-    ({"GRADIENTS_DATASET_TEXT_MODEL_PATH": "/no/such/model"}, "GRADIENTS_DATASET_TEXT_MODEL_PATH='/no/such/model': not a folder"),
-    ({"GRADIENTS_DATASET_IMAGE_PIPELINE_PATH": "/no/sd"}, "not a diffusers pipeline folder"),
-    ({"GRADIENTS_DATASET_IMAGE_MAX_SIDE": "1000"}, "must be a positive multiple of 64"),
-    ({"GRADIENTS_DATASET_MAX_EMPTY_FRACTION": "1.5"}, "must be between 0 and 1"),
-    ({"GRADIENTS_DATASET_DEVICE": "tpu"}, "must be auto, cpu, cuda"),
-])
+@pytest.mark.parametrize(
+    "env, problem",
+    [
+        (
+            {"GRADIENTS_DATASET_GENERATOR": "openai"},
+            "GRADIENTS_DATASET_OPENAI_BASE_URL is required when GRADIENTS_DATASET_GENERATOR=openai",
+        ),
+        (
+            {"GRADIENTS_DATASET_GENERATOR": "openai", "GRADIENTS_DATASET_OPENAI_BASE_URL": "http://h:8000/v1"},
+            "GRADIENTS_DATASET_OPENAI_MODEL is required",
+        ),
+        ({"GRADIENTS_DATASET_OPENAI_BASE_URL": "h:8000"}, "GRADIENTS_DATASET_OPENAI_BASE_URL='h:8000': must be a URL"),
+        ({"GRADIENTS_DATASET_GENERATOR": "vllm"}, "GRADIENTS_DATASET_GENERATOR='vllm': must be one of local, openai"),
+        (
+            {"GRADIENTS_DATASET_TEXT_MODEL_PATH": "/no/such/model"},
+            "GRADIENTS_DATASET_TEXT_MODEL_PATH='/no/such/model': not a folder",
+        ),
+        ({"GRADIENTS_DATASET_IMAGE_PIPELINE_PATH": "/no/sd"}, "not a diffusers pipeline folder"),
+        ({"GRADIENTS_DATASET_IMAGE_MAX_SIDE": "1000"}, "must be a positive multiple of 64"),
+        ({"GRADIENTS_DATASET_MAX_EMPTY_FRACTION": "1.5"}, "must be between 0 and 1"),
+        ({"GRADIENTS_DATASET_DEVICE": "tpu"}, "must be auto, cpu, cuda"),
+    ],
+)
 def test_bad_settings_are_refused_at_start(env, problem):
     with pytest.raises(ConfigError) as error:
         load_settings(DatasetPrepSettings, env)
@@ -382,7 +450,10 @@ def test_bad_settings_are_refused_at_start(env, problem):
 
 def test_image_list_uri_is_parsed():
     assert parse_image_list("images:a.png|a cat;b/c.png|a dog; running fast;d.png|x|y") == [
-        ("a.png", "a cat"), ("b/c.png", "a dog; running fast"), ("d.png", "x|y")]
+        ("a.png", "a cat"),
+        ("b/c.png", "a dog; running fast"),
+        ("d.png", "x|y"),
+    ]
     with pytest.raises(TaskDataError, match="no '|' between path and caption"):
         parse_image_list("images:a.png")
     with pytest.raises(TaskDataError, match="must start with 'images:'"):

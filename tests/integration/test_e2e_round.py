@@ -38,8 +38,17 @@ async def read_all(bus: EventBus, subject: str) -> list:
 @pytest.mark.timeout(600)
 def test_reduced_round_end_to_end(tmp_path):
     with ThreadedOtlpReceiver() as receiver:
-        demo = Demo(DemoOptions(data_dir=tmp_path / "demo", miners=3, tasks=2, time_scale=12.0, timeout_s=420,
-                                types=("instruct", "image"), otlp_endpoint=receiver.endpoint))
+        demo = Demo(
+            DemoOptions(
+                data_dir=tmp_path / "demo",
+                miners=3,
+                tasks=2,
+                time_scale=12.0,
+                timeout_s=420,
+                types=("instruct", "image"),
+                otlp_endpoint=receiver.endpoint,
+            )
+        )
         try:
             demo.start()
             snap = asyncio.run(run_round(demo))
@@ -47,15 +56,21 @@ def test_reduced_round_end_to_end(tmp_path):
         finally:
             demo.stop()  # services flush their spans on the way out
         tasks = {t.task_id: t for t in snap.tasks}
-        assert len(tasks) == 2 and all(t.state == pb.SCORED for t in tasks.values()), \
-            [(t.task_id, pb.TaskState.Name(t.state), t.failure_reason) for t in tasks.values()]
+        assert len(tasks) == 2 and all(t.state == pb.SCORED for t in tasks.values()), [
+            (t.task_id, pb.TaskState.Name(t.state), t.failure_reason) for t in tasks.values()
+        ]
         assert sorted(pb.TaskType.Name(t.type) for t in tasks.values()) == ["IMAGE", "INSTRUCT_TEXT"]
         image = next(t for t in tasks.values() if t.type == pb.IMAGE)
         assert image.splits.synth.rows > 0 and list(image.splits.schema) == ["image", "caption"]
 
         # Every stage's event was seen for every task.
-        for subject in (events.TASK_CREATED, events.DATASET_PREPARED, events.MINERS_SELECTED, events.EVAL_COMPLETED,
-                        events.TASK_SCORED):
+        for subject in (
+            events.TASK_CREATED,
+            events.DATASET_PREPARED,
+            events.MINERS_SELECTED,
+            events.EVAL_COMPLETED,
+            events.TASK_SCORED,
+        ):
             seen = {getattr(m, "task_id", "") or m.task.task_id for m in stream[subject]}
             assert set(tasks) <= seen, subject
         assert {m.submission.task_id for m in stream[events.SUBMISSION_RECEIVED]} == set(tasks)
@@ -85,8 +100,16 @@ def test_reduced_round_end_to_end(tmp_path):
 
 async def collect(nats_url: str) -> dict[str, list]:
     bus = await EventBus.connect(nats_url, "e2e-reader")
-    subjects = (events.TASK_CREATED, events.DATASET_PREPARED, events.MINERS_SELECTED, events.SUBMISSION_RECEIVED,
-                events.EVAL_COMPLETED, events.TASK_SCORED, events.SCORES_UPDATED, events.WEIGHTS_SET)
+    subjects = (
+        events.TASK_CREATED,
+        events.DATASET_PREPARED,
+        events.MINERS_SELECTED,
+        events.SUBMISSION_RECEIVED,
+        events.EVAL_COMPLETED,
+        events.TASK_SCORED,
+        events.SCORES_UPDATED,
+        events.WEIGHTS_SET,
+    )
     out = {subject: await read_all(bus, subject) for subject in subjects}
     await bus.stop(1)
     return out

@@ -37,19 +37,28 @@ def models(tmp_path_factory):
     return base, {"untouched": untouched, "noisy": noisy, "pickled": pickled}
 
 
-async def publish_job(bus: EventBus, store: NatsArtifactStore, base: Path, uploads: dict[str, Path], tmp: Path,
-                      task_id: str = "task-1") -> None:
+async def publish_job(
+    bus: EventBus, store: NatsArtifactStore, base: Path, uploads: dict[str, Path], tmp: Path, task_id: str = "task-1"
+) -> None:
     test_key = await store.put_bytes("".join(json.dumps(r) + "\n" for r in ROWS[:6]).encode())
     synth_key = await store.put_bytes("".join(json.dumps(r) + "\n" for r in ROWS[6:]).encode())
-    task = pb.Task(task_id=task_id, type=pb.INSTRUCT_TEXT, base_model=str(base), base_model_params_b=0.0001, hours=1,
-                   splits=pb.DatasetSplits(test=pb.SplitInfo(artifact=test_key, rows=6),
-                                           synth=pb.SplitInfo(artifact=synth_key, rows=6)))
+    task = pb.Task(
+        task_id=task_id,
+        type=pb.INSTRUCT_TEXT,
+        base_model=str(base),
+        base_model_params_b=0.0001,
+        hours=1,
+        splits=pb.DatasetSplits(
+            test=pb.SplitInfo(artifact=test_key, rows=6), synth=pb.SplitInfo(artifact=synth_key, rows=6)
+        ),
+    )
     task.evaluation.test_weight = 0.7
     job = ev.EvalJobRequested(task=task)
     for seq, (hotkey, folder) in enumerate(uploads.items(), start=1):
         key = await store.put_file(pack(folder, tmp / f"{hotkey}.tar"))
-        job.submissions.append(pb.Submission(task_id=task_id, miner_hotkey=hotkey, artifact=key, sha256=key,
-                                             upload_seq=seq))
+        job.submissions.append(
+            pb.Submission(task_id=task_id, miner_hotkey=hotkey, artifact=key, sha256=key, upload_seq=seq)
+        )
     await bus.publish(events.EVAL_JOB_REQUESTED, job, msg_id=f"eval-job:{task_id}")
 
 
@@ -60,8 +69,13 @@ async def test_job_from_the_queue_is_scored_and_hostile_upload_fails_with_reason
     bus = await EventBus.connect(env["GRADIENTS_NATS_URL"], "driver")
     done = await bus.js.subscribe(events.EVAL_COMPLETED, durable="test-completed")
     store = NatsArtifactStore(bus.js)
-    await publish_job(bus, store, base, {"m-untouched": adapters["untouched"], "m-noisy": adapters["noisy"],
-                                         "m-pickled": adapters["pickled"]}, tmp_path)
+    await publish_job(
+        bus,
+        store,
+        base,
+        {"m-untouched": adapters["untouched"], "m-noisy": adapters["noisy"], "m-pickled": adapters["pickled"]},
+        tmp_path,
+    )
     msg = await done.next_msg(timeout=120)
     completed = ev.EvalCompleted.FromString(msg.data)
     results = {r.miner_hotkey: r for r in completed.results}
@@ -85,8 +99,9 @@ async def test_job_from_the_queue_is_scored_and_hostile_upload_fails_with_reason
 def spawn_worker(env: dict[str, str], name: str, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     full = {**os.environ, **env, "GRADIENTS_GRPC_PORT": str(port), "GRADIENTS_EVAL_WORKER_ID": name}
-    proc = subprocess.Popen([sys.executable, "-m", "services.eval_worker"], env=full,
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.eval_worker"], env=full, stdout=open(log, "ab"), stderr=subprocess.STDOUT
+    )
     return proc, f"127.0.0.1:{port}"
 
 
@@ -94,7 +109,8 @@ async def status(address: str) -> eval_worker_pb2.WorkerStatus | None:
     try:
         async with grpc.aio.insecure_channel(address) as ch:
             return await eval_worker_pb2_grpc.EvalWorkerStub(ch).GetWorkerStatus(
-                eval_worker_pb2.GetWorkerStatusRequest(), timeout=2)
+                eval_worker_pb2.GetWorkerStatusRequest(), timeout=2
+            )
     except grpc.aio.AioRpcError:
         return None
 
@@ -126,7 +142,9 @@ async def test_worker_killed_mid_job_job_completes_on_another_and_is_published_o
                 if await status(address) is not None:
                     break
                 await asyncio.sleep(0.2)
-        await publish_job(bus, store, base, {"m-untouched": adapters["untouched"], "m-noisy": adapters["noisy"]}, tmp_path)
+        await publish_job(
+            bus, store, base, {"m-untouched": adapters["untouched"], "m-noisy": adapters["noisy"]}, tmp_path
+        )
         busy = None
         for _ in range(300):
             for name, (_proc, address) in procs.items():

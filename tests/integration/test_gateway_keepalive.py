@@ -22,8 +22,12 @@ from test_selector_offers import VALIDATOR, selector  # noqa: E402
 
 from services.selector.testing import dev_keypair  # noqa: E402
 
-PINGY = [("grpc.keepalive_time_ms", 500), ("grpc.keepalive_timeout_ms", 5_000),
-         ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)]
+PINGY = [
+    ("grpc.keepalive_time_ms", 500),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
 
 
 async def test_idle_offer_stream_is_not_dropped_for_keepalive_pings(mesh_env):

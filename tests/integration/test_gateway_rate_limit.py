@@ -27,8 +27,13 @@ BURST = 5
 
 @pytest.fixture
 async def gateway(mesh_env):
-    env = selector_env(mesh_env, [FLOODER.ss58_address, HONEST.ss58_address], VALIDATOR.ss58_address,
-                       RATE_LIMIT_PER_S="0.5", RATE_LIMIT_BURST=str(BURST))
+    env = selector_env(
+        mesh_env,
+        [FLOODER.ss58_address, HONEST.ss58_address],
+        VALIDATOR.ss58_address,
+        RATE_LIMIT_PER_S="0.5",
+        RATE_LIMIT_BURST=str(BURST),
+    )
     host = await ServiceHost.start(SPEC, env=env)
     yield host
     await host.stop(1)
@@ -67,7 +72,7 @@ async def test_forged_and_replayed_calls_do_not_spend_the_victims_budget(gateway
     assert await call(gateway.address, metadata=sniffed) == grpc.StatusCode.OK
     forged = tuple((k, HONEST.ss58_address if k == "x-bittensor-hotkey" else v) for k, v in signed(STRANGER, req))
     for _ in range(3 * BURST):
-        assert await call(gateway.address, metadata=sniffed) == grpc.StatusCode.UNAUTHENTICATED   # replayed
+        assert await call(gateway.address, metadata=sniffed) == grpc.StatusCode.UNAUTHENTICATED  # replayed
         assert await call(gateway.address, metadata=forged) == grpc.StatusCode.UNAUTHENTICATED
     assert [await call(gateway.address, HONEST) for _ in range(BURST - 1)] == [grpc.StatusCode.OK] * (BURST - 1)
 
@@ -82,13 +87,16 @@ async def test_the_sdk_waits_out_the_rate_limit_instead_of_failing(gateway, tmp_
         replies = [await miner.my_results() for _ in range(BURST + 2)]
         waited = time.monotonic() - started
     assert len(replies) == BURST + 2
-    assert waited >= 2 * 0.9 / 0.5 - 0.5   # two calls over the burst, one token every 2 s
+    assert waited >= 2 * 0.9 / 0.5 - 0.5  # two calls over the burst, one token every 2 s
 
 
 async def test_the_sdk_gives_up_on_other_resource_exhausted_refusals():
     from miner_sdk.client import GatewayRefused
 
     over_cap = GatewayRefused("UploadSubmission", grpc.StatusCode.RESOURCE_EXHAUSTED, "total_bytes: over the limit")
-    limited = GatewayRefused("GetMyResults", grpc.StatusCode.RESOURCE_EXHAUSTED,
-                             "rate limit: hotkey x is over 20 calls/s (burst 100); retry in 0.25s")
+    limited = GatewayRefused(
+        "GetMyResults",
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "rate limit: hotkey x is over 20 calls/s (burst 100); retry in 0.25s",
+    )
     assert over_cap.retry_after_s is None and limited.retry_after_s == 0.25

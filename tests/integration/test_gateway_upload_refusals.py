@@ -30,8 +30,12 @@ ATTEMPTS = 4
 
 @pytest.fixture
 async def gateway(mesh_env):
-    env = selector_env(mesh_env, [IN_TASK.ss58_address, OUTSIDER.ss58_address], VALIDATOR.ss58_address,
-                       MAX_UPLOAD_BYTES=str(10 * MODEL_BYTES))
+    env = selector_env(
+        mesh_env,
+        [IN_TASK.ss58_address, OUTSIDER.ss58_address],
+        VALIDATOR.ss58_address,
+        MAX_UPLOAD_BYTES=str(10 * MODEL_BYTES),
+    )
     host = await ServiceHost.start(SPEC, env=env)
     yield host
     await host.stop(1)
@@ -39,8 +43,9 @@ async def gateway(mesh_env):
 
 async def open_task(host, deadline_in_s: float) -> pb.Task:
     key = await host.ctx.artifacts.put_bytes(b'{"instruction": "x", "output": "y"}\n')
-    task = make_task(miners=(IN_TASK.ss58_address,), deadline_s=time.time() + deadline_in_s, train_artifact=key,
-                     train_rows=1)
+    task = make_task(
+        miners=(IN_TASK.ss58_address,), deadline_s=time.time() + deadline_in_s, train_artifact=key, train_rows=1
+    )
     await publish_state(host.ctx.bus, task, pb.TRAINING, version=5)
     tasks = host.ctx.components.tasks
     assert await wait_for(lambda: tasks.exists(task.task_id), timeout=10)

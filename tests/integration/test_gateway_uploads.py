@@ -33,8 +33,13 @@ TRAIN_DATA = b"".join(b'{"instruction": "say %d", "output": "%d"}\n' % (i, i) fo
 
 @pytest.fixture
 async def gateway(mesh_env):
-    env = selector_env(mesh_env, [IN_TASK.ss58_address, OUTSIDER.ss58_address], VALIDATOR.ss58_address,
-                       MAX_UPLOAD_BYTES=str(MAX_UPLOAD), CHUNK_BYTES="4096")
+    env = selector_env(
+        mesh_env,
+        [IN_TASK.ss58_address, OUTSIDER.ss58_address],
+        VALIDATOR.ss58_address,
+        MAX_UPLOAD_BYTES=str(MAX_UPLOAD),
+        CHUNK_BYTES="4096",
+    )
     host = await ServiceHost.start(SPEC, env=env)
     yield host
     await host.stop(1)
@@ -72,10 +77,15 @@ async def raw_upload(host, key, chunks: list[gw.UploadChunk]) -> gw.UploadRespon
 
 
 def chunked(task_id: str, data: bytes, size: int = 10_000, kind: str = "adapter") -> list[gw.UploadChunk]:
-    parts = [data[i:i + size] for i in range(0, len(data), size)]
+    parts = [data[i : i + size] for i in range(0, len(data), size)]
     chunks = [gw.UploadChunk(data=p, chunk_sha256=hashlib.sha256(p).hexdigest()) for p in parts]
     first = chunks[0]
-    first.task_id, first.sha256, first.total_bytes, first.kind = task_id, hashlib.sha256(data).hexdigest(), len(data), kind
+    first.task_id, first.sha256, first.total_bytes, first.kind = (
+        task_id,
+        hashlib.sha256(data).hexdigest(),
+        len(data),
+        kind,
+    )
     return chunks
 
 
@@ -88,7 +98,11 @@ async def test_download_and_a_valid_upload_round_trip_byte_for_byte(gateway, nat
 
         folder = model_folder(tmp_path / "adapter")
         submission = await miner.submit(task.task_id, folder)
-    assert (submission.task_id, submission.miner_hotkey, submission.kind) == (task.task_id, IN_TASK.ss58_address, "adapter")
+    assert (submission.task_id, submission.miner_hotkey, submission.kind) == (
+        task.task_id,
+        IN_TASK.ss58_address,
+        "adapter",
+    )
     assert submission.upload_seq == 1 and submission.artifact == submission.sha256
 
     # The stored artifact is exactly the archive the SDK packed, and unpacks to the same files.
@@ -193,17 +207,29 @@ async def test_uploads_stop_when_the_task_leaves_training(gateway, tmp_path):
 async def test_my_results_shows_only_my_evaluations_and_scores(gateway):
     me, other = IN_TASK.ss58_address, OUTSIDER.ss58_address
     bus = gateway.ctx.bus
-    done = ev.EvalCompleted(task_id="t-1", results=[
-        pb.EvaluationResult(miner_hotkey=me, ok=True, loss_test=1.5, loss_weighted=1.6),
-        pb.EvaluationResult(miner_hotkey=other, ok=True, loss_test=0.5),
-    ])
+    done = ev.EvalCompleted(
+        task_id="t-1",
+        results=[
+            pb.EvaluationResult(miner_hotkey=me, ok=True, loss_test=1.5, loss_weighted=1.6),
+            pb.EvaluationResult(miner_hotkey=other, ok=True, loss_test=0.5),
+        ],
+    )
     await bus.publish(events.EVAL_COMPLETED, done, msg_id="eval:t-1")
-    scored = ev.TaskScored(task_id="t-1", scores=[pb.Score(miner_hotkey=me, rank=2, task_score=0.0),
-                                                   pb.Score(miner_hotkey=other, rank=1, task_score=3.0)])
+    scored = ev.TaskScored(
+        task_id="t-1",
+        scores=[
+            pb.Score(miner_hotkey=me, rank=2, task_score=0.0),
+            pb.Score(miner_hotkey=other, rank=1, task_score=3.0),
+        ],
+    )
     await bus.publish(events.TASK_SCORED, scored, msg_id="scored:t-1")
-    await bus.publish(events.SCORES_UPDATED, ev.ScoresUpdated(scores=[ev.MinerFinalScore(miner_hotkey=me, final_score=0.25)]),
-                      msg_id="scores:1")
+    await bus.publish(
+        events.SCORES_UPDATED,
+        ev.ScoresUpdated(scores=[ev.MinerFinalScore(miner_hotkey=me, final_score=0.25)]),
+        msg_id="scores:1",
+    )
     async with client(gateway, IN_TASK) as miner:
+
         async def arrived() -> bool:
             reply = await miner.my_results()
             return len(reply.tasks) == 1 and reply.tasks[0].HasField("score") and reply.final_score > 0

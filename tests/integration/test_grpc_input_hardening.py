@@ -26,8 +26,9 @@ async def test_health_watch_streams_the_serving_status(mesh_env):
             assert first.status == health_pb2.HealthCheckResponse.SERVING
             call.cancel()
 
-            unknown = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service="no.such.Service"),
-                                                           timeout=10)
+            unknown = health_pb2_grpc.HealthStub(ch).Watch(
+                health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=10
+            )
             reply = await asyncio.wait_for(unknown.read(), 10)
             assert reply.status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
             unknown.cancel()
@@ -35,8 +36,9 @@ async def test_health_watch_streams_the_serving_status(mesh_env):
         await host.stop(1)
 
 
-@pytest.mark.parametrize("field, request_kwargs", [("state", {"state": 9643111}), ("state", {"state": -1}),
-                                                   ("type", {"type": 65536})])
+@pytest.mark.parametrize(
+    "field, request_kwargs", [("state", {"state": 9643111}), ("state", {"state": -1}), ("type", {"type": 65536})]
+)
 async def test_list_tasks_with_an_unknown_enum_number_is_an_invalid_argument(mesh_env, field, request_kwargs):
     """Proto3 enums carry any int32; an unknown TaskState used to raise ValueError (INTERNAL)."""
     host = await ServiceHost.start(TASK_SERVICE, env=mesh_env)

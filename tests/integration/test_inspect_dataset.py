@@ -79,14 +79,24 @@ def files(tmp_path: Path) -> dict[str, Path]:
     few = root / "acme" / "few.jsonl"
     few.write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
     (root / "acme" / "link.jsonl").symlink_to(secret)
-    return {"root": root, "good": good, "secret": secret, "outside": outside, "broken": broken,
-            "binary": binary, "few": few, "link": root / "acme" / "link.jsonl"}
+    return {
+        "root": root,
+        "good": good,
+        "secret": secret,
+        "outside": outside,
+        "broken": broken,
+        "binary": binary,
+        "few": few,
+        "link": root / "acme" / "link.jsonl",
+    }
 
 
 @contextlib.asynccontextmanager
 async def inspector(mesh_env: dict[str, str], roots: str, **env: str):
-    host = await ServiceHost.start(DATASET_PREP, env={**mesh_env, "GRADIENTS_DATASET_LOCAL_ROOTS": roots,
-                                                      "GRADIENTS_DATASET_SYNTHETIC": "false", **env})
+    host = await ServiceHost.start(
+        DATASET_PREP,
+        env={**mesh_env, "GRADIENTS_DATASET_LOCAL_ROOTS": roots, "GRADIENTS_DATASET_SYNTHETIC": "false", **env},
+    )
     channel = grpc.aio.insecure_channel(host.address)
     try:
         yield host, dp_grpc.DatasetPrepStub(channel)
@@ -112,31 +122,57 @@ QA = {"instruction": "question", "output": "answer"}
 async def test_bad_sources_are_refused_naming_the_field_without_their_content(mesh_env, files, records, tmp_path):
     root = str(files["root"])
     cases = {
-        "outside": (dict(uri=str(files["secret"]), column_mapping=QA), "dataset.uri: is outside the allowed dataset roots"),
+        "outside": (
+            dict(uri=str(files["secret"]), column_mapping=QA),
+            "dataset.uri: is outside the allowed dataset roots",
+        ),
         "passwd": (dict(uri="/etc/passwd"), "dataset.uri: is outside the allowed dataset roots"),
         "file uri": (dict(uri="file:///etc/shadow"), "dataset.uri: is outside the allowed dataset roots"),
         "slash": (dict(uri="/", format="image_folder"), "dataset.uri: is outside the allowed dataset roots"),
-        "dot dot": (dict(uri=f"{root}/acme/../../private/secret.jsonl", column_mapping=QA),
-                    "dataset.uri: is outside the allowed dataset roots"),
+        "dot dot": (
+            dict(uri=f"{root}/acme/../../private/secret.jsonl", column_mapping=QA),
+            "dataset.uri: is outside the allowed dataset roots",
+        ),
         "relative": (dict(uri="../private/secret.jsonl"), "dataset.uri: is outside the allowed dataset roots"),
-        "symlink out": (dict(uri=str(files["link"]), column_mapping=QA), "dataset.uri: is outside the allowed dataset roots"),
+        "symlink out": (
+            dict(uri=str(files["link"]), column_mapping=QA),
+            "dataset.uri: is outside the allowed dataset roots",
+        ),
         "a root": (dict(uri=root, format="image_folder"), "dataset.uri: names an allowed dataset root itself"),
-        "missing": (dict(uri=f"{root}/acme/none.jsonl"), "dataset.uri: no such file or folder under the allowed dataset roots"),
-        "broken json": (dict(uri=str(files["broken"]), column_mapping=QA), "dataset: broken.jsonl line 2 is not valid JSON"),
+        "missing": (
+            dict(uri=f"{root}/acme/none.jsonl"),
+            "dataset.uri: no such file or folder under the allowed dataset roots",
+        ),
+        "broken json": (
+            dict(uri=str(files["broken"]), column_mapping=QA),
+            "dataset: broken.jsonl line 2 is not valid JSON",
+        ),
         "binary": (dict(uri=str(files["binary"]), column_mapping=QA), "dataset: the data is not readable as jsonl"),
-        "unmapped": (dict(uri=str(files["good"])), "dataset.column_mapping[instruction]: the dataset has no 'instruction' column"),
-        "wrong mapping": (dict(uri=str(files["good"]), column_mapping={"instruction": "question", "output": "reply"}),
-                          "dataset.column_mapping[output]: the dataset has no column 'reply'; its columns: answer, question"),
-        "unknown field": (dict(uri=str(files["good"]), column_mapping={"prompt": "question"}),
-                          "dataset.column_mapping: column_mapping names unknown field(s) ['prompt']"),
-        "few rows": (dict(uri=str(files["few"]), column_mapping=QA), "dataset: has 3 usable rows (of 3); at least 10 needed"),
+        "unmapped": (
+            dict(uri=str(files["good"])),
+            "dataset.column_mapping[instruction]: the dataset has no 'instruction' column",
+        ),
+        "wrong mapping": (
+            dict(uri=str(files["good"]), column_mapping={"instruction": "question", "output": "reply"}),
+            "dataset.column_mapping[output]: the dataset has no column 'reply'; its columns: answer, question",
+        ),
+        "unknown field": (
+            dict(uri=str(files["good"]), column_mapping={"prompt": "question"}),
+            "dataset.column_mapping: column_mapping names unknown field(s) ['prompt']",
+        ),
+        "few rows": (
+            dict(uri=str(files["few"]), column_mapping=QA),
+            "dataset: has 3 usable rows (of 3); at least 10 needed",
+        ),
         "format": (dict(uri=str(files["good"]), format="xlsx"), "dataset.format: must be one of"),
         "http off": (dict(uri="https://example.com/qa.jsonl"), "dataset.uri: http(s) datasets are not enabled"),
         "scheme": (dict(uri="s3://bucket/qa.jsonl"), "dataset.uri: unsupported URI scheme 's3'"),
         "no upload": (dict(uri="upload:" + "0" * 64), "dataset.uri: no uploaded dataset has this sha256"),
         "bad upload": (dict(uri="upload:../../etc/passwd"), "dataset.uri: an upload URI is 'upload:' followed by"),
-        "hub offline": (dict(uri="acme/absent-dataset"),
-                        "dataset.uri: Hub dataset 'acme/absent-dataset' was not found in the local Hugging Face cache (offline)"),
+        "hub offline": (
+            dict(uri="acme/absent-dataset"),
+            "dataset.uri: Hub dataset 'acme/absent-dataset' was not found in the local Hugging Face cache (offline)",
+        ),
         "empty": (dict(uri=""), "dataset.uri: is empty"),
     }
     async with inspector(mesh_env, root) as (host, stub):
@@ -144,8 +180,9 @@ async def test_bad_sources_are_refused_naming_the_field_without_their_content(me
             details = await refusal(stub, pb.DatasetSpec(**dataset))
             assert details.startswith(expected), (name, details)
             assert MARKER not in details and str(files["outside"]) not in details, (name, details)
-        assert (await refusal(stub, pb.DatasetSpec(uri=str(files["good"]), column_mapping=QA), pb.TASK_TYPE_UNSPECIFIED)
-                ).startswith("type: ")
+        assert (
+            await refusal(stub, pb.DatasetSpec(uri=str(files["good"]), column_mapping=QA), pb.TASK_TYPE_UNSPECIFIED)
+        ).startswith("type: ")
         # Still serving after all that.
         assert (await inspect(stub, pb.DatasetSpec(uri=str(files["good"]), column_mapping=QA))).rows == 12
     assert records.lines, "the log handler saw nothing: the check below would prove nothing"
@@ -159,15 +196,23 @@ async def test_good_local_sources(mesh_env, files, tmp_path):
     async with inspector(mesh_env, f"{tmp_path / 'elsewhere'},{files['root']}") as (_, stub):
         answer = await inspect(stub, pb.DatasetSpec(uri=str(files["good"]), column_mapping=QA))
         assert (answer.rows, list(answer.columns), answer.format) == (12, ["question", "answer"], "jsonl")
-        answer = await inspect(stub, pb.DatasetSpec(uri=f"file://{csv}", column_mapping={
-            "prompt": "q", "chosen": "good", "rejected": "bad"}), pb.DPO)
+        answer = await inspect(
+            stub,
+            pb.DatasetSpec(uri=f"file://{csv}", column_mapping={"prompt": "q", "chosen": "good", "rejected": "bad"}),
+            pb.DPO,
+        )
         assert (answer.rows, list(answer.columns), answer.format) == (15, ["q", "good", "bad"], "csv")
 
 
 async def test_http_when_allowed_still_refuses_non_public_addresses(mesh_env, files):
     async with inspector(mesh_env, "", GRADIENTS_DATASET_ALLOW_HTTP="true") as (_, stub):
-        for url in ("http://127.0.0.1:9/qa.jsonl", "http://169.254.169.254/latest/meta-data/", "http://[::1]/qa.jsonl",
-                    "http://localhost/qa.jsonl", "http://10.0.0.1/qa.jsonl"):
+        for url in (
+            "http://127.0.0.1:9/qa.jsonl",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[::1]/qa.jsonl",
+            "http://localhost/qa.jsonl",
+            "http://10.0.0.1/qa.jsonl",
+        ):
             details = await refusal(stub, pb.DatasetSpec(uri=url, column_mapping=QA))
             assert details.startswith("dataset.uri: the URL points to a loopback, private, link-local"), (url, details)
 
@@ -226,7 +271,9 @@ async def test_image_lists_and_folders_under_the_roots(mesh_env, files, tmp_path
         assert (answer.rows, answer.format) == (10, "jsonl")
         answer = await inspect(stub, pb.DatasetSpec(uri=str(folder)), pb.IMAGE)
         assert (answer.rows, answer.format) == (10, "image_folder")
-        details = await refusal(stub, pb.DatasetSpec(uri=f"images:{items};{outside}|sneaky", format="image_list"), pb.IMAGE)
+        details = await refusal(
+            stub, pb.DatasetSpec(uri=f"images:{items};{outside}|sneaky", format="image_list"), pb.IMAGE
+        )
         assert details == "images[10].path: is outside the allowed dataset roots"
         (folder / "zz.png").symlink_to(outside)
         details = await refusal(stub, pb.DatasetSpec(uri=str(folder)), pb.IMAGE)
@@ -242,8 +289,12 @@ def build_hub_dataset_cache(cache: Path, repo: str, rows: list[dict], work: Path
     name = repo.split("/")[1]
     work.mkdir(parents=True)
     (work / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    builder = Json(cache_dir=str(work / "build"), dataset_name=name, data_files={"train": str(work / "train.jsonl")},
-                   hash="0123456789abcdef")
+    builder = Json(
+        cache_dir=str(work / "build"),
+        dataset_name=name,
+        data_files={"train": str(work / "train.jsonl")},
+        hash="0123456789abcdef",
+    )
     builder.download_and_prepare()
     (built,) = glob.glob(str(work / "build" / name / "*" / "0.0.0" / "0123456789abcdef"))
     target = cache / repo.replace("/", "___") / "default" / "0.0.0" / "0123456789abcdef"
@@ -271,8 +322,13 @@ async def test_a_hub_dataset_from_the_local_cache_offline(mesh_env, tmp_path, mo
 
 async def test_a_task_being_prepared_goes_through_the_same_policy(mesh_env, files, tmp_path):
     async with inspector(mesh_env, str(files["root"])) as (host, _):
-        organic = pb.Task(task_id="t1", type=pb.INSTRUCT_TEXT, organic=True, base_model="/nowhere/model",
-                          dataset=pb.DatasetSpec(uri=str(files["secret"]), column_mapping=QA))
+        organic = pb.Task(
+            task_id="t1",
+            type=pb.INSTRUCT_TEXT,
+            organic=True,
+            base_model="/nowhere/model",
+            dataset=pb.DatasetSpec(uri=str(files["secret"]), column_mapping=QA),
+        )
         with pytest.raises(DatasetRejected) as refused:
             await resolve_task_dataset(host.ctx, organic, tmp_path / "work-1")
         assert refused.value.reason == "dataset.uri: is outside the allowed dataset roots"

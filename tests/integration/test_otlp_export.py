@@ -48,24 +48,36 @@ async def test_task_service_exports_spans_with_service_name(mesh_env, tmp_path):
     async with OtlpReceiver() as receiver:
         port = free_port()
         env = dict(os.environ, **mesh_env)
-        env.update({
-            "GRADIENTS_GRPC_PORT": str(port),
-            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-            "OTEL_BSP_SCHEDULE_DELAY": "200",  # export spans within 0.2 s, not the SDK's 5 s
-            "GRADIENTS_TASK_TICK_S": "0.1",
-        })
+        env.update(
+            {
+                "GRADIENTS_GRPC_PORT": str(port),
+                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                "OTEL_BSP_SCHEDULE_DELAY": "200",  # export spans within 0.2 s, not the SDK's 5 s
+                "GRADIENTS_TASK_TICK_S": "0.1",
+            }
+        )
         log = open(tmp_path / "task_service.log", "wb")
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.task_service", env=env, stdout=log, stderr=log,
+            sys.executable,
+            "-m",
+            "services.task_service",
+            env=env,
+            stdout=log,
+            stderr=log,
         )
         try:
             address = f"127.0.0.1:{port}"
             await wait_serving(address, process)
             async with grpc.aio.insecure_channel(address) as channel:
-                reply = await ts_grpc.TaskServiceStub(channel).CreateTask(ts.CreateTaskRequest(
-                    type=pb.INSTRUCT_TEXT, base_model="tiny-llama", base_model_params_b=0.001, hours=1,
-                    dataset=pb.DatasetSpec(uri="/data/rows.jsonl"),
-                ))
+                reply = await ts_grpc.TaskServiceStub(channel).CreateTask(
+                    ts.CreateTaskRequest(
+                        type=pb.INSTRUCT_TEXT,
+                        base_model="tiny-llama",
+                        base_model_params_b=0.001,
+                        hours=1,
+                        dataset=pb.DatasetSpec(uri="/data/rows.jsonl"),
+                    )
+                )
             # The trace the task carries (W3C traceparent: version-traceid-spanid-flags).
             trace_id = reply.task.trace_parent.split("-")[1]
 
@@ -116,8 +128,9 @@ def test_threaded_receiver_groups_a_synchronous_callers_spans_by_trace():
     import subprocess
 
     with ThreadedOtlpReceiver() as receiver:
-        done = subprocess.run([sys.executable, "-c", SPAN_EMITTER, receiver.endpoint],
-                              capture_output=True, text=True, timeout=40)
+        done = subprocess.run(
+            [sys.executable, "-c", SPAN_EMITTER, receiver.endpoint], capture_output=True, text=True, timeout=40
+        )
         assert done.returncode == 0, done.stderr
         spans = receiver.wait_for_spans(lambda got: len(got) >= 4, timeout=10)
 

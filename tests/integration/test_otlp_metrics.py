@@ -104,7 +104,12 @@ EMITTER = textwrap.dedent("""
 async def test_instruments_reach_an_otlp_collector():
     async with OtlpReceiver() as receiver:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", EMITTER, receiver.endpoint, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            sys.executable,
+            "-c",
+            EMITTER,
+            receiver.endpoint,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
         out, _ = await asyncio.wait_for(proc.communicate(), 40)
         assert proc.returncode == 0, out.decode()

@@ -54,23 +54,41 @@ def make_events(n: int, seed: int, now_s: float) -> list[ev.EvalCompleted]:
         results = []
         for seq, hk in enumerate(miners):
             if rng.random() < 0.1:
-                results.append(pb.EvaluationResult(miner_hotkey=hk, ok=False, failure_reason="pickled code in upload",
-                                                   upload_seq=seq))
+                results.append(
+                    pb.EvaluationResult(
+                        miner_hotkey=hk, ok=False, failure_reason="pickled code in upload", upload_seq=seq
+                    )
+                )
                 continue
             per_test = [rng.uniform(0.4, 2.5) for _ in range(8)]
             per_synth = [rng.uniform(0.4, 2.5) for _ in range(5)]
             lt, ls = sum(per_test) / 8, sum(per_synth) / 5
-            results.append(pb.EvaluationResult(miner_hotkey=hk, ok=True, loss_test=lt, loss_synth=ls,
-                                               loss_weighted=0.7 * lt + 0.3 * ls, upload_seq=seq,
-                                               per_example_test=per_test, per_example_synth=per_synth))
+            results.append(
+                pb.EvaluationResult(
+                    miner_hotkey=hk,
+                    ok=True,
+                    loss_test=lt,
+                    loss_synth=ls,
+                    loss_weighted=0.7 * lt + 0.3 * ls,
+                    upload_seq=seq,
+                    per_example_test=per_test,
+                    per_example_synth=per_synth,
+                )
+            )
         if k == 7 and results[0].ok:  # a later upload copying the first one's losses exactly
             copy = pb.EvaluationResult()
             copy.CopyFrom(results[0])
             copy.miner_hotkey, copy.upload_seq = "5Copycat", 99
             results.append(copy)
-        event = ev.EvalCompleted(task_id=f"task-{k:03d}", type=pb.INSTRUCT_TEXT, results=results, worker="w1",
-                                 base_model_params_b=rng.choice([0.5, 1.5, 7.0]), hours=rng.choice([1.0, 3.0, 6.0]),
-                                 ok=True)
+        event = ev.EvalCompleted(
+            task_id=f"task-{k:03d}",
+            type=pb.INSTRUCT_TEXT,
+            results=results,
+            worker="w1",
+            base_model_params_b=rng.choice([0.5, 1.5, 7.0]),
+            hours=rng.choice([1.0, 3.0, 6.0]),
+            ok=True,
+        )
         event.completed_at.FromNanoseconds(int((now_s - rng.uniform(0.0, 8.0) * DAY_S) * 1e9))
         out.append(event)
     return out
@@ -139,8 +157,9 @@ async def test_fifty_tasks_scored_leaderboard_and_replay_digest(scorer):
 
     # Independent expectation: the same events through the pure functions, at the live "now".
     now = computation.now
-    expected = replay([score_task(task_info(e, CFG), submission_results(e), CFG).to_scored_task() for e in batch],
-                      now, CFG)
+    expected = replay(
+        [score_task(task_info(e, CFG), submission_results(e), CFG).to_scored_task() for e in batch], now, CFG
+    )
     assert expected.digest == computation.digest
 
     board = await stub.GetLeaderboard(sc.GetLeaderboardRequest())
@@ -157,7 +176,8 @@ async def test_fifty_tasks_scored_leaderboard_and_replay_digest(scorer):
     copied = await stub.GetTaskResult(sc.GetTaskResultRequest(task_id="task-007"))
     again = score_task(task_info(batch[7], CFG), submission_results(batch[7]), CFG)
     assert [(s.miner_hotkey, s.rank, s.adjusted, s.suspicious) for s in copied.scores] == [
-        (m.miner_hotkey, m.rank, m.adjusted, m.suspicious) for m in again.miners]
+        (m.miner_hotkey, m.rank, m.adjusted, m.suspicious) for m in again.miners
+    ]
     assert len(copied.results) == len(batch[7].results) and copied.task_weight == again.task_weight
     copycat = next(s for s in copied.scores if s.miner_hotkey == "5Copycat")
     assert copycat.duplicate and copycat.rank == 0 and "duplicate of" in copycat.reason
@@ -186,9 +206,21 @@ async def test_fifty_tasks_scored_leaderboard_and_replay_digest(scorer):
     assert report.mismatches == () and report.recomputed == 50 and report.now == now
     assert report.digest == computation.digest and report.matches_live
     proc = subprocess.run(
-        [sys.executable, "-m", "gradients.commands.scores", "replay", "--redis-url", env["GRADIENTS_REDIS_URL"],
-         "--now", micros_to_iso(computation.now_us), "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "gradients.commands.scores",
+            "replay",
+            "--redis-url",
+            env["GRADIENTS_REDIS_URL"],
+            "--now",
+            micros_to_iso(computation.now_us),
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = json.loads(proc.stdout)
@@ -248,12 +280,27 @@ async def test_one_valid_submission_has_no_confidence_and_the_baseline_is_ignore
     scored_sub = await bus.js.pull_subscribe(events.TASK_SCORED, durable="test-task-scored-single")
     keeper = host.ctx.components.keeper
     event = ev.EvalCompleted(
-        task_id="task-single", type=pb.INSTRUCT_TEXT, worker="w1", base_model_params_b=1.0, hours=1.0, ok=True,
+        task_id="task-single",
+        type=pb.INSTRUCT_TEXT,
+        worker="w1",
+        base_model_params_b=1.0,
+        hours=1.0,
+        ok=True,
         results=[
             # L_synth far above L_test: with σ undefined (one credited submission) not suspicious.
-            pb.EvaluationResult(miner_hotkey=MINERS[0], ok=True, loss_test=1.0, loss_synth=5.0, loss_weighted=2.2,
-                                per_example_test=[1.0, 1.0], per_example_synth=[5.0], upload_seq=1),
-            pb.EvaluationResult(miner_hotkey=MINERS[1], ok=False, failure_reason="pickled code in upload", upload_seq=2),
+            pb.EvaluationResult(
+                miner_hotkey=MINERS[0],
+                ok=True,
+                loss_test=1.0,
+                loss_synth=5.0,
+                loss_weighted=2.2,
+                per_example_test=[1.0, 1.0],
+                per_example_synth=[5.0],
+                upload_seq=1,
+            ),
+            pb.EvaluationResult(
+                miner_hotkey=MINERS[1], ok=False, failure_reason="pickled code in upload", upload_seq=2
+            ),
         ],
         # The base model's own losses (for task_service): not a submission, never scored.
         baseline=pb.EvaluationResult(miner_hotkey="", ok=True, loss_test=3.0, loss_synth=3.0, loss_weighted=3.0),
@@ -269,7 +316,9 @@ async def test_one_valid_submission_has_no_confidence_and_the_baseline_is_ignore
     scored = ev.TaskScored.FromString(msg.data)
     assert not scored.HasField("rank1_confidence")
     assert [(s.miner_hotkey, s.rank, s.task_score, s.suspicious) for s in scored.scores] == [
-        (MINERS[0], 1, 3.0, False), (MINERS[1], 0, -1.0, False)]
+        (MINERS[0], 1, 3.0, False),
+        (MINERS[1], 0, -1.0, False),
+    ]
     result = await stub.GetTaskResult(sc.GetTaskResultRequest(task_id="task-single"))
     assert not result.HasField("rank1_confidence")
     assert [r.miner_hotkey for r in result.results] == [MINERS[0], MINERS[1]]

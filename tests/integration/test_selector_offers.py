@@ -81,7 +81,9 @@ async def list_miners(host, connected_only=True) -> list[pb.Miner]:
 
 async def seed_scores(host, bus, scores: dict[str, float]) -> None:
     """Give miners a task score through the real path: a gradients.task.scored event."""
-    scored = ev.TaskScored(task_id="earlier-task", scores=[pb.Score(miner_hotkey=h, task_score=s) for h, s in scores.items()])
+    scored = ev.TaskScored(
+        task_id="earlier-task", scores=[pb.Score(miner_hotkey=h, task_score=s) for h, s in scores.items()]
+    )
     scored.scored_at.GetCurrentTime()
     await bus.publish(events.TASK_SCORED, scored, msg_id="scored:earlier-task")
 
@@ -194,8 +196,9 @@ async def test_selector_api_lists_miners_and_previews_the_pool(mesh_env):
         reply = await stub.SelectPool(sel_pb.SelectPoolRequest(task_id="t", type=pb.INSTRUCT_TEXT, pool_size=5))
         standings = [MinerStanding(m.hotkey, m.uid, False) for m in everyone]
         assert list(reply.offer_order) == [m.hotkey for m in rank_miners(standings, tie_break_salt="t")]
-        excluded = await stub.SelectPool(sel_pb.SelectPoolRequest(
-            task_id="t", type=pb.IMAGE, exclude=[dev_keypair("a").ss58_address]))
+        excluded = await stub.SelectPool(
+            sel_pb.SelectPoolRequest(task_id="t", type=pb.IMAGE, exclude=[dev_keypair("a").ss58_address])
+        )
         assert list(excluded.offer_order) == [dev_keypair("b").ss58_address]
 
         await stop_all(miners)
@@ -244,7 +247,10 @@ async def test_offers_reach_miners_connected_to_another_replica(mesh_env, nats_s
     offers_seen: list = []
     try:
         # Each miner holds its stream on a different replica; the round runs on one of them.
-        miners = [*await connect(one, [("a", "accept")], offers_seen), *await connect(two, [("b", "accept")], offers_seen)]
+        miners = [
+            *await connect(one, [("a", "accept")], offers_seen),
+            *await connect(two, [("b", "accept")], offers_seen),
+        ]
         selected = await EventCollector.start(nats_server.url, events.MINERS_SELECTED)
         task = make_task()
         await publish_state(one.ctx.bus, task, pb.LOOKING_FOR_MINERS, version=3)
@@ -260,7 +266,9 @@ async def test_offers_reach_miners_connected_to_another_replica(mesh_env, nats_s
 async def test_the_sdk_reconnects_when_the_gateway_restarts(mesh_env, nats_server):
     env = selector_env(mesh_env, [dev_keypair("a").ss58_address], VALIDATOR.ss58_address, OFFER_TIMEOUT_S="2")
     host = await ServiceHost.start(SPEC, env=env)
-    client = MinerClient(host.address, dev_keypair("a"), VALIDATOR.ss58_address, backoff=Backoff(initial_s=0.1, max_s=0.5))
+    client = MinerClient(
+        host.address, dev_keypair("a"), VALIDATOR.ss58_address, backoff=Backoff(initial_s=0.1, max_s=0.5)
+    )
     offers: asyncio.Queue = asyncio.Queue()
 
     async def mine() -> None:
@@ -295,8 +303,7 @@ async def test_an_offer_that_never_reached_the_miner_does_not_exclude_it_from_th
     restart were undelivered, yet the miners were never offered the task again, so with few miners
     every later attempt had no candidate and the task FAILED for no miners."""
     offers_seen: list = []
-    async with selector(mesh_env, ["stale", "live"], OFFER_TIMEOUT_S="1", TEXT_POOL_MIN="2",
-                        TEXT_POOL_MAX="2") as host:
+    async with selector(mesh_env, ["stale", "live"], OFFER_TIMEOUT_S="1", TEXT_POOL_MIN="2", TEXT_POOL_MAX="2") as host:
         stale = dev_keypair("stale").ss58_address
         registry = host.ctx.components.registry
         live = await connect(host, [("live", "accept")], offers_seen)

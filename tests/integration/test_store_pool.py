@@ -18,7 +18,9 @@ async def test_a_burst_over_the_pool_size_waits_for_a_connection(redis_server):
     n = POOL_MAX_CONNECTIONS + 50
     try:
         # Each BLPOP holds its connection for 0.2 s, so all n commands are in flight at once.
-        replies = await asyncio.gather(*(store.redis.blpop([store.key("empty", str(i))], timeout=0.2) for i in range(n)))
+        replies = await asyncio.gather(
+            *(store.redis.blpop([store.key("empty", str(i))], timeout=0.2) for i in range(n))
+        )
         assert replies == [None] * n
         assert await store.ping()
     finally:

@@ -36,8 +36,13 @@ FAST = {
 
 
 def instruct_request(**kw) -> ts.CreateTaskRequest:
-    base = dict(type=pb.INSTRUCT_TEXT, base_model="tiny-llama", base_model_params_b=0.001, hours=1,
-                dataset=pb.DatasetSpec(uri="/data/rows.jsonl"))
+    base = dict(
+        type=pb.INSTRUCT_TEXT,
+        base_model="tiny-llama",
+        base_model_params_b=0.001,
+        hours=1,
+        dataset=pb.DatasetSpec(uri="/data/rows.jsonl"),
+    )
     base.update(kw)
     return ts.CreateTaskRequest(**base)
 
@@ -51,13 +56,17 @@ async def wait_state(stub, task_id: str, state: int, timeout: float = 15) -> pb.
         return await state_of(stub, task_id) == state
 
     assert await wait_for(reached, timeout), (
-        f"expected {pb.TaskState.Name(state)}, task is {pb.TaskState.Name(await state_of(stub, task_id))}")
+        f"expected {pb.TaskState.Name(state)}, task is {pb.TaskState.Name(await state_of(stub, task_id))}"
+    )
     return await stub.GetTask(ts.GetTaskRequest(task_id=task_id))
 
 
 def splits(rows: int = 100) -> pb.DatasetSplits:
-    return pb.DatasetSplits(train=pb.SplitInfo(artifact="a" * 64, sha256="a" * 64, rows=rows - 10),
-                            test=pb.SplitInfo(artifact="b" * 64, sha256="b" * 64, rows=10), schema=["instruction", "output"])
+    return pb.DatasetSplits(
+        train=pb.SplitInfo(artifact="a" * 64, sha256="a" * 64, rows=rows - 10),
+        test=pb.SplitInfo(artifact="b" * 64, sha256="b" * 64, rows=10),
+        schema=["instruction", "output"],
+    )
 
 
 async def selected(bus: EventBus, task_id: str, accepted: list[str], attempt: int, deadline_s: float) -> None:
@@ -91,8 +100,11 @@ async def test_task_runs_pending_to_scored(service):
 
     watcher = asyncio.create_task(watch())
     await wait_state(stub, task.task_id, pb.PREPARING_DATA)
-    await bus.publish(events.DATASET_PREPARED, ev.DatasetPrepared(task_id=task.task_id, ok=True, splits=splits()),
-                      msg_id=f"prepared:{task.task_id}")
+    await bus.publish(
+        events.DATASET_PREPARED,
+        ev.DatasetPrepared(task_id=task.task_id, ok=True, splits=splits()),
+        msg_id=f"prepared:{task.task_id}",
+    )
     got = await wait_state(stub, task.task_id, pb.LOOKING_FOR_MINERS)
     assert got.splits.train.rows == 90
 
@@ -101,7 +113,9 @@ async def test_task_runs_pending_to_scored(service):
     assert list(got.miner_hotkeys) == ["miner-a", "miner-b"]
     sub = pb.Submission(task_id=task.task_id, miner_hotkey="miner-a", artifact="c" * 64, sha256="c" * 64, upload_seq=1)
     await bus.publish(events.SUBMISSION_RECEIVED, ev.SubmissionReceived(submission=sub), msg_id="submission:1")
-    newer = pb.Submission(task_id=task.task_id, miner_hotkey="miner-a", artifact="d" * 64, sha256="d" * 64, upload_seq=2)
+    newer = pb.Submission(
+        task_id=task.task_id, miner_hotkey="miner-a", artifact="d" * 64, sha256="d" * 64, upload_seq=2
+    )
     await bus.publish(events.SUBMISSION_RECEIVED, ev.SubmissionReceived(submission=newer), msg_id="submission:2")
 
     await wait_state(stub, task.task_id, pb.EVALUATING, timeout=10)
@@ -114,8 +128,15 @@ async def test_task_runs_pending_to_scored(service):
     await bus.publish(events.TASK_SCORED, ev.TaskScored(task_id=task.task_id), msg_id=f"scored:{task.task_id}")
     await wait_state(stub, task.task_id, pb.SCORED)
     await asyncio.wait_for(watcher, 5)
-    assert updates == ["PENDING", "PREPARING_DATA", "LOOKING_FOR_MINERS", "TRAINING", "PREEVALUATION",
-                       "EVALUATING", "SCORED"] or updates[0] in ("PENDING", "PREPARING_DATA")
+    assert updates == [
+        "PENDING",
+        "PREPARING_DATA",
+        "LOOKING_FOR_MINERS",
+        "TRAINING",
+        "PREEVALUATION",
+        "EVALUATING",
+        "SCORED",
+    ] or updates[0] in ("PENDING", "PREPARING_DATA")
     assert updates[-1] == "SCORED"
 
 
@@ -123,8 +144,11 @@ async def test_too_few_miners_delays_with_more_time_then_trains(service):
     host, stub, bus = service
     task = (await stub.CreateTask(instruct_request(hours=2))).task
     await wait_state(stub, task.task_id, pb.PREPARING_DATA)
-    await bus.publish(events.DATASET_PREPARED, ev.DatasetPrepared(task_id=task.task_id, ok=True, splits=splits()),
-                      msg_id=f"prepared:{task.task_id}")
+    await bus.publish(
+        events.DATASET_PREPARED,
+        ev.DatasetPrepared(task_id=task.task_id, ok=True, splits=splits()),
+        msg_id=f"prepared:{task.task_id}",
+    )
     await wait_state(stub, task.task_id, pb.LOOKING_FOR_MINERS)
     await selected(bus, task.task_id, [], attempt=0, deadline_s=2)
     delayed = await wait_state(stub, task.task_id, pb.DELAYED)
@@ -146,8 +170,11 @@ async def test_no_miners_after_the_maximum_delays_fails(mesh_env):
         bus = host.ctx.bus
         task = (await stub.CreateTask(instruct_request())).task
         await wait_state(stub, task.task_id, pb.PREPARING_DATA)
-        await bus.publish(events.DATASET_PREPARED, ev.DatasetPrepared(task_id=task.task_id, ok=True, splits=splits()),
-                          msg_id=f"prepared:{task.task_id}")
+        await bus.publish(
+            events.DATASET_PREPARED,
+            ev.DatasetPrepared(task_id=task.task_id, ok=True, splits=splits()),
+            msg_id=f"prepared:{task.task_id}",
+        )
         await wait_state(stub, task.task_id, pb.LOOKING_FOR_MINERS)
         await selected(bus, task.task_id, [], attempt=0, deadline_s=2)
         failed = await wait_state(stub, task.task_id, pb.FAILED)
@@ -159,9 +186,11 @@ async def test_bad_dataset_fails_with_reason_visible_in_get_task(service):
     host, stub, bus = service
     task = (await stub.CreateTask(instruct_request())).task
     await wait_state(stub, task.task_id, pb.PREPARING_DATA)
-    await bus.publish(events.DATASET_PREPARED,
-                      ev.DatasetPrepared(task_id=task.task_id, ok=False, failure_reason="dataset is empty"),
-                      msg_id=f"prepared:{task.task_id}")
+    await bus.publish(
+        events.DATASET_PREPARED,
+        ev.DatasetPrepared(task_id=task.task_id, ok=False, failure_reason="dataset is empty"),
+        msg_id=f"prepared:{task.task_id}",
+    )
     failed = await wait_state(stub, task.task_id, pb.FAILED)
     assert failed.failure_reason == "data preparation: dataset is empty"
 
@@ -170,27 +199,37 @@ async def test_no_submissions_fails_the_task(service):
     host, stub, bus = service
     task = (await stub.CreateTask(instruct_request())).task
     await wait_state(stub, task.task_id, pb.PREPARING_DATA)
-    await bus.publish(events.DATASET_PREPARED, ev.DatasetPrepared(task_id=task.task_id, ok=True, splits=splits()),
-                      msg_id=f"prepared:{task.task_id}")
+    await bus.publish(
+        events.DATASET_PREPARED,
+        ev.DatasetPrepared(task_id=task.task_id, ok=True, splits=splits()),
+        msg_id=f"prepared:{task.task_id}",
+    )
     await wait_state(stub, task.task_id, pb.LOOKING_FOR_MINERS)
     await selected(bus, task.task_id, ["m"], attempt=0, deadline_s=0.5)
     failed = await wait_state(stub, task.task_id, pb.FAILED, timeout=10)
     assert "no submissions" in failed.failure_reason
 
 
-@pytest.mark.parametrize("request_kw, field", [
-    (dict(type=pb.TASK_TYPE_UNSPECIFIED), "type"),
-    (dict(base_model=""), "base_model"),
-    (dict(hours=-1), "hours"),
-    (dict(dataset=pb.DatasetSpec()), "dataset.uri"),
-    (dict(type=pb.DPO, dataset=pb.DatasetSpec(uri="/d", column_mapping={"prompt": "q", "chosen": "a"})),
-     "dataset.column_mapping[rejected]"),
-    (dict(type=pb.GRPO), "reward_functions"),
-    (dict(type=pb.GRPO, reward_functions=[pb.RewardFunction(name="vibes", weight=1)]), "reward_functions[0].name"),
-    (dict(type=pb.GRPO, reward_functions=[pb.RewardFunction(name="code", weight=1, code="def f(:")]),
-     "reward_functions[0].code"),
-    (dict(type=pb.IMAGE, dataset=pb.DatasetSpec(), images=[ts.ImageItem(path="/a.png")]), "images[0].caption"),
-])
+@pytest.mark.parametrize(
+    "request_kw, field",
+    [
+        (dict(type=pb.TASK_TYPE_UNSPECIFIED), "type"),
+        (dict(base_model=""), "base_model"),
+        (dict(hours=-1), "hours"),
+        (dict(dataset=pb.DatasetSpec()), "dataset.uri"),
+        (
+            dict(type=pb.DPO, dataset=pb.DatasetSpec(uri="/d", column_mapping={"prompt": "q", "chosen": "a"})),
+            "dataset.column_mapping[rejected]",
+        ),
+        (dict(type=pb.GRPO), "reward_functions"),
+        (dict(type=pb.GRPO, reward_functions=[pb.RewardFunction(name="vibes", weight=1)]), "reward_functions[0].name"),
+        (
+            dict(type=pb.GRPO, reward_functions=[pb.RewardFunction(name="code", weight=1, code="def f(:")]),
+            "reward_functions[0].code",
+        ),
+        (dict(type=pb.IMAGE, dataset=pb.DatasetSpec(), images=[ts.ImageItem(path="/a.png")]), "images[0].caption"),
+    ],
+)
 async def test_invalid_create_requests_name_the_field(service, request_kw, field):
     host, stub, bus = service
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -206,7 +245,9 @@ async def test_list_filters_pages_and_cancel(service):
     # The same request id returns the same task (client retry).
     assert (await stub.CreateTask(instruct_request(request_id="r0"))).task.task_id == ids[0]
     page1 = await stub.ListTasks(ts.ListTasksRequest(type=pb.INSTRUCT_TEXT, page_size=2))
-    page2 = await stub.ListTasks(ts.ListTasksRequest(type=pb.INSTRUCT_TEXT, page_size=2, page_token=page1.next_page_token))
+    page2 = await stub.ListTasks(
+        ts.ListTasksRequest(type=pb.INSTRUCT_TEXT, page_size=2, page_token=page1.next_page_token)
+    )
     assert [t.task_id for t in page1.tasks] + [t.task_id for t in page2.tasks] == ids and not page2.next_page_token
     cancelled = await stub.CancelTask(ts.CancelTaskRequest(task_id=dpo, reason="customer changed their mind"))
     assert cancelled.state == pb.CANCELLED
@@ -222,11 +263,24 @@ async def test_list_filters_pages_and_cancel(service):
 
 async def test_organic_first_then_synthetic_fills_up_to_the_cap(mesh_env, tmp_path):
     pools = tmp_path / "pools.json"
-    pools.write_text(json.dumps({"base_models": {"INSTRUCT_TEXT": ["tiny-llama"]},
-                                 "datasets": {"INSTRUCT_TEXT": [{"uri": "/data/syn.jsonl", "rows": 500}]}}))
-    env = dict(mesh_env, **FAST, GRADIENTS_TASK_MAX_ACTIVE="3", GRADIENTS_TASK_MAX_SYNTHETIC="1",
-               GRADIENTS_TASK_SYNTHETIC_ENABLED="true", GRADIENTS_TASK_SYNTHETIC_MIX="1,0,0,0",
-               GRADIENTS_TASK_SYNTHETIC_POOLS=str(pools), GRADIENTS_TASK_SYNTHETIC_SEED="7")
+    pools.write_text(
+        json.dumps(
+            {
+                "base_models": {"INSTRUCT_TEXT": ["tiny-llama"]},
+                "datasets": {"INSTRUCT_TEXT": [{"uri": "/data/syn.jsonl", "rows": 500}]},
+            }
+        )
+    )
+    env = dict(
+        mesh_env,
+        **FAST,
+        GRADIENTS_TASK_MAX_ACTIVE="3",
+        GRADIENTS_TASK_MAX_SYNTHETIC="1",
+        GRADIENTS_TASK_SYNTHETIC_ENABLED="true",
+        GRADIENTS_TASK_SYNTHETIC_MIX="1,0,0,0",
+        GRADIENTS_TASK_SYNTHETIC_POOLS=str(pools),
+        GRADIENTS_TASK_SYNTHETIC_SEED="7",
+    )
     host = await ServiceHost.start(SPEC, env=env)
     async with grpc.aio.insecure_channel(host.address) as ch:
         stub = ts_grpc.TaskServiceStub(ch)
@@ -248,22 +302,42 @@ async def test_organic_first_then_synthetic_fills_up_to_the_cap(mesh_env, tmp_pa
 
 async def test_a_synthetic_task_left_pending_by_a_crash_is_started(mesh_env, tmp_path):
     pools = tmp_path / "pools.json"
-    pools.write_text(json.dumps({"base_models": {"INSTRUCT_TEXT": ["tiny-llama"]},
-                                 "datasets": {"INSTRUCT_TEXT": [{"uri": "/data/syn.jsonl", "rows": 500}]}}))
+    pools.write_text(
+        json.dumps(
+            {
+                "base_models": {"INSTRUCT_TEXT": ["tiny-llama"]},
+                "datasets": {"INSTRUCT_TEXT": [{"uri": "/data/syn.jsonl", "rows": 500}]},
+            }
+        )
+    )
     # A predecessor created (and counted) its one allowed synthetic task, then crashed before
     # starting it: the task sits in Redis, PENDING.
     host = await ServiceHost.start(SPEC, env=dict(mesh_env, **FAST))
-    left = pb.Task(task_id="synthetic-left-pending", type=pb.INSTRUCT_TEXT, organic=False, base_model="tiny-llama",
-                   dataset=pb.DatasetSpec(uri="/data/syn.jsonl", row_count=500), hours=2, initial_hours=2)
+    left = pb.Task(
+        task_id="synthetic-left-pending",
+        type=pb.INSTRUCT_TEXT,
+        organic=False,
+        base_model="tiny-llama",
+        dataset=pb.DatasetSpec(uri="/data/syn.jsonl", row_count=500),
+        hours=2,
+        initial_hours=2,
+    )
     await host.ctx.components.lifecycle.create(left)
     await host.ctx.store.redis.incr(host.ctx.store.key("synthetic-created"))
     await asyncio.sleep(0.3)  # ticks with synthetic tasks off: it stays PENDING
     assert await host.ctx.components.lifecycle.ids_in(pb.PENDING) == [left.task_id]
     await host.stop(1)
 
-    env = dict(mesh_env, **FAST, GRADIENTS_TASK_MAX_ACTIVE="3", GRADIENTS_TASK_MAX_SYNTHETIC="1",
-               GRADIENTS_TASK_SYNTHETIC_ENABLED="true", GRADIENTS_TASK_SYNTHETIC_MIX="1,0,0,0",
-               GRADIENTS_TASK_SYNTHETIC_POOLS=str(pools), GRADIENTS_TASK_SYNTHETIC_LIMIT="1")
+    env = dict(
+        mesh_env,
+        **FAST,
+        GRADIENTS_TASK_MAX_ACTIVE="3",
+        GRADIENTS_TASK_MAX_SYNTHETIC="1",
+        GRADIENTS_TASK_SYNTHETIC_ENABLED="true",
+        GRADIENTS_TASK_SYNTHETIC_MIX="1,0,0,0",
+        GRADIENTS_TASK_SYNTHETIC_POOLS=str(pools),
+        GRADIENTS_TASK_SYNTHETIC_LIMIT="1",
+    )
     host = await ServiceHost.start(SPEC, env=env)
     async with grpc.aio.insecure_channel(host.address) as ch:
         stub = ts_grpc.TaskServiceStub(ch)
@@ -276,10 +350,12 @@ async def test_a_synthetic_task_left_pending_by_a_crash_is_started(mesh_env, tmp
 
 # ---- crash and resume --------------------------------------------------------------------
 
+
 def spawn_task_service(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
     full = {**os.environ, **env, "GRADIENTS_GRPC_PORT": str(port), "GRADIENTS_LOG_FORMAT": "text"}
-    return subprocess.Popen([sys.executable, "-m", "services.task_service"], env=full,
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.task_service"], env=full, stdout=open(log, "ab"), stderr=subprocess.STDOUT
+    )
 
 
 async def test_kill_9_mid_task_and_restart_resumes_without_lost_or_repeated_transitions(mesh_env, tmp_path):
@@ -296,8 +372,11 @@ async def test_kill_9_mid_task_and_restart_resumes_without_lost_or_repeated_tran
         await channel.channel_ready()
         task = (await stub.CreateTask(instruct_request())).task
         await wait_state(stub, task.task_id, pb.PREPARING_DATA)
-        await bus.publish(events.DATASET_PREPARED, ev.DatasetPrepared(task_id=task.task_id, ok=True, splits=splits()),
-                          msg_id=f"prepared:{task.task_id}")
+        await bus.publish(
+            events.DATASET_PREPARED,
+            ev.DatasetPrepared(task_id=task.task_id, ok=True, splits=splits()),
+            msg_id=f"prepared:{task.task_id}",
+        )
         await wait_state(stub, task.task_id, pb.LOOKING_FOR_MINERS)
         await selected(bus, task.task_id, ["m1"], attempt=0, deadline_s=3)
         await wait_state(stub, task.task_id, pb.TRAINING)
@@ -307,8 +386,9 @@ async def test_kill_9_mid_task_and_restart_resumes_without_lost_or_repeated_tran
         proc.send_signal(signal.SIGKILL)  # mid-task: training, deadline pending
         proc.wait(10)
         # Events arriving while it is down are kept by JetStream.
-        await bus.publish(events.SUBMISSION_RECEIVED,
-                          ev.SubmissionReceived(submission=sub), msg_id="sub-m1")  # a duplicate publish
+        await bus.publish(
+            events.SUBMISSION_RECEIVED, ev.SubmissionReceived(submission=sub), msg_id="sub-m1"
+        )  # a duplicate publish
         await asyncio.sleep(1.0)
         proc = spawn_task_service(env, port, tmp_path / "ts.log")
         await channel.channel_ready()
@@ -337,6 +417,10 @@ async def test_kill_9_mid_task_and_restart_resumes_without_lost_or_repeated_tran
             transitions.append((change.version, pb.TaskState.Name(change.to_state)))
     await bus.stop(1)
     assert transitions == [
-        (2, "PREPARING_DATA"), (3, "LOOKING_FOR_MINERS"), (4, "TRAINING"), (5, "PREEVALUATION"),
-        (6, "EVALUATING"), (7, "SCORED"),
+        (2, "PREPARING_DATA"),
+        (3, "LOOKING_FOR_MINERS"),
+        (4, "TRAINING"),
+        (5, "PREEVALUATION"),
+        (6, "EVALUATING"),
+        (7, "SCORED"),
     ]

@@ -40,8 +40,13 @@ async def test_scheduler_keeps_running_after_its_first_flush_failed(mesh_env, mo
     try:
         async with grpc.aio.insecure_channel(host.address) as channel:
             stub = ts_grpc.TaskServiceStub(channel)
-            task = (await stub.CreateTask(ts.CreateTaskRequest(
-                type=pb.INSTRUCT_TEXT, base_model="tiny", hours=1, dataset=pb.DatasetSpec(uri="/d.jsonl")))).task
+            task = (
+                await stub.CreateTask(
+                    ts.CreateTaskRequest(
+                        type=pb.INSTRUCT_TEXT, base_model="tiny", hours=1, dataset=pb.DatasetSpec(uri="/d.jsonl")
+                    )
+                )
+            ).task
             # Only the scheduler moves PENDING → PREPARING_DATA.
             await wait_state(stub, task.task_id, pb.PREPARING_DATA, timeout=15)
         assert calls["n"] >= 2
@@ -56,6 +61,7 @@ async def test_a_background_loop_that_died_makes_the_service_not_serving(mesh_en
     spec = ServiceSpec(name="dying-loop", default_port=0, background=lambda ctx: [broken_loop()])
     host = await ServiceHost.start(spec, env=mesh_env)
     try:
+
         async def not_serving() -> bool:
             async with grpc.aio.insecure_channel(host.address) as channel:
                 reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())

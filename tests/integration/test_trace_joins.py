@@ -24,8 +24,13 @@ from services.chain_bridge.state import WeightsState
 
 
 def scores(at_s: int, digest: str) -> ev.ScoresUpdated:
-    update = ev.ScoresUpdated(digest=digest, scores=[ev.MinerFinalScore(miner_hotkey="hk-a", final_score=0.7),
-                                                     ev.MinerFinalScore(miner_hotkey="hk-b", final_score=0.3)])
+    update = ev.ScoresUpdated(
+        digest=digest,
+        scores=[
+            ev.MinerFinalScore(miner_hotkey="hk-a", final_score=0.7),
+            ev.MinerFinalScore(miner_hotkey="hk-b", final_score=0.3),
+        ],
+    )
     update.at.FromSeconds(at_s)
     return update
 
@@ -47,8 +52,13 @@ async def test_weights_set_continues_newest_task_trace_and_links_the_others(redi
         assert await state.offer(scores(1_000 + i, f"digest-{i}"), parent)
     backend = LedgerBackend(store, tmp_path / "ledger.jsonl", {"hk-a": 0, "hk-b": 1})
     await backend.start()
-    setter = WeightSetter(store, backend, state, None, SetterOptions(version_key=1, retry_initial_s=0.1,
-                                                                       retry_max_s=1, idle_check_s=1, lease_s=5))
+    setter = WeightSetter(
+        store,
+        backend,
+        state,
+        None,
+        SetterOptions(version_key=1, retry_initial_s=0.1, retry_max_s=1, idle_check_s=1, lease_s=5),
+    )
     span_exporter.clear()
     assert await setter.attempt() == 0.0
     assert await state.pending() is None and await state.pending_traces() == []

@@ -74,24 +74,38 @@ async def authenticate(redis_url: str, api_key: str):
 def test_up_serves_status_and_sigint_leaves_nothing(tmp_path: Path):
     data_dir = tmp_path / "mesh-data"
     env = dict(os.environ, GRADIENTS_DATA_DIR=str(data_dir))
-    for name in ("NATS_URL", "REDIS_URL", "SELECTOR_VALIDATOR_HOTKEY", "SELECTOR_GATEWAY_PORT", "DATASET_PREP_ADDR",
-                 "EVAL_WORKER_ADDR", "SCORER_ADDR", "CHAIN_BRIDGE_ADDR"):
+    for name in (
+        "NATS_URL",
+        "REDIS_URL",
+        "SELECTOR_VALIDATOR_HOTKEY",
+        "SELECTOR_GATEWAY_PORT",
+        "DATASET_PREP_ADDR",
+        "EVAL_WORKER_ADDR",
+        "SCORER_ADDR",
+        "CHAIN_BRIDGE_ADDR",
+    ):
         env.pop(f"GRADIENTS_{name}", None)
     # Two documented addresses set: those services must listen there; the other four get free ports.
     task_port, selector_port = free_port(), free_port()
     while selector_port == task_port:
         selector_port = free_port()
     env["GRADIENTS_TASK_SERVICE_ADDR"] = f"127.0.0.1:{task_port}"
-    env["GRADIENTS_SELECTOR_ADDR"] = f"0.0.0.0:{selector_port}"   # a wildcard host is dialled as 127.0.0.1
-    up = subprocess.Popen(gradients("up", "--data-dir", str(data_dir)), env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env["GRADIENTS_SELECTOR_ADDR"] = f"0.0.0.0:{selector_port}"  # a wildcard host is dialled as 127.0.0.1
+    up = subprocess.Popen(
+        gradients("up", "--data-dir", str(data_dir)),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     output = Lines(up.stdout)
     try:
         started = time.monotonic()
         status = None
         while time.monotonic() - started < 60:
-            status = subprocess.run(gradients("status", "--data-dir", str(data_dir)), env=env,
-                                    capture_output=True, text=True, timeout=30)
+            status = subprocess.run(
+                gradients("status", "--data-dir", str(data_dir)), env=env, capture_output=True, text=True, timeout=30
+            )
             if status.returncode == 0:
                 break
             assert up.poll() is None, output.text

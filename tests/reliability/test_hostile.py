@@ -20,7 +20,7 @@ REASONS = {
     "wrong receiver": "WrongReceiver",
     "unknown hotkey": "is not an allowed miner",
     "not a miner of the task": "is not a miner of task",
-    "late upload": ("deadline", "TRAINING"),   # the deadline passed, or the task already moved on
+    "late upload": ("deadline", "TRAINING"),  # the deadline passed, or the task already moved on
     "pickle upload": "upload safetensors only",
     "path traversal archive": "unsafe upload archive",
     "symlink archive": "is a link",
@@ -60,22 +60,22 @@ async def test_hostile_miners_are_refused_or_penalised_and_nobody_else_is_affect
 
     # Every poisoned upload kind reached the eval worker and was refused there (one miner each).
     assert results["pickle upload"].tried == 2 and results["path traversal archive"].tried == 2
-    assert results["wrong base architecture"].tried == 3     # another model's LoRA, a full model, rank 65536
-    assert results["oversized upload"].tried == 3            # announced over the cap, lied about, over the eval cap
-    assert results["replayed nonce"].tried == 4              # every method but OpenSession
+    assert results["wrong base architecture"].tried == 3  # another model's LoRA, a full model, rank 65536
+    assert results["oversized upload"].tried == 3  # announced over the cap, lied about, over the eval cap
+    assert results["replayed nonce"].tried == 4  # every method but OpenSession
 
     # Every TaskService method refuses each missing / bad / revoked key; every kind of dataset
     # source attack and upload attack was tried (benchmarks/reliability/customers.py).
     assert results["no API key"].tried == 8 and results["revoked API key"].tried == 8
-    assert results["bad API key"].tried == 32                     # 4 kinds of bad key × 8 methods
-    assert results["another account's task"].tried == 12         # 5 methods × (a customer's, a synthetic task) + 2
+    assert results["bad API key"].tried == 32  # 4 kinds of bad key × 8 methods
+    assert results["another account's task"].tried == 12  # 5 methods × (a customer's, a synthetic task) + 2
     assert results["dataset path outside the roots"].tried == 6 and results["dataset URL not public"].tried == 5
     assert results["oversized dataset upload"].tried == 3 and results["sha256-mismatched upload"].tried == 2
     assert results["quota exceeded"].tried == 2 and results["20 CreateTask, one request_id"].tried == 1
 
     flood = results["flood"]
     assert flood.tried >= 200, flood.summary()
-    assert flood.figures.get("AnswerOffer_OK-recorded", 0) == 0, flood.summary()   # no answer recorded twice
+    assert flood.figures.get("AnswerOffer_OK-recorded", 0) == 0, flood.summary()  # no answer recorded twice
     assert flood.figures["rate_limited"] > 0 and flood.figures["honest_flood_calls"] > 0, flood.summary()
 
     honest = results[HONEST_ROW]

@@ -24,11 +24,16 @@ def change(task_id: str, version: int, to_state: int, at: float) -> ev.TaskState
 
 def test_timeline_measures_each_state_and_the_overlap():
     changes = [
-        change("a", 2, pb.PREPARING_DATA, 100.0), change("a", 3, pb.LOOKING_FOR_MINERS, 101.0),
-        change("a", 4, pb.TRAINING, 101.5), change("a", 5, pb.PREEVALUATION, 110.0),
-        change("a", 6, pb.EVALUATING, 112.0), change("a", 7, pb.SCORED, 115.0),
-        change("b", 2, pb.PREPARING_DATA, 100.0), change("b", 4, pb.TRAINING, 105.0),  # out of order on purpose
-        change("b", 3, pb.LOOKING_FOR_MINERS, 104.0), change("b", 5, pb.FAILED, 106.0),
+        change("a", 2, pb.PREPARING_DATA, 100.0),
+        change("a", 3, pb.LOOKING_FOR_MINERS, 101.0),
+        change("a", 4, pb.TRAINING, 101.5),
+        change("a", 5, pb.PREEVALUATION, 110.0),
+        change("a", 6, pb.EVALUATING, 112.0),
+        change("a", 7, pb.SCORED, 115.0),
+        change("b", 2, pb.PREPARING_DATA, 100.0),
+        change("b", 4, pb.TRAINING, 105.0),  # out of order on purpose
+        change("b", 3, pb.LOOKING_FOR_MINERS, 104.0),
+        change("b", 5, pb.FAILED, 106.0),
         change("c", 2, pb.PREPARING_DATA, 120.0),  # still running
     ]
     t = timeline(changes)

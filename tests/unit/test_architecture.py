@@ -48,10 +48,13 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_the_readers_see_every_kind_of_import(tmp_path):
-    path = write(tmp_path, (
-        "import grpc\nfrom services.scorer.logic import x\nfrom services import selector\n"
-        "def f():\n    import http.client\n    from urllib.parse import quote\n    from . import sibling\n"
-    ))
+    path = write(
+        tmp_path,
+        (
+            "import grpc\nfrom services.scorer.logic import x\nfrom services import selector\n"
+            "def f():\n    import http.client\n    from urllib.parse import quote\n    from . import sibling\n"
+        ),
+    )
     assert services_imported(path) == {"scorer", "selector"}
     assert io_imports(path) == {"grpc", "http", "urllib"}
     assert io_imports(write(tmp_path, "import httpcore_like\nfrom redisx import y\n")) == set()

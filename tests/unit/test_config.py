@@ -55,7 +55,9 @@ def test_reference_lists_every_variable():
 @pytest.mark.parametrize("service", ["task_service", "scorer"])
 def test_service_stops_at_start_naming_the_bad_setting(service):
     env = dict(os.environ, GRADIENTS_BUS_MAX_DELIVER="zero", GRADIENTS_REDIS_URL="localhost:6379")
-    proc = subprocess.run([sys.executable, "-m", f"services.{service}"], env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", f"services.{service}"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2
     assert "GRADIENTS_BUS_MAX_DELIVER='zero': expected an integer" in proc.stderr
     assert "GRADIENTS_REDIS_URL='localhost:6379'" in proc.stderr
@@ -68,8 +70,9 @@ BAD_POOL = {"GRADIENTS_SELECTOR_TEXT_POOL_MIN": "20", "GRADIENTS_SELECTOR_TEXT_P
 
 def test_bad_setting_found_at_on_start_exits_2_naming_it(mesh_env):
     env = dict(os.environ, **mesh_env, **BAD_POOL)
-    proc = subprocess.run([sys.executable, "-m", "services.selector"], env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.selector"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "GRADIENTS_SELECTOR_*_POOL_MIN/MAX" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -87,14 +90,20 @@ async def test_failed_on_start_closes_nats_and_redis(tmp_path, redis_server):
     monitor = embedded.free_port()
     nats = embedded.start_nats(tmp_path / "nats-mon", extra_args=["-m", str(monitor)])
     try:
+
         def nats_connections() -> int:
             with urllib.request.urlopen(f"http://127.0.0.1:{monitor}/connz", timeout=5) as reply:
                 return json.load(reply)["num_connections"]
 
         probe = aioredis.from_url(redis_server.url)
         before = len(await probe.client_list())
-        env = {"GRADIENTS_NATS_URL": nats.url, "GRADIENTS_REDIS_URL": redis_server.url, "GRADIENTS_GRPC_PORT": "0",
-               "GRADIENTS_DATA_DIR": str(tmp_path / "data"), **BAD_POOL}
+        env = {
+            "GRADIENTS_NATS_URL": nats.url,
+            "GRADIENTS_REDIS_URL": redis_server.url,
+            "GRADIENTS_GRPC_PORT": "0",
+            "GRADIENTS_DATA_DIR": str(tmp_path / "data"),
+            **BAD_POOL,
+        }
         with pytest.raises(ConfigError, match=r"GRADIENTS_SELECTOR_\*_POOL_MIN/MAX") as failed:
             await ServiceHost.start(SPEC, env)
         # `failed` keeps the start frame (and its connections) alive: only closing frees them.

@@ -7,7 +7,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_generated_code_is_fresh():
     """Fails when protos/ changed without re-running scripts/gen_protos.py."""
-    proc = subprocess.run([sys.executable, "scripts/gen_protos.py", "--check"], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "scripts/gen_protos.py", "--check"], cwd=ROOT, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -17,12 +17,15 @@ def grpo_with_code(code: str) -> ts.CreateTaskRequest:
     return request
 
 
-@pytest.mark.parametrize("code, why", [
-    ("-" * 60_000 + "1", "MemoryError in the parser"),
-    ("f" + "()" * 30_000, "RecursionError in the compiler"),
-    ("x" + "[0]" * 20_000, "RecursionError in the compiler"),
-    ("def reward(c):\n    return 1 +\n", "SyntaxError"),
-])
+@pytest.mark.parametrize(
+    "code, why",
+    [
+        ("-" * 60_000 + "1", "MemoryError in the parser"),
+        ("f" + "()" * 30_000, "RecursionError in the compiler"),
+        ("x" + "[0]" * 20_000, "RecursionError in the compiler"),
+        ("def reward(c):\n    return 1 +\n", "SyntaxError"),
+    ],
+)
 def test_code_that_cannot_compile_is_an_invalid_argument(code: str, why: str):
     with pytest.raises(InvalidArgument) as err:
         validate_create(grpo_with_code(code))

@@ -55,7 +55,9 @@ def closed_address() -> str:
 
 def test_column_mapping_pairs():
     assert parse_column_mapping(["instruction=question", " output = answer "], "instruct") == {
-        "instruction": "question", "output": "answer"}
+        "instruction": "question",
+        "output": "answer",
+    }
     assert parse_column_mapping([], "instruct") == {}
 
 
@@ -90,11 +92,19 @@ def test_rewards_and_their_params():
         apply_reward_params(functions, ["keyword=red"])
 
 
-@pytest.mark.parametrize("value, remote", [
-    ("upload:" + "a" * 64, True), ("https://example.com/d.jsonl", True), ("org/name", True),
-    ("org/name@v1.0:test", True), ("train.jsonl", False), ("./data/train.jsonl", False), ("/abs/train.jsonl", False),
-    ("a/b/c", False),
-])
+@pytest.mark.parametrize(
+    "value, remote",
+    [
+        ("upload:" + "a" * 64, True),
+        ("https://example.com/d.jsonl", True),
+        ("org/name", True),
+        ("org/name@v1.0:test", True),
+        ("train.jsonl", False),
+        ("./data/train.jsonl", False),
+        ("/abs/train.jsonl", False),
+        ("a/b/c", False),
+    ],
+)
 def test_dataset_uris_are_told_from_local_names(value, remote):
     assert is_dataset_uri(value) is remote
 
@@ -153,20 +163,53 @@ def test_validator_address_from_flag_mesh_state_or_default(tmp_path):
 def test_bad_column_is_refused_before_anything_is_sent(tmp_path):
     data = tmp_path / "train.jsonl"
     data.write_text('{"q": "a", "a": "b"}\n')
-    result = run("task", "create", "--type", "instruct", "--base-model", "org/m", "--dataset", str(data),
-                 "--column", "instruction", "--validator", closed_address())
+    result = run(
+        "task",
+        "create",
+        "--type",
+        "instruct",
+        "--base-model",
+        "org/m",
+        "--dataset",
+        str(data),
+        "--column",
+        "instruction",
+        "--validator",
+        closed_address(),
+    )
     assert result.exit_code == 2
     assert result.stderr.strip() == "error: --column 'instruction' is not STANDARD=COLUMN (e.g. instruction=question)"
     assert result.stdout == ""
 
 
 def test_unknown_type_and_missing_dataset(tmp_path):
-    bad_type = run("task", "create", "--type", "sft", "--base-model", "org/m", "--dataset", "org/d", "--json",
-                   "--validator", closed_address())
+    bad_type = run(
+        "task",
+        "create",
+        "--type",
+        "sft",
+        "--base-model",
+        "org/m",
+        "--dataset",
+        "org/d",
+        "--json",
+        "--validator",
+        closed_address(),
+    )
     assert bad_type.exit_code == 2 and "unknown task type 'sft'" in bad_type.stderr
     assert json.loads(bad_type.stdout)["error"]["details"].startswith("unknown task type")
-    missing = run("task", "create", "--type", "instruct", "--base-model", "org/m", "--dataset",
-                  str(tmp_path / "nope.jsonl"), "--validator", closed_address())
+    missing = run(
+        "task",
+        "create",
+        "--type",
+        "instruct",
+        "--base-model",
+        "org/m",
+        "--dataset",
+        str(tmp_path / "nope.jsonl"),
+        "--validator",
+        closed_address(),
+    )
     assert missing.exit_code == 2 and "no such local file or folder, and not a dataset URI" in missing.stderr
 
 
@@ -200,7 +243,9 @@ def test_help_never_shows_the_key():
 
 def test_accounts_create_list_revoke(redis_server, tmp_path):
     env = {"GRADIENTS_REDIS_URL": redis_server.url}
-    created = run("accounts", "create", "acme", "--max-concurrent-tasks", "2", "--tasks-per-hour", "5", "--json", env=env)
+    created = run(
+        "accounts", "create", "acme", "--max-concurrent-tasks", "2", "--tasks-per-hour", "5", "--json", env=env
+    )
     assert created.exit_code == 0, created.output
     data = json.loads(created.stdout)
     assert set(data) == {"name", "max_concurrent_tasks", "tasks_per_hour", "created_at", "revoked", "api_key"}
@@ -247,13 +292,14 @@ class FakeTaskService(ts_grpc.TaskServiceServicer):
         self.chunks = list(request_iterator)
         data = b"".join(c.data for c in self.chunks)
         digest = hashlib.sha256(data).hexdigest()
-        return ts.UploadDatasetResponse(uri=f"upload:{digest}", sha256=digest, size_bytes=len(data),
-                                        format=self.chunks[0].format)
+        return ts.UploadDatasetResponse(
+            uri=f"upload:{digest}", sha256=digest, size_bytes=len(data), format=self.chunks[0].format
+        )
 
     def DownloadResult(self, request, context):
         data = self.archive
         for i in range(0, max(len(data), 1), 1000):
-            chunk = ts.ResultChunk(data=data[i:i + 1000])
+            chunk = ts.ResultChunk(data=data[i : i + 1000])
             if i == 0:
                 chunk.filename, chunk.kind, chunk.size_bytes = f"{request.task_id}-winner.tar", "adapter", len(data)
                 chunk.sha256 = self.announced_sha256 or hashlib.sha256(data).hexdigest()

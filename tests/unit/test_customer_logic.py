@@ -20,9 +20,17 @@ def test_keys_are_random_and_only_their_hash_is_kept():
     assert key_hash(a) == key_hash(a) and key_hash(a) != key_hash(b) and a not in key_hash(a)
 
 
-@pytest.mark.parametrize("header,key", [
-    ("Bearer abc", "abc"), ("bearer  abc ", "abc"), ("Basic abc", ""), ("abc", ""), ("", ""), ("Bearer", ""),
-])
+@pytest.mark.parametrize(
+    "header,key",
+    [
+        ("Bearer abc", "abc"),
+        ("bearer  abc ", "abc"),
+        ("Basic abc", ""),
+        ("abc", ""),
+        ("", ""),
+        ("Bearer", ""),
+    ],
+)
 def test_bearer_key(header, key):
     assert bearer_key(header) == key
 
@@ -43,7 +51,9 @@ def test_hourly_quota_is_a_sliding_window_and_says_when_to_retry():
     now = 10_000.0
     # Two tasks at now-3000 and now-600: the window is full; the older one leaves it in 600 s.
     decision = check_quota(account, 0, [now - 3000, now - 600], now)
-    assert not decision.allowed and decision.retry_after_s == pytest.approx(600.0) and "retry in 600 s" in decision.reason
+    assert (
+        not decision.allowed and decision.retry_after_s == pytest.approx(600.0) and "retry in 600 s" in decision.reason
+    )
     # A task older than an hour no longer counts.
     assert check_quota(account, 0, [now - 3601, now - 600], now).allowed
     # Three in the window with a limit of 2: the slot frees when the second oldest is an hour old.
@@ -61,8 +71,12 @@ def test_relative_improvement_by_hand():
 
 
 def test_the_winner_is_rank_one_and_never_a_duplicate():
-    scores = [pb.Score(miner_hotkey="copy", rank=1, duplicate=True), pb.Score(miner_hotkey="b", rank=2),
-              pb.Score(miner_hotkey="a", rank=3), pb.Score(miner_hotkey="failed", rank=0)]
+    scores = [
+        pb.Score(miner_hotkey="copy", rank=1, duplicate=True),
+        pb.Score(miner_hotkey="b", rank=2),
+        pb.Score(miner_hotkey="a", rank=3),
+        pb.Score(miner_hotkey="failed", rank=0),
+    ]
     assert winner_of(scores) == "b"
     assert winner_of([pb.Score(miner_hotkey="failed", rank=0)]) == ""
 
@@ -77,18 +91,26 @@ def test_upload_format():
 
 
 def _result(hotkey: str, test: float, synth: float, ok: bool = True) -> pb.EvaluationResult:
-    return pb.EvaluationResult(miner_hotkey=hotkey, ok=ok, loss_test=test, loss_synth=synth,
-                               loss_weighted=0.7 * test + 0.3 * synth)
+    return pb.EvaluationResult(
+        miner_hotkey=hotkey, ok=ok, loss_test=test, loss_synth=synth, loss_weighted=0.7 * test + 0.3 * synth
+    )
 
 
 def test_build_result_compares_the_winner_with_the_base():
     task = pb.Task(task_id="t", state=pb.SCORED, base_model="base", result_model_name="org/out")
-    evaluation = ev.EvalCompleted(task_id="t", ok=True, results=[_result("w", 1.0, 2.0), _result("x", 2.0, 2.0),
-                                                                  _result("bad", 0, 0, ok=False)])
+    evaluation = ev.EvalCompleted(
+        task_id="t", ok=True, results=[_result("w", 1.0, 2.0), _result("x", 2.0, 2.0), _result("bad", 0, 0, ok=False)]
+    )
     evaluation.baseline.CopyFrom(_result("", 3.0, 3.0))
-    scored = ev.TaskScored(task_id="t", rank1_confidence=0.9, scores=[
-        pb.Score(miner_hotkey="w", rank=1, task_score=3.0), pb.Score(miner_hotkey="x", rank=2, task_score=-1),
-        pb.Score(miner_hotkey="bad", rank=0, reason="refused: not a LoRA")])
+    scored = ev.TaskScored(
+        task_id="t",
+        rank1_confidence=0.9,
+        scores=[
+            pb.Score(miner_hotkey="w", rank=1, task_score=3.0),
+            pb.Score(miner_hotkey="x", rank=2, task_score=-1),
+            pb.Score(miner_hotkey="bad", rank=0, reason="refused: not a LoRA"),
+        ],
+    )
     subs = [pb.Submission(task_id="t", miner_hotkey="w", sha256="ab" * 32, size_bytes=10, kind="adapter")]
     out = build_result(task, ResultRecord(evaluation, scored), subs)
     assert out.winner_hotkey == "w" and out.winner.weighted == pytest.approx(1.3)

@@ -45,8 +45,17 @@ def test_bad_batch_settings_are_refused():
 
 def test_many_rows_per_call_keep_order_schema_and_determinism(tiny_llama):
     options = dict(max_new_tokens=12, fallback_max_new_tokens=6, attempts_per_row=1, batch_rows=8)
-    requests = [RowRequest({"instruction": f"add {i} and {i + 1}" + " please" * (i % 3), "output": str(2 * i + 1)},
-                           ("instruction", "output"), "Write a new example.", 0.6, 0, 1234) for i in range(10)]
+    requests = [
+        RowRequest(
+            {"instruction": f"add {i} and {i + 1}" + " please" * (i % 3), "output": str(2 * i + 1)},
+            ("instruction", "output"),
+            "Write a new example.",
+            0.6,
+            0,
+            1234,
+        )
+        for i in range(10)
+    ]
     progress: list[tuple[int, int]] = []
     batched = LocalTransformersGenerator(LocalGeneratorConfig(str(tiny_llama), **options))
     rows = batched.generate(requests, lambda done, total: progress.append((done, total)))
@@ -64,12 +73,15 @@ def test_many_rows_per_call_keep_order_schema_and_determinism(tiny_llama):
     assert again.generate(other_task) != rows
 
 
-@pytest.mark.parametrize("pieces, done_at", [
-    (['Sure: {"a": ', '"1"}', ' and more'], 1),          # closes with the second piece
-    (['{"a": "}{"', ', "b": {"c": "x"}', "}"], 2),       # braces inside strings and a nested object
-    (['no object "}" here', " {", '"k": "v\\"}"'], None),  # an escaped quote keeps the string open
-    (["} stray close first", '{"k": "v"}'], 1),
-])
+@pytest.mark.parametrize(
+    "pieces, done_at",
+    [
+        (['Sure: {"a": ', '"1"}', " and more"], 1),  # closes with the second piece
+        (['{"a": "}{"', ', "b": {"c": "x"}', "}"], 2),  # braces inside strings and a nested object
+        (['no object "}" here', " {", '"k": "v\\"}"'], None),  # an escaped quote keeps the string open
+        (["} stray close first", '{"k": "v"}'], 1),
+    ],
+)
 def test_json_object_end_sees_where_the_first_object_closes(pieces, done_at):
     from services.dataset_prep.generators import JsonObjectEnd
 
@@ -115,9 +127,15 @@ def test_a_shared_prefix_cache_gives_the_rows_a_plain_batch_gives(tiny_llama, mo
 
     generator = LocalTransformersGenerator(LocalGeneratorConfig(str(tiny_llama)))
     sampler = generator._sampler
-    requests = [RowRequest({"instruction": f"add {i} and {i * 7}" + " now" * i, "output": str(8 * i)},
-                           ("instruction", "output"), "Write a new example of the same task.", 0.0)
-                for i in range(5)]
+    requests = [
+        RowRequest(
+            {"instruction": f"add {i} and {i * 7}" + " now" * i, "output": str(8 * i)},
+            ("instruction", "output"),
+            "Write a new example of the same task.",
+            0.0,
+        )
+        for i in range(5)
+    ]
     prompts = [sampler.encode(generators.chat_messages(r), 24) for r in requests]
     assert generators.shared_prefix_length(prompts, generators.SHARED_PREFIX_MIN_TOKENS) > 0
     shared = sampler.sample_batch(prompts, 0.0, 1, 24)
@@ -126,10 +144,18 @@ def test_a_shared_prefix_cache_gives_the_rows_a_plain_batch_gives(tiny_llama, mo
 
 
 def test_a_model_that_writes_no_json_goes_to_the_fallback_after_the_probe(tiny_llama):
-    options = dict(max_new_tokens=12, fallback_max_new_tokens=6, attempts_per_row=2, batch_rows=4,
-                   json_probe_rows=4)
-    requests = [RowRequest({"instruction": f"add {i} and {i + 1}", "output": str(2 * i + 1)},
-                           ("instruction", "output"), "Write a new example.", 0.6, 0, 1) for i in range(12)]
+    options = dict(max_new_tokens=12, fallback_max_new_tokens=6, attempts_per_row=2, batch_rows=4, json_probe_rows=4)
+    requests = [
+        RowRequest(
+            {"instruction": f"add {i} and {i + 1}", "output": str(2 * i + 1)},
+            ("instruction", "output"),
+            "Write a new example.",
+            0.6,
+            0,
+            1,
+        )
+        for i in range(12)
+    ]
     generator = LocalTransformersGenerator(LocalGeneratorConfig(str(tiny_llama), **options))
     rows = generator.generate(requests)
     assert all(r is not None for r in rows)

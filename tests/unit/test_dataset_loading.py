@@ -83,9 +83,9 @@ def test_json_list_file(tmp_path):
 def test_saved_dataset_dict_uses_the_named_split(tmp_path):
     from datasets import Dataset, DatasetDict
 
-    DatasetDict(
-        {"train": Dataset.from_list(QA_ROWS), "validation": Dataset.from_list(QA_ROWS[:2])}
-    ).save_to_disk(str(tmp_path / "dd"))
+    DatasetDict({"train": Dataset.from_list(QA_ROWS), "validation": Dataset.from_list(QA_ROWS[:2])}).save_to_disk(
+        str(tmp_path / "dd")
+    )
     assert len(load_table(tmp_path / "dd").rows) == 12
     assert len(load_table(tmp_path / "dd", LoadOptions(hf_split="validation")).rows) == 2
     with pytest.raises(DatasetRejected, match="no split 'test'.*train, validation"):
@@ -95,9 +95,7 @@ def test_saved_dataset_dict_uses_the_named_split(tmp_path):
 def test_system_column_is_kept_when_mapped(tmp_path):
     rows = [dict(r, sys="be brief") for r in QA_ROWS]
     mapping = ColumnMapping(fields={"instruction": "question", "output": "answer", "system": "sys"})
-    standard = standardise(
-        load_table(write_jsonl(tmp_path / "d.jsonl", rows)), TaskKind.INSTRUCT, mapping
-    )
+    standard = standardise(load_table(write_jsonl(tmp_path / "d.jsonl", rows)), TaskKind.INSTRUCT, mapping)
     assert standard.schema.fields == ("instruction", "input", "output", "system")
     assert all(r["system"] == "be brief" for r in standard.rows)
 
@@ -122,9 +120,7 @@ def test_chat_sharegpt_roles_are_normalised_and_json_strings_parsed(tmp_path):
 
 
 def test_chat_without_assistant_turn_counts_as_empty(tmp_path):
-    good = {
-        "conversations": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
-    }
+    good = {"conversations": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
     bad = {"conversations": [{"role": "user", "content": "q"}]}
     table = load_table(write_jsonl(tmp_path / "c.jsonl", [good] * 10 + [bad] * 3))
     standard = standardise(table, TaskKind.CHAT)
@@ -222,9 +218,7 @@ def test_header_only_csv_is_empty(tmp_path):
 
 def test_too_few_rows_is_rejected(tmp_path):
     table = load_table(write_jsonl(tmp_path / "d.jsonl", QA_ROWS))
-    with pytest.raises(
-        DatasetRejected, match="too few rows: 12 usable row\\(s\\) \\(of 12\\); at least 20"
-    ):
+    with pytest.raises(DatasetRejected, match="too few rows: 12 usable row\\(s\\) \\(of 12\\); at least 20"):
         standardise(table, TaskKind.INSTRUCT, QA_MAPPING, RejectionLimits(min_rows=20))
 
 

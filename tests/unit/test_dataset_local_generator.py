@@ -59,10 +59,7 @@ def test_failure_run_trips_at_the_limit_and_resets_on_success():
     assert not run.aborted
     run.failure("boom")
     assert run.aborted
-    assert (
-        run.reason
-        == "generation aborted after 3 consecutive failed attempts (somewhere); last error: boom"
-    )
+    assert run.reason == "generation aborted after 3 consecutive failed attempts (somewhere); last error: boom"
 
 
 def small_config(path: str | Path, **overrides) -> LocalGeneratorConfig:
@@ -128,16 +125,10 @@ def test_chat_rows_keep_roles_and_order(tiny_llama):
 
 def test_without_fallback_malformed_rows_are_dropped_then_generation_aborts(tiny_llama):
     requests = [RowRequest({"prompt": f"p{i}"}, ("prompt",), "Reword.", 0.6) for i in range(3)]
-    dropping = LocalTransformersGenerator(
-        small_config(tiny_llama, field_fallback=False, max_consecutive_failures=10)
-    )
+    dropping = LocalTransformersGenerator(small_config(tiny_llama, field_fallback=False, max_consecutive_failures=10))
     assert dropping.generate(requests[:2]) == [None, None]
     assert dropping.stats.dropped_rows == 2
 
-    aborting = LocalTransformersGenerator(
-        small_config(tiny_llama, field_fallback=False, max_consecutive_failures=2)
-    )
-    with pytest.raises(
-        GenerationAborted, match="after 2 consecutive failed attempts .*malformed answer"
-    ):
+    aborting = LocalTransformersGenerator(small_config(tiny_llama, field_fallback=False, max_consecutive_failures=2))
+    with pytest.raises(GenerationAborted, match="after 2 consecutive failed attempts .*malformed answer"):
         aborting.generate(requests)

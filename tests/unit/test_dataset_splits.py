@@ -48,9 +48,7 @@ def test_split_sizes_use_configured_constants():
     assert split_sizes(100, config) == (7, 11)
 
 
-@pytest.mark.parametrize(
-    "n, n_test, n_synth", [(50, 5, 50), (2_000, 200, 300), (20_000, 1_000, 300)]
-)
+@pytest.mark.parametrize("n, n_test, n_synth", [(50, 5, 50), (2_000, 200, 300), (20_000, 1_000, 300)])
 def test_split_rows_sizes_and_disjointness(n, n_test, n_synth):
     rows = make_rows(n)
     split = split_rows(rows)
@@ -140,9 +138,7 @@ def test_split_config_rejects_negative_constants():
     permutation_seed=st.integers(min_value=0, max_value=1000),
 )
 def test_split_invariants_hold_for_any_rows(values, seed, permutation_seed):
-    rows = [
-        {"instruction": f"v{v}", "input": "", "output": "x"} for v in values
-    ]  # duplicates likely
+    rows = [{"instruction": f"v{v}", "input": "", "output": "x"} for v in values]  # duplicates likely
     config = SplitConfig(seed=seed)
     n_test, n_synth = split_sizes(len(rows), config)
     try:

@@ -80,8 +80,14 @@ def test_each_entry_point_starts_and_reads_its_configuration():
     """`python -m services.<name>` reaches run_service: a bad setting stops it with exit 2 naming it."""
     env = dict(os.environ, GRADIENTS_LOG_LEVEL="LOUD")
     procs = {
-        name: subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env, cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        name: subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for name in SPECS
     }
     for name, proc in procs.items():
@@ -237,8 +243,9 @@ def test_env_example_lists_every_setting_and_nothing_unknown():
 
 
 def test_env_example_is_up_to_date():
-    check = subprocess.run([sys.executable, str(DEPLOY / "gen_env_example.py"), "--check"],
-                           capture_output=True, text=True, timeout=120)
+    check = subprocess.run(
+        [sys.executable, str(DEPLOY / "gen_env_example.py"), "--check"], capture_output=True, text=True, timeout=120
+    )
     assert check.returncode == 0, check.stderr
 
 
@@ -258,18 +265,22 @@ def test_dockerfile_caches_dependencies_and_runs_unprivileged():
 
     args = dict(line.removeprefix("ARG ").split("=", 1) for line in lines if line.startswith("ARG ") and "=" in line)
     assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
-    pin = next(d for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-               if d.startswith("torch"))
+    pin = next(
+        d
+        for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+        if d.startswith("torch")
+    )
     assert pin == f"torch=={args['TORCH_VERSION']}", "the image's torch must be the one pyproject pins"
 
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0")
-    assert lines[-1].startswith("CMD [\"python\", \"-m\", \"services.")
+    assert lines[-1].startswith('CMD ["python", "-m", "services.')
 
     # Every package setuptools installs is copied (benchmarks stay out of the image).
     copied = {line.split()[1] for line in lines if line.startswith("COPY ") and line.split()[1] != "pyproject.toml"}
-    packages = {p.name for p in ROOT.iterdir()
-                if (p / "__init__.py").exists() and p.name not in ("tests", "benchmarks")}
+    packages = {
+        p.name for p in ROOT.iterdir() if (p / "__init__.py").exists() and p.name not in ("tests", "benchmarks")
+    }
     assert packages <= copied, f"not copied into the image: {packages - copied}"
     ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
     assert not (copied | {"pyproject.toml"}) & ignored
@@ -295,8 +306,14 @@ def test_docker_compose_accepts_the_files(tmp_path):
 
     def config(*files: str, env: dict | None = None) -> subprocess.CompletedProcess:
         args = [arg for f in files for arg in ("-f", f)]
-        return subprocess.run([*compose, *args, "config", "-q"], cwd=deploy, capture_output=True, text=True,
-                              env=dict(os.environ, **(env or {})), timeout=60)
+        return subprocess.run(
+            [*compose, *args, "config", "-q"],
+            cwd=deploy,
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, **(env or {})),
+            timeout=60,
+        )
 
     for files in (("docker-compose.yml",), ("docker-compose.yml", "docker-compose.cluster.yml")):
         result = config(*files)

@@ -60,10 +60,15 @@ def test_tasks_by_state_reports_the_latest_counts_and_zero_for_states_gone(instr
     inst, reader = instruments
     inst.tasks_by_state.set({"TRAINING": 2, "PENDING": 1})
     assert {k: p.value for k, p in collect(reader)["gradients.tasks"].items()} == {
-        (("state", "TRAINING"),): 2, (("state", "PENDING"),): 1}
+        (("state", "TRAINING"),): 2,
+        (("state", "PENDING"),): 1,
+    }
     inst.tasks_by_state.set({"EVALUATING": 2})
     assert {k: p.value for k, p in collect(reader)["gradients.tasks"].items()} == {
-        (("state", "TRAINING"),): 0, (("state", "PENDING"),): 0, (("state", "EVALUATING"),): 2}
+        (("state", "TRAINING"),): 0,
+        (("state", "PENDING"),): 0,
+        (("state", "EVALUATING"),): 2,
+    }
     with pytest.raises(ValueError, match="PENDING"):
         inst.tasks_by_state.set({"PENDING": -1})
 

@@ -15,5 +15,7 @@ def test_configuration_reference_is_fresh():
     import sys
 
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, "scripts/gen_config_docs.py", "--check"], cwd=root, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "scripts/gen_config_docs.py", "--check"], cwd=root, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -30,10 +30,17 @@ def test_children_spawned_while_grpc_is_busy_do_not_crash():
 def test_child_exits_when_its_parent_dies(tmp_path):
     """A parent killed with SIGKILL takes its children with it (PR_SET_PDEATHSIG via the guard)."""
     pid_file = tmp_path / "child.pid"
-    parent = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from gradients.runtime import embedded; "
-        f"c = embedded.spawn(['sleep', '60'], Path({str(tmp_path / 'log')!r})); "
-        f"Path({str(pid_file)!r}).write_text(str(c.pid)); time.sleep(60)")])
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from pathlib import Path; from gradients.runtime import embedded; "
+                f"c = embedded.spawn(['sleep', '60'], Path({str(tmp_path / 'log')!r})); "
+                f"Path({str(pid_file)!r}).write_text(str(c.pid)); time.sleep(60)"
+            ),
+        ]
+    )
     deadline = time.monotonic() + 30
     while not pid_file.exists() and time.monotonic() < deadline:
         time.sleep(0.05)

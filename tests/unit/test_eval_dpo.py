@@ -45,8 +45,7 @@ def test_dpo_loss_by_hand():
 
 def test_base_as_is_scores_exactly_ln2_and_trained_scores_lower(work):
     rows = dpo_rows()
-    job = EvalJob("d", "DPO", str(work / "base"), rows[:8], rows[8:],
-                  limits=EvalLimits(isolate=False, torch_threads=1))
+    job = EvalJob("d", "DPO", str(work / "base"), rows[:8], rows[8:], limits=EvalLimits(isolate=False, torch_threads=1))
     outcome = evaluate_job(job, [Submission(n, str(work / n)) for n in ["trained", "zero", "random", "full"]])
     results = {r.hotkey: r for r in outcome.results}
     assert all(r.ok for r in results.values())
@@ -62,11 +61,12 @@ def test_base_as_is_scores_exactly_ln2_and_trained_scores_lower(work):
 
 def test_baseline_is_the_base_against_itself_ln2(work):
     rows = dpo_rows()
-    job = EvalJob("d", "DPO", str(work / "base"), rows[:8], rows[8:],
-                  limits=EvalLimits(isolate=False, torch_threads=1))
+    job = EvalJob("d", "DPO", str(work / "base"), rows[:8], rows[8:], limits=EvalLimits(isolate=False, torch_threads=1))
     alone = evaluate_job(job, []).baseline  # no submission: the base in its own evaluation
-    riding = [evaluate_job(job, [Submission(n, str(work / n)) for n in names]).baseline
-              for names in (["trained", "random"], ["trained"], ["full"])]  # mixed, lone adapter, full
+    riding = [
+        evaluate_job(job, [Submission(n, str(work / n)) for n in names]).baseline
+        for names in (["trained", "random"], ["trained"], ["full"])
+    ]  # mixed, lone adapter, full
     for b in [alone, *riding]:
         assert (b.hotkey, b.kind, b.ok) == ("", "base", True), b.reason
         assert len(b.per_example_test) == 8 and len(b.per_example_synth) == 4
@@ -91,8 +91,11 @@ def summed_logps(base: Path, adapter: Path | None, sequences) -> list[float]:
     with torch.inference_mode():
         for seq in sequences:
             logits = model(input_ids=torch.tensor([seq.input_ids])).logits[0, :-1]
-            out.append(-float(F.cross_entropy(logits, torch.tensor(seq.labels[1:]), ignore_index=IGNORE_INDEX,
-                                              reduction="sum")))
+            out.append(
+                -float(
+                    F.cross_entropy(logits, torch.tensor(seq.labels[1:]), ignore_index=IGNORE_INDEX, reduction="sum")
+                )
+            )
     return out
 
 
@@ -104,8 +107,14 @@ def test_every_plan_equals_one_at_a_time(work, plan):
     from services.eval_worker.validation import read_base_info, validate_submission
 
     rows = dpo_rows()
-    job = EvalJob("d", "DPO", str(work / "base"), rows[:8], rows[8:],
-                  limits=EvalLimits(isolate=False, torch_threads=1, max_batch_tokens=300, eval_plan=plan))
+    job = EvalJob(
+        "d",
+        "DPO",
+        str(work / "base"),
+        rows[:8],
+        rows[8:],
+        limits=EvalLimits(isolate=False, torch_threads=1, max_batch_tokens=300, eval_plan=plan),
+    )
     names = ["trained", "zero", "random"]
     info = read_base_info(job.base_model_dir, "DPO")
     members = [validate_submission(Submission(n, str(work / n)), info, "DPO", job.limits) for n in names]
@@ -115,7 +124,9 @@ def test_every_plan_equals_one_at_a_time(work, plan):
     ref = summed_logps(work / "base", None, sequences)
     for name in names:
         pol = summed_logps(work / "base", work / name, sequences)
-        want = [dpo_loss(pol[2 * i], pol[2 * i + 1], ref[2 * i], ref[2 * i + 1], job.dpo_beta) for i in range(len(rows))]
+        want = [
+            dpo_loss(pol[2 * i], pol[2 * i + 1], ref[2 * i], ref[2 * i + 1], job.dpo_beta) for i in range(len(rows))
+        ]
         result = got[name].test + got[name].synth
         assert len(result) == len(rows)
         assert max(abs(a - b) for a, b in zip(want, result)) < 1e-4, name

@@ -71,9 +71,16 @@ def test_sandbox_runs_builtins_and_user_code():
     comps = ["fox one", "two"]
     out = run_reward(RewardSpec("keyword", params={"keywords": "fox"}), comps, ["p", "p"], {}, FAST_SANDBOX)
     assert out.ok and out.values == [1.0, 0.0]
-    out = run_reward(code("def r(completions, prompts, **kw):\n    return [len(c) + len(kw['answer'][i])"
-                          " for i, c in enumerate(completions)]\n"),
-                     comps, ["p", "p"], {"answer": ["ab", "c"]}, FAST_SANDBOX)
+    out = run_reward(
+        code(
+            "def r(completions, prompts, **kw):\n    return [len(c) + len(kw['answer'][i])"
+            " for i, c in enumerate(completions)]\n"
+        ),
+        comps,
+        ["p", "p"],
+        {"answer": ["ab", "c"]},
+        FAST_SANDBOX,
+    )
     assert out.ok and out.values == [9.0, 4.0]
 
 
@@ -83,8 +90,11 @@ def test_sandbox_runs_builtins_and_user_code():
         # Under load the wall clock can run out before the CPU limit.
         ("def r(completions, **kw):\n    while True:\n        pass\n", "CPU time limit|timed out"),
         ("import time\ndef r(completions, **kw):\n    time.sleep(60)\n", "timed out after 3 s"),
-        ("import socket\ndef r(completions, **kw):\n    try:\n        socket.create_connection(('10.0.0.1', 80))\n"
-         "    except Exception:\n        pass\n    return [1.0] * len(completions)\n", "network access"),
+        (
+            "import socket\ndef r(completions, **kw):\n    try:\n        socket.create_connection(('10.0.0.1', 80))\n"
+            "    except Exception:\n        pass\n    return [1.0] * len(completions)\n",
+            "network access",
+        ),
         ("import _socket\ndef r(completions, **kw):\n    _socket.socket()\n", "network access"),
         ("def r(completions, **kw):\n    open('out.txt', 'w')\n", "for writing"),
         ("import os\ndef r(completions, **kw):\n    os.system('true')\n", "os.system"),
@@ -112,8 +122,9 @@ def work(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("eval_grpo")
     base = build_tiny_llama(root / "base", seed=0)
     tok = load_tokenizer(str(base))
-    examples = [instruct_example(tok, {"instruction": r["prompt"], "output": "the quick brown fox"}, 128)
-                for r in grpo_rows()]
+    examples = [
+        instruct_example(tok, {"instruction": r["prompt"], "output": "the quick brown fox"}, 128) for r in grpo_rows()
+    ]
     T.train_text_lora(base, examples, root / "planted", steps=40)
     T.save_untouched_lora(base, root / "untouched")
     T.save_random_lora(base, root / "random", scale=0.5)
@@ -124,7 +135,12 @@ def work(tmp_path_factory) -> Path:
 def grpo_job(work: Path, rewards: list[RewardSpec]) -> EvalJob:
     rows = grpo_rows()
     return EvalJob(
-        "g", "GRPO", str(work / "base"), rows[:4], rows[4:], reward_functions=rewards,
+        "g",
+        "GRPO",
+        str(work / "base"),
+        rows[:4],
+        rows[4:],
+        reward_functions=rewards,
         limits=EvalLimits(isolate=False, torch_threads=1),
         grpo=GrpoOptions(num_generations=2, max_new_tokens=12, sandbox=FAST_SANDBOX),
     )
@@ -134,8 +150,11 @@ def test_planted_submission_ranks_first_and_broken_rewards_only_warn(work):
     rewards = [
         RewardSpec("keyword", params={"keywords": "fox"}),
         RewardSpec("code", weight=0.5, code="def r(completions, **kw):\n    while True:\n        pass\n"),
-        RewardSpec("code", weight=0.5, code="import socket\ndef r(completions, **kw):\n"
-                                             "    socket.socket().connect(('10.0.0.1', 80))\n"),
+        RewardSpec(
+            "code",
+            weight=0.5,
+            code="import socket\ndef r(completions, **kw):\n    socket.socket().connect(('10.0.0.1', 80))\n",
+        ),
     ]
     names = ["untouched", "random", "planted", "full"]
     outcome = evaluate_job(grpo_job(work, rewards), [Submission(n, str(work / n)) for n in names])
@@ -164,7 +183,8 @@ def test_planted_submission_ranks_first_and_broken_rewards_only_warn(work):
 def test_samples_do_not_depend_on_the_group(work):
     rewards = [RewardSpec("keyword", params={"keywords": "fox,brown"})]
     job = grpo_job(work, rewards)
-    together = {r.hotkey: r for r in evaluate_job(job, [Submission(n, str(work / n)) for n in
-                                                        ["planted", "random"]]).results}
+    together = {
+        r.hotkey: r for r in evaluate_job(job, [Submission(n, str(work / n)) for n in ["planted", "random"]]).results
+    }
     alone = evaluate_job(job, [Submission("planted", str(work / "planted"))]).results[0]
     assert alone.per_example_test == pytest.approx(together["planted"].per_example_test, abs=1e-4)

@@ -40,15 +40,22 @@ def test_style_lora_lowers_the_reconstruction_loss_in_an_isolated_child(work, tm
     bad.mkdir()
     (bad / "weights.ckpt").write_bytes(b"\x80\x04junk")
     job = EvalJob(
-        "i", "IMAGE", str(root / "base"), rows[:2], rows[2:],
+        "i",
+        "IMAGE",
+        str(root / "base"),
+        rows[:2],
+        rows[2:],
         limits=EvalLimits(torch_threads=1),
         image=ImageOptions(seeds_per_level=2, num_inference_steps=10),
     )
-    outcome = evaluate_job(job, [
-        Submission("trained", str(root / "trained")),
-        Submission("untouched", str(root / "untouched")),
-        Submission("bad", str(bad)),
-    ])
+    outcome = evaluate_job(
+        job,
+        [
+            Submission("trained", str(root / "trained")),
+            Submission("untouched", str(root / "untouched")),
+            Submission("bad", str(bad)),
+        ],
+    )
     results = {r.hotkey: r for r in outcome.results}
     trained, untouched = results["trained"], results["untouched"]
     assert trained.ok and untouched.ok, (trained.reason, untouched.reason)

@@ -18,8 +18,11 @@ pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_thread")]
 
 
 def rows() -> list[dict]:
-    return [{"instruction": f"what is {a} plus {b}", "input": "", "output": f"the result is {a + b}"}
-            for a in range(4) for b in range(3)]
+    return [
+        {"instruction": f"what is {a} plus {b}", "input": "", "output": f"the result is {a + b}"}
+        for a in range(4)
+        for b in range(3)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +44,7 @@ def work(tmp_path_factory) -> Path:
 
 def job(work: Path, **limits) -> EvalJob:
     r = rows()
-    return EvalJob("t", "INSTRUCT_TEXT", str(work / "base"), r[:9], r[9:],
-                   limits=EvalLimits(torch_threads=1, **limits))
+    return EvalJob("t", "INSTRUCT_TEXT", str(work / "base"), r[:9], r[9:], limits=EvalLimits(torch_threads=1, **limits))
 
 
 def test_hostile_uploads_fail_with_reasons_while_the_rest_is_scored(work):
@@ -77,8 +79,11 @@ def test_groups_share_adapters_and_isolate_full_models():
 
 
 def test_a_crashed_mixed_batch_is_retried_one_by_one(work):
-    subs = [Submission("trained", str(work / "trained")), Submission("crash_me", str(work / "untouched")),
-            Submission("untouched", str(work / "untouched"))]
+    subs = [
+        Submission("trained", str(work / "trained")),
+        Submission("crash_me", str(work / "untouched")),
+        Submission("untouched", str(work / "untouched")),
+    ]
     results = {r.hotkey: r for r in run_job(job(work), subs, group_fn=T.fault_injecting_group).results}
     assert not results["crash_me"].ok and "killed by SIGSEGV" in results["crash_me"].reason
     assert results["trained"].ok and results["untouched"].ok

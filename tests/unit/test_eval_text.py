@@ -38,13 +38,15 @@ def instruct_rows() -> list[dict]:
 
 def chat_rows() -> list[dict]:
     return [
-        {"conversations": [
-            {"role": "system", "content": "be brief"},
-            {"role": "user", "content": f"what is {a} plus {a}"},
-            {"role": "assistant", "content": f"the result is {2 * a}"},
-            {"role": "user", "content": "and times two"},
-            {"role": "assistant", "content": f"{4 * a}"},
-        ]}
+        {
+            "conversations": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": f"what is {a} plus {a}"},
+                {"role": "assistant", "content": f"the result is {2 * a}"},
+                {"role": "user", "content": "and times two"},
+                {"role": "assistant", "content": f"{4 * a}"},
+            ]
+        }
         for a in range(8)
     ]
 
@@ -118,8 +120,11 @@ def test_unit_batches_keep_units_whole_and_respect_the_budget():
 def make_job(work: Path, task_type: str = "INSTRUCT_TEXT", rows=None, **limits) -> EvalJob:
     rows = rows or instruct_rows()
     return EvalJob(
-        task_id="t", task_type=task_type, base_model_dir=str(work / "base"),
-        test_rows=rows[:12], synth_rows=rows[12:],
+        task_id="t",
+        task_type=task_type,
+        base_model_dir=str(work / "base"),
+        test_rows=rows[:12],
+        synth_rows=rows[12:],
         limits=EvalLimits(isolate=False, torch_threads=1, max_batch_tokens=300, **limits),
     )
 
@@ -161,8 +166,10 @@ def test_trained_adapter_beats_untouched_and_losses_follow_eqs_5_and_6(work):
 
 def test_chat_trained_adapter_beats_untouched(work):
     job = make_job(work, "CHAT", chat_rows())
-    results = {r.hotkey: r for r in evaluate_job(job, [Submission(n, str(work / n)) for n in
-                                                       ["chat_trained", "untouched"]]).results}
+    results = {
+        r.hotkey: r
+        for r in evaluate_job(job, [Submission(n, str(work / n)) for n in ["chat_trained", "untouched"]]).results
+    }
     assert results["chat_trained"].loss_test < results["untouched"].loss_test - 0.5
     assert len(results["chat_trained"].per_example_test) == 8 and not results["chat_trained"].per_example_synth
     assert results["chat_trained"].loss_weighted == results["chat_trained"].loss_test  # no synth rows
@@ -205,8 +212,9 @@ def test_baseline_is_the_base_model_scored_like_a_member(work):
 
 def save_wide_lora(base: Path, out: Path, seed: int = 3, scale: float = 0.3) -> Path:
     """A random LoRA on the embedding, attention, MLP and the LM head (every kind of layer)."""
-    model = T._lora_model(base, 4, init=False, seed=seed,
-                          targets=("embed_tokens", "k_proj", "o_proj", "down_proj", "lm_head"))
+    model = T._lora_model(
+        base, 4, init=False, seed=seed, targets=("embed_tokens", "k_proj", "o_proj", "down_proj", "lm_head")
+    )
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_" in name:

@@ -19,11 +19,11 @@ def test_a_burst_then_the_sustained_rate():
     clock = Clock()
     limiter = HotkeyRateLimiter(rate_per_s=2.0, burst=3, clock=clock)
     assert [limiter.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
-    assert limiter.take("a") == pytest.approx(0.5)   # one token comes back every 0.5 s
+    assert limiter.take("a") == pytest.approx(0.5)  # one token comes back every 0.5 s
     clock.now += 0.5
     assert limiter.take("a") == 0.0
     assert limiter.take("a") > 0
-    clock.now += 60                                   # refills up to the burst, never beyond
+    clock.now += 60  # refills up to the burst, never beyond
     assert [limiter.take("a") for _ in range(4)][:3] == [0.0, 0.0, 0.0]
     assert limiter.take("a") > 0
 

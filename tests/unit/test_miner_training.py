@@ -146,13 +146,9 @@ def test_dpo_loss_matches_hand_computation():
     from miner_sdk.training.dpo import dpo_loss
 
     # margin = (-1 - -2) - (-3 - -2) = 2; loss = -log sigmoid(0.1 * 2) = log(1 + e^-0.2)
-    loss = dpo_loss(
-        torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), 0.1
-    )
+    loss = dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), 0.1)
     assert loss.item() == pytest.approx(math.log(1 + math.exp(-0.2)), rel=1e-6)
-    zero = dpo_loss(
-        torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-1.0]), torch.tensor([-3.0]), 0.1
-    )
+    zero = dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-1.0]), torch.tensor([-3.0]), 0.1)
     assert zero.item() == pytest.approx(math.log(2), rel=1e-6)
 
 
@@ -277,9 +273,7 @@ def test_train_rejects_bad_requests(tiny_llama, tmp_path):
             overrides={"lr": 1},
         )
     with pytest.raises(DeadlinePassed):
-        train(
-            "lr-sweep", "instruct", tiny_llama, rows, tmp_path, Deadline.after(5, upload_margin_s=6)
-        )
+        train("lr-sweep", "instruct", tiny_llama, rows, tmp_path, Deadline.after(5, upload_margin_s=6))
     with pytest.raises(ValueError, match="instruct row 0 lacks"):
         train(
             "autotrain-default",
@@ -313,9 +307,7 @@ def test_strategy_stops_in_time_and_beats_the_base(strategy, tiny_llama, tmp_pat
     deadline = Deadline.after(3.0, upload_margin_s=0.75)
     # epochs=1000: far more work than fits, so the deadline must be what stops it.
     overrides = {"max_length": 64, "epochs": 1000.0, "learning_rate": 1e-3}
-    result = train(
-        strategy, "instruct", tiny_llama, rows, tmp_path, deadline, seed=0, overrides=overrides
-    )
+    result = train(strategy, "instruct", tiny_llama, rows, tmp_path, deadline, seed=0, overrides=overrides)
     finished = time.time()
 
     assert finished < deadline.at, f"finished {finished - deadline.at:.2f}s after the deadline"
@@ -340,9 +332,7 @@ def test_strategy_stops_in_time_and_beats_the_base(strategy, tiny_llama, tmp_pat
     assert max(losses) > min(losses)  # the choice mattered
     assert result.best_val_loss == min(losses) < result.base_val_loss
     assert result.trials[result.best_trial].val_loss == min(losses)
-    assert completion_loss(adapted, base.tokenizer, val_rows, 64) == pytest.approx(
-        result.best_val_loss, abs=1e-5
-    )
+    assert completion_loss(adapted, base.tokenizer, val_rows, 64) == pytest.approx(result.best_val_loss, abs=1e-5)
     assert result.base_val_loss == pytest.approx(base_val_loss, abs=1e-5)
 
 
@@ -381,9 +371,7 @@ def test_dpo_adapter_prefers_chosen(tiny_llama, tmp_path):
     rows = dpo_rows()
     deadline = Deadline.after(3.0, upload_margin_s=0.75)
     overrides = {"max_length": 64, "epochs": 1000.0, "learning_rate": 1e-3}
-    result = train(
-        "autotrain-default", "dpo", tiny_llama, rows, tmp_path, deadline, overrides=overrides
-    )
+    result = train("autotrain-default", "dpo", tiny_llama, rows, tmp_path, deadline, overrides=overrides)
     assert time.time() < deadline.at
     assert result.trials[0].steps >= 1
     assert_peft_safetensors(result.adapter_dir)
@@ -402,11 +390,7 @@ def test_grpo_produces_an_adapter_in_time(tiny_llama, tmp_path):
     from miner_sdk.training.grpo import RewardSpec
     from miner_sdk.training.sft import load_text_base
 
-    rows = [
-        {"prompt": f"what is {a} plus {b}", "answer": str(a + b)}
-        for a in range(4)
-        for b in range(4)
-    ]
+    rows = [{"prompt": f"what is {a} plus {b}", "answer": str(a + b)} for a in range(4) for b in range(4)]
     rewards = [RewardSpec("length", 1.0, {"target_chars": 10}), RewardSpec("numeric_match", 2.0)]
     deadline = Deadline.after(3.0, upload_margin_s=0.75)
     overrides = {

@@ -73,9 +73,17 @@ def test_live_now_never_goes_back_and_covers_the_task():
 
 def eval_result(hotkey, ok=True, test=1.0, synth=1.1, seq=0, per_test=(), per_synth=(), reason=""):
     weighted = 0.7 * test + 0.3 * synth
-    return pb.EvaluationResult(miner_hotkey=hotkey, ok=ok, failure_reason=reason, loss_test=test, loss_synth=synth,
-                               loss_weighted=weighted, upload_seq=seq, per_example_test=per_test,
-                               per_example_synth=per_synth)
+    return pb.EvaluationResult(
+        miner_hotkey=hotkey,
+        ok=ok,
+        failure_reason=reason,
+        loss_test=test,
+        loss_synth=synth,
+        loss_weighted=weighted,
+        upload_seq=seq,
+        per_example_test=per_test,
+        per_example_synth=per_synth,
+    )
 
 
 def test_failed_and_non_finite_results_are_failed_submissions():
@@ -95,8 +103,14 @@ def test_valid_result_keeps_losses_and_upload_order():
 
 
 def test_task_info_from_the_event():
-    event = ev.EvalCompleted(task_id="t1", type=pb.IMAGE, base_model_params_b=2.0, hours=3.0,
-                             completed_at=micros_to_timestamp(NOW_US), ok=True)
+    event = ev.EvalCompleted(
+        task_id="t1",
+        type=pb.IMAGE,
+        base_model_params_b=2.0,
+        hours=3.0,
+        completed_at=micros_to_timestamp(NOW_US),
+        ok=True,
+    )
     info = task_info(event, CFG)
     assert (info.task_id, info.model_params_billions, info.hours) == ("t1", 2.0, 3.0)
     assert info.completed_at == timestamp_seconds(event.completed_at)
@@ -105,8 +119,15 @@ def test_task_info_from_the_event():
 
 
 def scored_for(results: list[pb.EvaluationResult]) -> tuple[ev.TaskScored, object]:
-    event = ev.EvalCompleted(task_id="t1", type=pb.INSTRUCT_TEXT, results=results, base_model_params_b=1.0, hours=1.0,
-                             completed_at=micros_to_timestamp(NOW_US), ok=True)
+    event = ev.EvalCompleted(
+        task_id="t1",
+        type=pb.INSTRUCT_TEXT,
+        results=results,
+        base_model_params_b=1.0,
+        hours=1.0,
+        completed_at=micros_to_timestamp(NOW_US),
+        ok=True,
+    )
     result = score_task(task_info(event, CFG), submission_results(event), CFG)
     # Through the wire, as subscribers see it.
     return ev.TaskScored.FromString(task_scored(result, NOW_US).SerializeToString()), result
@@ -119,8 +140,9 @@ def test_rank1_confidence_is_absent_with_fewer_than_two_credited_never_nan():
     none, _ = scored_for([eval_result("a", ok=False), eval_result("b", ok=False)])
     assert not none.HasField("rank1_confidence")
     # per-example (second − first) = 1 in every resample → confidence 1
-    two, result2 = scored_for([eval_result("a", test=1.0, per_test=(1.0, 1.0)),
-                               eval_result("b", test=2.0, per_test=(2.0, 2.0))])
+    two, result2 = scored_for(
+        [eval_result("a", test=1.0, per_test=(1.0, 1.0)), eval_result("b", test=2.0, per_test=(2.0, 2.0))]
+    )
     assert two.HasField("rank1_confidence") and two.rank1_confidence == 1.0
     # A record from before the field was optional said NaN for "none": read as absent.
     legacy = ev.TaskScored()
@@ -165,15 +187,24 @@ def make_event(task_id: str, rng: random.Random, completed_us: int, miners: list
         per_synth = tuple(rng.uniform(0.5, 2.0) for _ in range(4))
         test, synth = sum(per_test) / 6, sum(per_synth) / 4
         results.append(eval_result(hk, test=test, synth=synth, seq=seq, per_test=per_test, per_synth=per_synth))
-    return ev.EvalCompleted(task_id=task_id, type=pb.INSTRUCT_TEXT, results=results, base_model_params_b=rng.choice([0.5, 1.0, 7.0]),
-                            hours=rng.choice([1.0, 2.0, 4.0]), completed_at=micros_to_timestamp(completed_us), ok=True)
+    return ev.EvalCompleted(
+        task_id=task_id,
+        type=pb.INSTRUCT_TEXT,
+        results=results,
+        base_model_params_b=rng.choice([0.5, 1.0, 7.0]),
+        hours=rng.choice([1.0, 2.0, 4.0]),
+        completed_at=micros_to_timestamp(completed_us),
+        ok=True,
+    )
 
 
 def live_entry(event: ev.EvalCompleted, config: ScoringConfig = CFG) -> LogEntry:
     """What the live scorer logs for one event (the same calls ScoreKeeper makes)."""
     result = score_task(task_info(event, config), submission_results(event), config)
     scored = task_scored(result, NOW_US)
-    return LogEntry(event.task_id, config.version, config.digest(), event.SerializeToString(), scored.SerializeToString())
+    return LogEntry(
+        event.task_id, config.version, config.digest(), event.SerializeToString(), scored.SerializeToString()
+    )
 
 
 def sample_log(n: int = 20, seed: int = 3) -> list[LogEntry]:
@@ -190,8 +221,14 @@ def test_replay_of_an_honest_log_has_no_mismatch_and_the_live_digest():
     entries = sample_log()
     now = micros_to_seconds(NOW_US)
     # The live digest: the compact records the keeper keeps, recomputed at `now`.
-    live_records = [ScoredTask(e.task_id, timestamp_seconds(e.event().completed_at),
-                               {s.miner_hotkey: s.adjusted for s in e.scored().scores}) for e in entries]
+    live_records = [
+        ScoredTask(
+            e.task_id,
+            timestamp_seconds(e.event().completed_at),
+            {s.miner_hotkey: s.adjusted for s in e.scored().scores},
+        )
+        for e in entries
+    ]
     live = recompute(build_score_table(live_records), now, CFG)
     report = replay_entries(entries, now, CFG, Computation(NOW_US, live.digest, len(entries), CFG.version, "task:x"))
     assert report.mismatches == () and report.not_recomputed == ()
@@ -217,13 +254,21 @@ def test_a_tampered_stored_score_is_reported_and_not_believed():
 def test_entries_from_another_config_use_their_stored_scores():
     entries = sample_log(6)
     other = ScoringConfig(version="2025.1.0", first_place_score=5.0)
-    foreign = live_entry(make_event("old-task", random.Random(9), NOW_US - 10**9, ["miner-1", "miner-2", "miner-3"]), other)
+    foreign = live_entry(
+        make_event("old-task", random.Random(9), NOW_US - 10**9, ["miner-1", "miner-2", "miner-3"]), other
+    )
     report = replay_entries([*entries, foreign], micros_to_seconds(NOW_US), CFG)
     assert report.not_recomputed == ("old-task",) and report.recomputed == 6 and report.mismatches == ()
     winner = next(s for s in foreign.scored().scores if s.rank == 1)
     assert winner.task_score == 5.0  # the old rule's score is what enters the windows
-    stored = [ScoredTask(e.task_id, timestamp_seconds(e.event().completed_at),
-                         {s.miner_hotkey: s.adjusted for s in e.scored().scores}) for e in [*entries, foreign]]
+    stored = [
+        ScoredTask(
+            e.task_id,
+            timestamp_seconds(e.event().completed_at),
+            {s.miner_hotkey: s.adjusted for s in e.scored().scores},
+        )
+        for e in [*entries, foreign]
+    ]
     assert report.digest == replay(stored, micros_to_seconds(NOW_US), CFG).digest
 
 

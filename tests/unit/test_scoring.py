@@ -40,7 +40,14 @@ TASK = TaskInfo(task_id="task-1", model_params_billions=8.0, hours=2.0, complete
 
 
 def ok(
-    hotkey: str, l_weighted: float, *, l_test: float | None = None, l_synth: float | None = None, t: float = 0.0, seq: int = 0, **kw
+    hotkey: str,
+    l_weighted: float,
+    *,
+    l_test: float | None = None,
+    l_synth: float | None = None,
+    t: float = 0.0,
+    seq: int = 0,
+    **kw,
 ) -> SubmissionResult:
     # Distinct test/synth by default so only explicitly built pairs are eq 9 duplicates.
     return SubmissionResult(
@@ -69,10 +76,21 @@ def scores_of(result) -> dict[str, float]:
 def test_config_defaults_are_the_papers_constants():
     c = ScoringConfig()
     assert (c.duplicate_epsilon, c.suspicious_alpha) == (1e-6, 0.5)
-    assert (c.first_place_score, c.penalty_score, c.penalty_fraction, c.failed_submission_score) == (3.0, -1.0, 0.25, -1.0)
+    assert (c.first_place_score, c.penalty_score, c.penalty_fraction, c.failed_submission_score) == (
+        3.0,
+        -1.0,
+        0.25,
+        -1.0,
+    )
     assert (c.test_weight_omega, c.image_text_weight_delta) == (0.7, 0.25)
     assert c.window_days == (1.0, 3.0, 7.0) and c.window_weights == (0.3, 0.3, 0.4)
-    sigmoid = (c.sigmoid_weight_beta, c.linear_weight, c.sigmoid_steepness_gamma, c.sigmoid_shift_mu, c.sigmoid_power_nu)
+    sigmoid = (
+        c.sigmoid_weight_beta,
+        c.linear_weight,
+        c.sigmoid_steepness_gamma,
+        c.sigmoid_shift_mu,
+        c.sigmoid_power_nu,
+    )
     assert sigmoid == (0.7, 0.05, 9.0, 0.5, 0.75)
     assert c.min_confidence_for_first is None
 
@@ -192,7 +210,11 @@ def test_suspicious_uses_population_std():
 
 
 def test_suspicious_only_flags_never_changes_the_score():
-    results = [ok("a", 1.0, l_test=1.0, l_synth=1.0), ok("b", 1.1, l_test=1.1, l_synth=1.1), ok("c", 1.2, l_test=0.5, l_synth=5.0)]
+    results = [
+        ok("a", 1.0, l_test=1.0, l_synth=1.0),
+        ok("b", 1.1, l_test=1.1, l_synth=1.1),
+        ok("c", 1.2, l_test=0.5, l_synth=5.0),
+    ]
     lines = score_task(TASK, results).by_hotkey()
     assert lines["c"].suspicious and "suspicious" in lines["c"].reason
     # n = 3: ranks 1, 2, 3 → 3, 0, −1 (3 > 3·0.75 = 2.25); c (rank 3) keeps its −1, not zeroed
@@ -219,8 +241,13 @@ def test_one_valid_submission_is_never_flagged_and_has_no_rank1_confidence():
 def test_two_valid_submissions_are_flagged_and_get_a_confidence():
     # L_test 1 and 2: σ = 0.5, α·σ = 0.25; a: 1.3 > 1.25 flagged; b: 2.2 > 2.25 not.
     # Every bootstrap resample of (second − first) = 1 > 0, so the confidence is exactly 1.
-    result = score_task(TASK, [ok("a", 1.0, l_test=1.0, l_synth=1.3, per_example_test=[1.0] * 4),
-                               ok("b", 2.0, l_test=2.0, l_synth=2.2, per_example_test=[2.0] * 4)])
+    result = score_task(
+        TASK,
+        [
+            ok("a", 1.0, l_test=1.0, l_synth=1.3, per_example_test=[1.0] * 4),
+            ok("b", 2.0, l_test=2.0, l_synth=2.2, per_example_test=[2.0] * 4),
+        ],
+    )
     lines = result.by_hotkey()
     assert lines["a"].suspicious and not lines["b"].suspicious
     assert result.rank1_confidence == 1.0

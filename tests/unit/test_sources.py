@@ -40,37 +40,44 @@ SHA = "ab" * 32
 
 # ---- classification -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("uri, expected", [
-    (f"upload:{SHA}", Upload(SHA)),
-    ("org/name", HubDataset("org/name")),
-    ("org/name@v1.0", HubDataset("org/name", "v1.0")),
-    ("org/name:test", HubDataset("org/name", None, "test")),
-    ("my-org/data.set_2@refs/pr/3:validation", HubDataset("my-org/data.set_2", "refs/pr/3", "validation")),
-    ("https://example.com/d.jsonl", HttpUrl("https://example.com/d.jsonl")),
-    ("http://example.com:8080/x?y=1", HttpUrl("http://example.com:8080/x?y=1")),
-    ("file:///data/rows.jsonl", LocalPath("/data/rows.jsonl")),
-    ("/data/rows.jsonl", LocalPath("/data/rows.jsonl")),
-    ("./rows.jsonl", LocalPath("./rows.jsonl")),
-    ("data/rows.jsonl", LocalPath("data/rows.jsonl")),  # a data file's suffix: a path, not a Hub id
-    ("../x", LocalPath("../x")),
-    ("a/b/c", LocalPath("a/b/c")),
-    ("org--x/name", LocalPath("org--x/name")),
-])
+
+@pytest.mark.parametrize(
+    "uri, expected",
+    [
+        (f"upload:{SHA}", Upload(SHA)),
+        ("org/name", HubDataset("org/name")),
+        ("org/name@v1.0", HubDataset("org/name", "v1.0")),
+        ("org/name:test", HubDataset("org/name", None, "test")),
+        ("my-org/data.set_2@refs/pr/3:validation", HubDataset("my-org/data.set_2", "refs/pr/3", "validation")),
+        ("https://example.com/d.jsonl", HttpUrl("https://example.com/d.jsonl")),
+        ("http://example.com:8080/x?y=1", HttpUrl("http://example.com:8080/x?y=1")),
+        ("file:///data/rows.jsonl", LocalPath("/data/rows.jsonl")),
+        ("/data/rows.jsonl", LocalPath("/data/rows.jsonl")),
+        ("./rows.jsonl", LocalPath("./rows.jsonl")),
+        ("data/rows.jsonl", LocalPath("data/rows.jsonl")),  # a data file's suffix: a path, not a Hub id
+        ("../x", LocalPath("../x")),
+        ("a/b/c", LocalPath("a/b/c")),
+        ("org--x/name", LocalPath("org--x/name")),
+    ],
+)
 def test_dataset_uris_are_classified(uri, expected):
     assert classify_dataset_uri(uri) == expected
 
 
-@pytest.mark.parametrize("uri, reason", [
-    ("", "is empty"),
-    ("   ", "is empty"),
-    ("upload:1234", "64 lower-case hex digits"),
-    (f"upload:{SHA.upper()}", "64 lower-case hex digits"),
-    ("s3://bucket/key", "unsupported URI scheme 's3'"),
-    ("ftp://host/file.csv", "unsupported URI scheme 'ftp'"),
-    ("file://otherhost/etc/passwd", "must name a local path"),
-    ("http:///nohost", "has no host"),
-    ("/data/\x00rows", "NUL"),
-])
+@pytest.mark.parametrize(
+    "uri, reason",
+    [
+        ("", "is empty"),
+        ("   ", "is empty"),
+        ("upload:1234", "64 lower-case hex digits"),
+        (f"upload:{SHA.upper()}", "64 lower-case hex digits"),
+        ("s3://bucket/key", "unsupported URI scheme 's3'"),
+        ("ftp://host/file.csv", "unsupported URI scheme 'ftp'"),
+        ("file://otherhost/etc/passwd", "must name a local path"),
+        ("http:///nohost", "has no host"),
+        ("/data/\x00rows", "NUL"),
+    ],
+)
 def test_bad_dataset_uris_are_refused(uri, reason):
     with pytest.raises(SourceRefused) as refused:
         classify_dataset_uri(uri)
@@ -78,6 +85,7 @@ def test_bad_dataset_uris_are_refused(uri, reason):
 
 
 # ---- local paths --------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def tree(tmp_path: Path) -> dict[str, Path]:
@@ -139,11 +147,15 @@ def test_a_folder_holding_a_symlink_out_is_refused(tree):
 
 def test_the_root_itself_and_missing_paths_are_refused(tree):
     assert "names an allowed dataset root itself" in _refused(str(tree["root"]), [str(tree["root"])]).reason
-    assert _refused(str(tree["root"] / "nope.jsonl"), [str(tree["root"])]).reason == \
-        "no such file or folder under the allowed dataset roots"
+    assert (
+        _refused(str(tree["root"] / "nope.jsonl"), [str(tree["root"])]).reason
+        == "no such file or folder under the allowed dataset roots"
+    )
     # Existence outside the roots is never revealed: same answer for a real and a made-up file.
-    assert _refused(str(tree["secret"]), [str(tree["root"])]).reason == \
-        _refused(str(tree["outside"] / "made-up"), [str(tree["root"])]).reason
+    assert (
+        _refused(str(tree["secret"]), [str(tree["root"])]).reason
+        == _refused(str(tree["outside"] / "made-up"), [str(tree["root"])]).reason
+    )
 
 
 def test_no_roots_means_no_local_paths(tree):
@@ -153,17 +165,39 @@ def test_no_roots_means_no_local_paths(tree):
 
 # ---- addresses ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("address", [
-    "127.0.0.1", "127.1.2.3", "10.0.0.1", "172.16.5.4", "192.168.1.1",
-    "169.254.169.254", "169.254.0.1",            # link-local, cloud metadata
-    "100.64.0.1", "100.127.255.254",             # CGNAT
-    "0.0.0.0", "224.0.0.1", "239.255.255.250", "240.0.0.1", "255.255.255.255",
-    "::1", "::", "fe80::1", "fe80::1%eth0", "fc00::1", "fd12:3456::1", "ff02::1",
-    "::ffff:127.0.0.1", "::ffff:169.254.169.254", "::ffff:10.0.0.1",  # IPv4-mapped
-    "2002:7f00:1::1",                            # 6to4 of 127.0.0.1
-    "64:ff9b::a00:1",                            # NAT64 of 10.0.0.1
-    "not-an-address",
-])
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "127.1.2.3",
+        "10.0.0.1",
+        "172.16.5.4",
+        "192.168.1.1",
+        "169.254.169.254",
+        "169.254.0.1",  # link-local, cloud metadata
+        "100.64.0.1",
+        "100.127.255.254",  # CGNAT
+        "0.0.0.0",
+        "224.0.0.1",
+        "239.255.255.250",
+        "240.0.0.1",
+        "255.255.255.255",
+        "::1",
+        "::",
+        "fe80::1",
+        "fe80::1%eth0",
+        "fc00::1",
+        "fd12:3456::1",
+        "ff02::1",
+        "::ffff:127.0.0.1",
+        "::ffff:169.254.169.254",
+        "::ffff:10.0.0.1",  # IPv4-mapped
+        "2002:7f00:1::1",  # 6to4 of 127.0.0.1
+        "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
+        "not-an-address",
+    ],
+)
 def test_non_public_addresses(address):
     assert not is_public_address(address)
 
@@ -173,15 +207,18 @@ def test_public_addresses(address):
     assert is_public_address(address)
 
 
-@pytest.mark.parametrize("url", [
-    "http://127.0.0.1:8080/rows.jsonl",
-    "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
-    "http://[::1]/",
-    "http://[::ffff:127.0.0.1]/",
-    "http://localhost/rows.jsonl",   # a name that resolves to loopback
-    "http://2130706433/",            # 127.0.0.1 written as a number
-    "http://user@127.0.0.1/",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/rows.jsonl",
+        "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+        "http://[::1]/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://localhost/rows.jsonl",  # a name that resolves to loopback
+        "http://2130706433/",  # 127.0.0.1 written as a number
+        "http://user@127.0.0.1/",
+    ],
+)
 def test_urls_to_non_public_addresses_are_refused(url):
     with pytest.raises(SourceRefused) as refused:
         check_public_url(url)
@@ -198,6 +235,7 @@ def fake_resolver(table: dict[str, str]):
             return socket.getaddrinfo(host, port, *args, **kwargs)
         family = socket.AF_INET6 if ":" in table[host] else socket.AF_INET
         return [(family, socket.SOCK_STREAM, 6, "", (table[host], port))]
+
     return resolve
 
 
@@ -212,6 +250,7 @@ def test_check_public_url_resolves_the_host():
 
 
 # ---- fetching with redirects -----------------------------------------------------------------------
+
 
 class _Server:
     """A real HTTP server on loopback that plays a public host (via the injected resolver)."""
@@ -250,27 +289,36 @@ class _Server:
 @pytest.fixture
 def server():
     body = b'{"instruction": "a", "output": "b"}\n' * 3
-    s = _Server({
-        "/data.jsonl": (200, {"Content-Type": "application/jsonl"}, body),
-        "/moved": (302, {"Location": "/data.jsonl"}, b""),
-        "/to-loopback": (302, {"Location": "http://127.0.0.1:PORT/secret"}, b""),
-        "/to-localhost": (301, {"Location": "http://localhost:PORT/secret"}, b""),
-        "/to-metadata": (307, {"Location": "http://metadata.example/latest/meta-data/"}, b""),
-        "/loop": (302, {"Location": "/loop"}, b""),
-        "/big": (200, {}, b"x" * 5000),
-        "/secret": (200, {}, b"INTERNAL"),
-    })
+    s = _Server(
+        {
+            "/data.jsonl": (200, {"Content-Type": "application/jsonl"}, body),
+            "/moved": (302, {"Location": "/data.jsonl"}, b""),
+            "/to-loopback": (302, {"Location": "http://127.0.0.1:PORT/secret"}, b""),
+            "/to-localhost": (301, {"Location": "http://localhost:PORT/secret"}, b""),
+            "/to-metadata": (307, {"Location": "http://metadata.example/latest/meta-data/"}, b""),
+            "/loop": (302, {"Location": "/loop"}, b""),
+            "/big": (200, {}, b"x" * 5000),
+            "/secret": (200, {}, b"INTERNAL"),
+        }
+    )
     yield s
     s.close()
 
 
-RESOLVE = fake_resolver({"files.example.com": "93.184.216.34", "metadata.example": "169.254.169.254",
-                         "localhost": "127.0.0.1"})
+RESOLVE = fake_resolver(
+    {"files.example.com": "93.184.216.34", "metadata.example": "169.254.169.254", "localhost": "127.0.0.1"}
+)
 
 
 def fetch(server, path, tmp_path, max_bytes=1 << 20):
-    return fetch_public_url(f"http://files.example.com{path}", tmp_path / "out.bin", max_bytes, 10,
-                            resolve=RESOLVE, connect=server.connect_any)
+    return fetch_public_url(
+        f"http://files.example.com{path}",
+        tmp_path / "out.bin",
+        max_bytes,
+        10,
+        resolve=RESOLVE,
+        connect=server.connect_any,
+    )
 
 
 def test_a_public_file_is_fetched_following_a_checked_redirect(server, tmp_path):
@@ -305,6 +353,7 @@ def test_a_direct_loopback_url_is_never_connected_to(server, tmp_path):
 
 # ---- models ---------------------------------------------------------------------------------------
 
+
 def _hub_snapshot(cache: Path, repo: str, revision: str, files: dict[str, str]) -> Path:
     """The layout huggingface_hub writes: models--org--name/{refs/main, snapshots/<rev>/...}."""
     folder = cache / ("models--" + repo.replace("/", "--"))
@@ -320,7 +369,9 @@ def _hub_snapshot(cache: Path, repo: str, revision: str, files: dict[str, str]) 
 def test_resolve_model_finds_a_cached_hub_snapshot_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     rev = "0123456789abcdef0123456789abcdef01234567"
-    snapshot = _hub_snapshot(tmp_path / "hub", "acme/tiny-lm", rev, {"config.json": json.dumps({"model_type": "llama"})})
+    snapshot = _hub_snapshot(
+        tmp_path / "hub", "acme/tiny-lm", rev, {"config.json": json.dumps({"model_type": "llama"})}
+    )
     assert resolve_model("acme/tiny-lm", tmp_path / "hub") == snapshot
     assert resolve_model(f"acme/tiny-lm@{rev}", tmp_path / "hub") == snapshot
     assert model_kind(snapshot) == "text"
@@ -356,10 +407,18 @@ def test_hf_cache_dir(tmp_path, monkeypatch):
 
 # ---- φ(M) from the config ---------------------------------------------------------------------------
 
+
 def test_params_of_a_llama_config_by_hand():
-    config = {"model_type": "llama", "vocab_size": 1000, "hidden_size": 64, "num_hidden_layers": 3,
-              "intermediate_size": 256, "num_attention_heads": 4, "num_key_value_heads": 4,
-              "tie_word_embeddings": False}
+    config = {
+        "model_type": "llama",
+        "vocab_size": 1000,
+        "hidden_size": 64,
+        "num_hidden_layers": 3,
+        "intermediate_size": 256,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "tie_word_embeddings": False,
+    }
     # 2·V·h + L·(4h² + 3·h·I + 2h) + h = 128000 + 3·(16384 + 49152 + 128) + 64
     assert params_from_config(config) == 128000 + 3 * 65664 + 64 == 325056
     tied = {**config, "tie_word_embeddings": True}
@@ -367,8 +426,15 @@ def test_params_of_a_llama_config_by_hand():
 
 
 def test_params_with_grouped_query_attention_and_experts_by_hand():
-    gqa = {"model_type": "mistral", "vocab_size": 100, "hidden_size": 64, "num_hidden_layers": 1,
-           "intermediate_size": 128, "num_attention_heads": 8, "num_key_value_heads": 2}
+    gqa = {
+        "model_type": "mistral",
+        "vocab_size": 100,
+        "hidden_size": 64,
+        "num_hidden_layers": 1,
+        "intermediate_size": 128,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+    }
     # q, o: 64·64 each; k, v: 64·(2·8) each -> 10240; MLP 3·64·128 = 24576; norms 128; untied 2·6400
     assert params_from_config(gqa) == 12800 + (10240 + 24576 + 128) + 64
     moe = {**gqa, "model_type": "mixtral", "num_local_experts": 4}
@@ -388,9 +454,21 @@ def test_params_b_from_config_files(tmp_path):
     assert params_b_from_config(tmp_path) is None
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     assert params_b_from_config(tmp_path) is None  # sizes unknown
-    (tmp_path / "config.json").write_text(json.dumps({"text_config": {
-        "model_type": "llama", "vocab_size": 1000, "hidden_size": 64, "num_hidden_layers": 3,
-        "intermediate_size": 256, "num_attention_heads": 4, "tie_word_embeddings": False}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "text_config": {
+                    "model_type": "llama",
+                    "vocab_size": 1000,
+                    "hidden_size": 64,
+                    "num_hidden_layers": 3,
+                    "intermediate_size": 256,
+                    "num_attention_heads": 4,
+                    "tie_word_embeddings": False,
+                }
+            }
+        )
+    )
     assert params_b_from_config(tmp_path / "config.json") == pytest.approx(325056 / 1e9)
 
 
@@ -413,16 +491,22 @@ def test_params_b_matches_a_real_tiny_model(tmp_path):
 
 # ---- dataset_prep's settings of the policy --------------------------------------------------------
 
+
 def test_dataset_root_settings():
     from gradients.runtime import ConfigError, load_settings
     from services.dataset_prep.settings import DatasetPrepSettings
 
     settings = load_settings(DatasetPrepSettings, {})
     assert settings.local_roots == [] and settings.allow_http is False
-    settings = load_settings(DatasetPrepSettings, {"GRADIENTS_DATASET_LOCAL_ROOTS": "/srv/a, /srv/b,",
-                                                   "GRADIENTS_DATASET_ALLOW_HTTP": "true"})
+    settings = load_settings(
+        DatasetPrepSettings,
+        {"GRADIENTS_DATASET_LOCAL_ROOTS": "/srv/a, /srv/b,", "GRADIENTS_DATASET_ALLOW_HTTP": "true"},
+    )
     assert settings.local_roots == ["/srv/a", "/srv/b"] and settings.allow_http is True
-    for bad, problem in (("srv/a", "is not an absolute path"), ("/srv/a,/", "must not include the file-system root"),
-                         ("/srv/..", "must not include the file-system root")):
+    for bad, problem in (
+        ("srv/a", "is not an absolute path"),
+        ("/srv/a,/", "must not include the file-system root"),
+        ("/srv/..", "must not include the file-system root"),
+    ):
         with pytest.raises(ConfigError, match=problem):
             load_settings(DatasetPrepSettings, {"GRADIENTS_DATASET_LOCAL_ROOTS": bad})

@@ -1,5 +1,5 @@
 """Static checks as tests: `mypy` (configured in pyproject's [tool.mypy]: strict, over gradients/runtime
-and every services/*/logic.py) and `ruff check .` (pyproject's [tool.ruff]) both pass.
+and every services/*/logic.py) and `ruff check .` and `ruff format --check .` (pyproject's [tool.ruff]) pass.
 
 Each runs the tool from the interpreter running the tests (the project's venv), from the repository
 root, so it reads the same configuration as a developer's `mypy` / `ruff check .`; a test skips when
@@ -36,3 +36,8 @@ def test_mypy_strict_passes() -> None:
 def test_ruff_check_passes() -> None:
     done = _run_tool("ruff", "check", ".", timeout=300)
     assert done.returncode == 0, f"ruff check failed:\n{done.stdout}\n{done.stderr}"
+
+
+def test_ruff_format_check_passes() -> None:
+    done = _run_tool("ruff", "format", "--check", ".", timeout=300)
+    assert done.returncode == 0, f"ruff format --check failed (run `ruff format .`):\n{done.stdout}\n{done.stderr}"

@@ -283,7 +283,9 @@ def test_terminal_states_have_no_way_out():
 
 
 def test_illegal_transition_error_names_the_states():
-    with pytest.raises(IllegalTransition, match=r"PENDING -> TRAINING \(allowed from PENDING: CANCELLED, FAILED, PREPARING_DATA\)"):
+    with pytest.raises(
+        IllegalTransition, match=r"PENDING -> TRAINING \(allowed from PENDING: CANCELLED, FAILED, PREPARING_DATA\)"
+    ):
         check_transition(S.PENDING, S.TRAINING)
     with pytest.raises(IllegalTransition, match="SCORED is terminal"):
         check_transition(S.SCORED, S.FAILED)
