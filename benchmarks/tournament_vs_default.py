@@ -42,6 +42,10 @@ TARGET_WIN_RATE = 0.9
 TARGET_IMPROVEMENT = 0.10
 # Per model: (seconds of training per contestant, rows: train, test, synth, held-out).
 PRESETS = {"smollm2": (28.0, 160, 24, 16, 48), "tiny": (3.0, 120, 16, 12, 32)}
+# A DPO task's budget, x the instruct one: a DPO step trains on two sequences per row (chosen
+# and rejected) and runs the reference model over both first, about 2.5x an SFT step; with the
+# instruct budget a SmolLM2 DPO contestant gets one or two optimiser steps on this machine.
+DPO_BUDGET_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,11 @@ class TaskOutcome:
         return (self.heldout_base - self.heldout_winner) / self.heldout_base
 
 
+def task_budget(spec: TaskSpec, budget: float) -> float:
+    """Training seconds of each contestant of this task (the same for all of them)."""
+    return budget * DPO_BUDGET_FACTOR if spec.kind == "dpo" else budget
+
+
 def pool(miners: int) -> list[tuple[str, str, int]]:
     """(name, strategy, seed) of the pool: strategies in turn, seeds 0..miners-1."""
     return [(f"miner-{i + 1}", POOL_STRATEGIES[i % len(POOL_STRATEGIES)], i) for i in range(miners)]
@@ -186,7 +195,7 @@ def run_task(
     contestants = [Contestant(name, strategy, seed) for name, strategy, seed in pool(miners)]
     default = Contestant("default", DEFAULT_STRATEGY, 0)
     for c in [*contestants, default]:
-        train_one(c, spec, base, splits.train, work, budget, overrides, threads)
+        train_one(c, spec, base, splits.train, work, task_budget(spec, budget), overrides, threads)
         best = min((v for _, v, _ in c.history), default=math.nan)
         log(
             f"  {spec.name:<12} {c.name:<9} {c.strategy:<19} {c.train_seconds:5.1f}s  {c.trials:2d} trials"
@@ -400,10 +409,11 @@ def main(argv: list[str] | None = None) -> list[TaskOutcome]:
     specs = [TaskSpec(f.strip(), args.seed) for f in args.tasks.split(",") if f.strip()]
     base, params_b = build_base(args.model, args.cache)
     contestants = len(specs) * (args.miners + 1)
+    training_s = sum(task_budget(spec, args.budget) for spec in specs) * (args.miners + 1)
     print(
         f"model {args.model}; {len(specs)} tasks x ({args.miners} pool miners + 1 autotrain-default) = "
-        f"{contestants} contestants, {args.budget:.0f}s of training each (about "
-        f"{contestants * args.budget / 60:.0f} min of training, plus loading and evaluation)"
+        f"{contestants} contestants, {args.budget:.0f}s of training each ({DPO_BUDGET_FACTOR:g}x for DPO tasks; "
+        f"about {training_s / 60:.0f} min of training, plus loading and evaluation)"
     )
     print(
         f"contestants run one after another, each with all {threads} torch threads of this machine's "

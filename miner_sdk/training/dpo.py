@@ -3,12 +3,15 @@
 loss = -log sigmoid(beta * (log pi(c)/ref(c) - log pi(r)/ref(r))) for chosen c and rejected r,
 with log-probabilities summed over the completion tokens. Prompts are formatted like SFT
 prompts (chat template over [system?, user: prompt]); completions are the response + EOS.
-Reference log-probabilities are computed once, before training, with the base model.
+Reference log-probabilities come from the base model (the adapter disabled), computed the first
+time a pair is used and kept: with a short budget most pairs are never reached, and computing
+all of them up front could take the whole budget before a single step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,8 +49,8 @@ class PreferenceExample:
     prompt_ids: list[int]
     chosen_ids: list[int]
     rejected_ids: list[int]
-    ref_chosen: float = 0.0  # reference log-probabilities, filled before training
-    ref_rejected: float = 0.0
+    ref_chosen: float | None = None  # reference log-probabilities, filled on first use
+    ref_rejected: float | None = None
 
 
 def encode_preference_rows(tokenizer, rows: Sequence[dict], max_length: int) -> list[PreferenceExample]:
@@ -90,16 +93,30 @@ def dpo_loss(
     return -F.logsigmoid(beta * margin)
 
 
+def reference_mode(model):
+    """The reference policy: the base model, i.e. the adapter switched off when there is one."""
+    return model.disable_adapter() if isinstance(model, PeftModel) else nullcontext()
+
+
 @torch.no_grad()
 def fill_reference(model, examples: Sequence[PreferenceExample], pad: int, device, batch_size: int = 8) -> None:
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
-        chosen, rejected = policy_logprobs(model, chunk, pad, device)
-        for e, c, r in zip(chunk, chosen.tolist(), rejected.tolist(), strict=True):
-            e.ref_chosen, e.ref_rejected = c, r
+    """Reference log-probabilities of the pairs that have none yet (the rest are kept)."""
+    missing = [e for e in examples if e.ref_chosen is None or e.ref_rejected is None]
+    if not missing:
+        return
+    was_training = model.training
+    model.eval()  # no dropout in the reference
+    with reference_mode(model):
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start : start + batch_size]
+            chosen, rejected = policy_logprobs(model, chunk, pad, device)
+            for e, c, r in zip(chunk, chosen.tolist(), rejected.tolist(), strict=True):
+                e.ref_chosen, e.ref_rejected = c, r
+    model.train(was_training)
 
 
 def batch_dpo_loss(model, examples: Sequence[PreferenceExample], pad: int, device, beta: float) -> torch.Tensor:
+    fill_reference(model, examples, pad, device, batch_size=len(examples))
     chosen, rejected = policy_logprobs(model, examples, pad, device)
     ref_c = torch.tensor([e.ref_chosen for e in examples], device=chosen.device)
     ref_r = torch.tensor([e.ref_rejected for e in examples], device=chosen.device)
@@ -135,9 +152,7 @@ class DpoTrainer:
     def _examples(self, base: TextBase, rows: Sequence[dict], max_length: int) -> list[PreferenceExample]:
         def encode() -> list[PreferenceExample]:
             check_rows(rows, ("prompt", "chosen", "rejected"), "dpo")
-            examples = encode_preference_rows(base.tokenizer, rows, max_length)
-            fill_reference(base.model, examples, pad_id(base.tokenizer), base.device)
-            return examples
+            return encode_preference_rows(base.tokenizer, rows, max_length)
 
         return self._encoded.get(rows, max_length, encode)
 

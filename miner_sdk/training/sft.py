@@ -139,15 +139,50 @@ def collate(pairs: Sequence[tuple[list[int], list[int]]], pad: int, device: torc
     }
 
 
+def causal_lm(model):
+    """The transformers causal LM under a peft wrapper (LoRA layers are injected in place)."""
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def scored_token_logprobs(
+    model,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probability of each labelled next token, mask of labelled positions), both (B, W-1).
+
+    The output head and the softmax run on the labelled positions only: a completion is a few
+    tokens of a longer prompt, and over a 49k vocabulary the head is a fifth of the model's
+    work per position. Models that rescale their logits get the full forward instead."""
+    labels = labels[:, 1:]
+    keep = labels != -100
+    lm = causal_lm(model)
+    config = getattr(lm, "config", None)
+    rescaled = getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None)
+    decoder = getattr(lm, "get_decoder", lambda: None)()
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    if rescaled or decoder is None or head is None:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+        logprobs = torch.log_softmax(logits.logits[:, :-1].float(), dim=-1)
+        token_lp = torch.gather(logprobs, 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return token_lp * keep, keep
+    hidden = decoder(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state[:, :-1]
+    picked = torch.log_softmax(head(hidden[keep]).float(), dim=-1)
+    picked = torch.gather(picked, 1, labels[keep].unsqueeze(-1)).squeeze(-1)
+    token_lp = torch.zeros(keep.shape, dtype=picked.dtype, device=picked.device)
+    token_lp = token_lp.masked_scatter(keep, picked)
+    return token_lp, keep
+
+
 def completion_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence (sum of completion-token log-probabilities, completion-token count)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logits = logits[:, :-1].float()
-    labels = batch["labels"][:, 1:]
-    keep = labels != -100
-    logprobs = torch.log_softmax(logits, dim=-1)
-    token_lp = torch.gather(logprobs, 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    token_lp = token_lp * keep
+    token_lp, keep = scored_token_logprobs(
+        model, batch["input_ids"], batch["labels"], attention_mask=batch["attention_mask"]
+    )
     return token_lp.sum(dim=1), keep.sum(dim=1)
 
 
@@ -200,13 +235,7 @@ def collate_packed(packs: Sequence[PackedExample], pad: int, device: torch.devic
 
 def packed_token_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-probability of each labelled next token, mask of labelled positions), both (B, W-1)."""
-    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
-    logits = logits[:, :-1].float()
-    labels = batch["labels"][:, 1:]
-    keep = labels != -100
-    logprobs = torch.log_softmax(logits, dim=-1)
-    token_lp = torch.gather(logprobs, 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return token_lp * keep, keep
+    return scored_token_logprobs(model, batch["input_ids"], batch["labels"], position_ids=batch["position_ids"])
 
 
 def packed_sft_loss(model, packs: Sequence[PackedExample], pad: int, device: torch.device) -> torch.Tensor:

@@ -311,6 +311,7 @@ RAMP_LR_MIN, RAMP_LR_MAX = 1e-5, 1e-2
 RAMP_SHARE = 0.2  # of the budget for the range test
 RAMP_STEPS_RANGE = (6, 20)
 RAMP_BATCH = 4
+RAMP_FALLBACK_FACTOR = 10.0  # x the default lr when no range test fits
 MAIN_GRAD_ACCUM = 2
 
 
@@ -329,10 +330,17 @@ def estimated_step_s(session: Session, batch: int) -> float:
     return 3.0 * session.validation_s * batch / len(session.val_rows)
 
 
-def lr_range_cosine(session: Session) -> None:
+def ramp_lr(session: Session, ramp_s: float) -> float:
+    """The LR range test's pick, or RAMP_FALLBACK_FACTOR x the default lr when the ramp cannot
+    take RAMP_STEPS_RANGE[0] steps in ramp_s (then it would only sample its lowest rates, and
+    the pick would say nothing; the time goes to the main run instead)."""
     d = session.defaults
-    ramp_s = RAMP_SHARE * session.remaining()
-    n = ramp_steps(ramp_s, estimated_step_s(session, RAMP_BATCH))
+    fallback = d.learning_rate * RAMP_FALLBACK_FACTOR
+    estimate = estimated_step_s(session, RAMP_BATCH)
+    if estimate > 0 and RAMP_STEPS_RANGE[0] * estimate > ramp_s:
+        log.info("lr-range-cosine: no room for an LR range test; lr %.1e", fallback)
+        return fallback
+    n = ramp_steps(ramp_s, estimate)
     ramp_hp = replace(
         d,
         learning_rate=RAMP_LR_MIN,
@@ -349,7 +357,14 @@ def lr_range_cosine(session: Session) -> None:
     ramp = session.run(ramp_hp, ramp_s, label="lr range test", score=False)
     losses = ramp.run.losses if ramp.run else []
     lrs = ramp.run.lrs if ramp.run else []
-    lr = tuning.steepest_descent_lr(lrs, losses) if len(losses) >= 2 else d.learning_rate * 10
+    if len(losses) < RAMP_STEPS_RANGE[0]:  # cut short by the deadline: the low end only
+        return fallback
+    return tuning.steepest_descent_lr(lrs, losses)
+
+
+def lr_range_cosine(session: Session) -> None:
+    d = session.defaults
+    lr = ramp_lr(session, RAMP_SHARE * session.remaining())
     main = replace(
         d,
         learning_rate=lr,

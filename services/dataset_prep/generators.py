@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import math
 import threading
 import time
 import urllib.error
@@ -373,27 +374,6 @@ class JsonObjectEnd:
         return self.done
 
 
-def _json_stopping(tokenizer: Any, width: int, rows: int) -> Any:
-    """A transformers StoppingCriteria: a row is finished once its JSON object closed."""
-    import torch
-    from transformers import StoppingCriteria
-
-    class _Stop(StoppingCriteria):
-        def __init__(self) -> None:
-            self.ends = [JsonObjectEnd() for _ in range(rows)]
-            self.seen = width
-
-        def __call__(self, input_ids, scores, **kwargs):
-            new = input_ids[:, self.seen :].tolist()
-            self.seen = input_ids.shape[1]
-            for end, tokens in zip(self.ends, new, strict=True):
-                if not end.done and tokens:
-                    end.feed(tokenizer.decode(tokens, skip_special_tokens=True))
-            return torch.tensor([e.done for e in self.ends], dtype=torch.bool, device=input_ids.device)
-
-    return _Stop()
-
-
 @dataclass
 class _Sampler:
     tokenizer: Any
@@ -428,13 +408,16 @@ class _Sampler:
         min_new_tokens: int = 0,
         stop_after_json: bool = False,
     ) -> list[str]:
-        """One `generate` call for several encoded prompts, padded to one length.
+        """One batched generation for several encoded prompts, padded to one length.
 
         The prompts' common leading tokens (system prompt, task text) are run once and their
         key/value cache shared by every row; each row's own tokens follow, left-padded, so every
-        row's generation starts right after its own prompt.
+        row's generation starts right after its own prompt. A row that is done (EOS, its JSON
+        object closed, or max_new_tokens) leaves the batch: the rest no longer pay for it
+        (`model.generate` would keep computing it until the longest row ends).
         """
         import torch
+        from transformers import DynamicCache
 
         pad = self.tokenizer.pad_token_id
         pad = pad if pad is not None else self.tokenizer.eos_token_id
@@ -446,33 +429,121 @@ class _Sampler:
         attention = torch.tensor(
             [[1] * shared + [0] * (width - shared - len(t)) + [1] * len(t) for t in tails], dtype=torch.long
         )
-        options: dict[str, Any] = dict(
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=min_new_tokens,
-            pad_token_id=pad,
-        )
-        if temperature > 0:
-            options.update(do_sample=True, temperature=temperature, top_p=self.top_p)
-        else:
-            options.update(do_sample=False)
-        if stop_after_json:
-            from transformers import StoppingCriteriaList
-
-            options["stopping_criteria"] = StoppingCriteriaList([_json_stopping(self.tokenizer, width, len(prompts))])
-        # One generation at a time: torch's global RNG is seeded per call for determinism.
+        ends = [JsonObjectEnd() for _ in prompts] if stop_after_json else None
+        # One generation at a time: the sampling generator is seeded per call for determinism.
         with self.lock, torch.inference_mode():
+            cache = DynamicCache(config=self.model.config)
             if shared:
-                from transformers import DynamicCache
-
-                cache = DynamicCache(config=self.model.config)
                 self.model(input_ids=input_ids[:1, :shared].to(self.device), cache=cache, use_cache=True)
                 cache.batch_repeat_interleave(len(prompts))
-                options["cache"] = cache
-            torch.manual_seed(seed)
-            output = self.model.generate(
-                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), **options
+            tokens = self._decode(
+                input_ids.to(self.device),
+                attention.to(self.device),
+                shared,
+                cache,
+                Sampling(temperature, self.top_p, seed),
+                max_new_tokens,
+                min_new_tokens,
+                ends,
             )
-        return [self.tokenizer.decode(row[width:], skip_special_tokens=True) for row in output]
+        return [self.tokenizer.decode(row, skip_special_tokens=True) for row in tokens]
+
+    def _decode(
+        self,
+        input_ids: Any,
+        attention: Any,
+        cached: int,
+        cache: Any,
+        sampling: Sampling,
+        max_new_tokens: int,
+        min_new_tokens: int,
+        ends: list[JsonObjectEnd] | None,
+    ) -> list[list[int]]:
+        """New tokens per row: prefill what is not cached yet, then one token per step for the
+        rows still going. Positions count real tokens only (left padding takes none)."""
+        import torch
+
+        stop_ids = eos_token_ids(self.model, self.tokenizer)
+        rows = input_ids.shape[0]
+        out: list[list[int]] = [[] for _ in range(rows)]
+        alive = list(range(rows))  # batch position -> row
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        feed, feed_positions, mask = input_ids[:, cached:], positions[:, cached:], attention
+        rng = torch.Generator(device="cpu").manual_seed(sampling.seed)
+        for step in range(max_new_tokens):
+            logits = self.model(
+                input_ids=feed,
+                attention_mask=mask,
+                position_ids=feed_positions,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits[:, -1, :]
+            if step < min_new_tokens and stop_ids:
+                logits[:, stop_ids] = -math.inf
+            chosen = next_tokens(logits.float(), sampling, rng).tolist()
+            keep = []
+            for j, token in enumerate(chosen):
+                row = alive[j]
+                if token in stop_ids:
+                    continue
+                out[row].append(token)
+                if ends is not None and ends[row].feed(self.tokenizer.decode([token], skip_special_tokens=True)):
+                    continue
+                keep.append(j)
+            if not keep or step + 1 == max_new_tokens:
+                break
+            last = feed_positions[:, -1:]
+            if len(keep) < len(alive):
+                index = torch.tensor(keep, device=mask.device)
+                cache.batch_select_indices(index)
+                mask, last = mask[index], last[index]
+                alive = [alive[j] for j in keep]
+            feed = torch.tensor([[out[row][-1]] for row in alive], dtype=torch.long, device=mask.device)
+            feed_positions = last + 1
+            mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=mask.device)], dim=1)
+        return out
+
+
+# transformers' sampling defaults, kept so rows read as they did with `model.generate`.
+TOP_K = 50
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float  # 0 = greedy
+    top_p: float
+    seed: int
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every token that ends a row: the generation config's EOS ids and the tokenizer's."""
+    ids: set[int] = set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (configured, tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return sorted(ids)
+
+
+def next_tokens(logits: Any, sampling: Sampling, rng: Any) -> Any:
+    """One token per row: argmax at temperature 0, else top-k / top-p sampling at τ."""
+    import torch
+
+    if sampling.temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits / sampling.temperature
+    top = torch.topk(logits, min(TOP_K, logits.shape[-1]), dim=-1)
+    probs = torch.softmax(top.values, dim=-1)
+    if sampling.top_p < 1.0:
+        # Keep the smallest head of the sorted candidates whose mass reaches top_p (at least one).
+        before = probs.cumsum(dim=-1) - probs
+        probs = probs.masked_fill(before >= sampling.top_p, 0.0)
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    picked = torch.multinomial(probs.cpu(), 1, generator=rng).to(logits.device)
+    return top.indices.gather(1, picked).squeeze(1)
 
 
 # Below this many common leading tokens a shared cache saves less than its own forward costs.

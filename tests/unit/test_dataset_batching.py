@@ -163,3 +163,53 @@ def test_a_model_that_writes_no_json_goes_to_the_fallback_after_the_probe(tiny_l
     # attempt and chunks 2-3 go straight to the field-by-field fallback.
     assert generator.stats.attempts == 4 and generator.stats.json_valid == 0
     assert generator.stats.json_skipped_rows == 8 and generator.stats.fallback_rows == 12
+
+
+def test_rows_leave_the_batch_when_done_and_the_others_write_what_generate_writes(tiny_llama):
+    """Greedy rows of the pruning decoder = the same rows of `model.generate`, cut where each
+    row was done; rows stop at different steps (the tiny model writes no JSON object, so each
+    row is given up after its own preamble), so rows really leave the batch midway."""
+    import torch
+
+    from services.dataset_prep import generators
+
+    generator = LocalTransformersGenerator(LocalGeneratorConfig(str(tiny_llama)))
+    sampler = generator._sampler
+    requests = [
+        RowRequest(
+            {"instruction": f"add {i} and {i * 3}" + " then" * i, "output": str(4 * i)}, ("output",), "New.", 0.0
+        )
+        for i in range(4)
+    ]
+    prompts = [sampler.encode(generators.chat_messages(r), 40) for r in requests]
+    ours = sampler.sample_batch(prompts, 0.0, 1, 40, stop_after_json=True)
+    lengths = {len(sampler.tokenizer(text, add_special_tokens=False).input_ids) for text in ours}
+    assert len(lengths) > 1  # the rows ended at different steps
+
+    pad = sampler.tokenizer.pad_token_id
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.inference_mode():
+        full = sampler.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=40, do_sample=False)
+    for text, row in zip(ours, full[:, width:].tolist(), strict=True):
+        plain = sampler.tokenizer.decode(row, skip_special_tokens=True)
+        assert text and plain.startswith(text)
+
+
+def test_sampling_is_seeded_and_keeps_to_top_k_and_top_p():
+    import torch
+
+    from services.dataset_prep.generators import TOP_K, Sampling, next_tokens
+
+    logits = torch.tensor([[0.0, 3.0, 2.9, -1.0] + [-20.0 - 0.01 * i for i in range(60)]] * 3)
+    first = next_tokens(logits, Sampling(0.6, 0.9, 7), torch.Generator().manual_seed(7))
+    again = next_tokens(logits, Sampling(0.6, 0.9, 7), torch.Generator().manual_seed(7))
+    assert first.tolist() == again.tolist()
+    assert next_tokens(logits, Sampling(0.0, 1.0, 7), torch.Generator()).tolist() == [1, 1, 1]  # greedy
+    # top_p 0.5: token 1 alone holds more than half the mass (3.0 vs 2.9 at τ 0.6 is ~54 %).
+    picks = next_tokens(logits.repeat(50, 1), Sampling(0.6, 0.5, 1), torch.Generator().manual_seed(1))
+    assert set(picks.tolist()) == {1}
+    wide = next_tokens(logits.repeat(200, 1), Sampling(5.0, 1.0, 1), torch.Generator().manual_seed(1))
+    ranked = torch.topk(logits[0], TOP_K).indices.tolist()
+    assert set(wide.tolist()) <= set(ranked) and len(set(wide.tolist())) > 3

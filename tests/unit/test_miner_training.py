@@ -152,6 +152,62 @@ def test_dpo_loss_matches_hand_computation():
     assert zero.item() == pytest.approx(math.log(2), rel=1e-6)
 
 
+def full_head_logprobs(model, batch):
+    """The plain way: every position through the head, then the labelled ones picked."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    keep = labels != -100
+    lp = torch.gather(torch.log_softmax(logits.float(), -1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (lp * keep).sum(1)
+
+
+def test_head_on_scored_positions_only_equals_the_full_forward(tiny_llama):
+    from peft import LoraConfig, get_peft_model
+
+    from miner_sdk.training.sft import collate, completion_logprobs, encode_rows, load_text_base, pad_id
+
+    base = load_text_base(tiny_llama)
+    examples = encode_rows(base.tokenizer, instruct_rows()[:6], 64)
+    batch = collate([(e.prompt_ids, e.completion_ids) for e in examples], pad_id(base.tokenizer), base.device)
+    # A non-zero adapter, so the gradients below are not trivially zero.
+    model = get_peft_model(base.model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    model.train()
+    ours, counts = completion_logprobs(model, batch)
+    ours.sum().backward()
+    ours_grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    model.zero_grad()
+    plain = full_head_logprobs(model, batch)
+    plain.sum().backward()
+    plain_grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert counts.tolist() == [len(e.completion_ids) for e in examples]
+    assert torch.allclose(ours, plain, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(ours_grads, plain_grads, strict=True))
+
+
+def test_dpo_reference_is_the_base_and_filled_on_first_use(tiny_llama):
+    from peft import LoraConfig, get_peft_model
+
+    from miner_sdk.training.dpo import batch_dpo_loss, encode_preference_rows, fill_reference, policy_logprobs
+    from miner_sdk.training.sft import load_text_base, pad_id
+
+    base = load_text_base(tiny_llama)
+    pad = pad_id(base.tokenizer)
+    eager = encode_preference_rows(base.tokenizer, dpo_rows(), 64)
+    fill_reference(base.model, eager, pad, base.device)  # the base itself, up front
+    lazy = encode_preference_rows(base.tokenizer, dpo_rows(), 64)
+    model = get_peft_model(base.model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    model.train()
+    batch_dpo_loss(model, lazy[:3], pad, base.device, 0.1)  # fills the first three only
+    assert [e.ref_chosen is not None for e in lazy] == [True] * 3 + [False] * (len(lazy) - 3)
+    for a, b in zip(lazy[:3], eager[:3]):  # with the adapter switched off: the base's values
+        assert a.ref_chosen == pytest.approx(b.ref_chosen, abs=1e-4)
+        assert a.ref_rejected == pytest.approx(b.ref_rejected, abs=1e-4)
+    with torch.no_grad():
+        policy, _ = policy_logprobs(model, lazy[:3], pad, base.device)
+    assert not torch.allclose(policy, torch.tensor([e.ref_chosen for e in lazy[:3]]), atol=1e-3)
+    assert model.training  # filling the reference leaves the mode as it was
+
+
 def test_reward_functions():
     from miner_sdk.training.grpo import RewardSpec, default_rewards, trl_reward
 
