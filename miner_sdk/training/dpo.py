@@ -106,13 +106,15 @@ def fill_reference(model, examples: Sequence[PreferenceExample], pad: int, devic
         return
     was_training = model.training
     model.eval()  # no dropout in the reference
-    with reference_mode(model):
-        for start in range(0, len(missing), batch_size):
-            chunk = missing[start : start + batch_size]
-            chosen, rejected = policy_logprobs(model, chunk, pad, device)
-            for e, c, r in zip(chunk, chosen.tolist(), rejected.tolist(), strict=True):
-                e.ref_chosen, e.ref_rejected = c, r
-    model.train(was_training)
+    try:
+        with reference_mode(model):
+            for start in range(0, len(missing), batch_size):
+                chunk = missing[start : start + batch_size]
+                chosen, rejected = policy_logprobs(model, chunk, pad, device)
+                for e, c, r in zip(chunk, chosen.tolist(), rejected.tolist(), strict=True):
+                    e.ref_chosen, e.ref_rejected = c, r
+    finally:
+        model.train(was_training)
 
 
 def batch_dpo_loss(model, examples: Sequence[PreferenceExample], pad: int, device, beta: float) -> torch.Tensor:
