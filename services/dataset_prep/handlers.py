@@ -190,10 +190,25 @@ def resolved_device(settings: DatasetPrepSettings) -> str:
     return "cuda" if _cuda_available() else "cpu"
 
 
-def resolved_dtype(settings: DatasetPrepSettings, device: str) -> str:
+@functools.cache
+def _cpu_has_native_bfloat16() -> bool:
+    import torch
+
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolved_dtype(settings: DatasetPrepSettings, device: str, text_model: bool = False) -> str:
+    """auto: bfloat16 on cuda; for text generators also on a CPU with native bfloat16
+    (AVX512-BF16 / AMX: about 2x float32's tokens/s with SmolLM2-135M); else float32.
+    Diffusion pipelines stay float32 on CPU (not every op of theirs runs in bfloat16 there)."""
     if settings.dtype != "auto":
         return settings.dtype
-    return "bfloat16" if device.startswith("cuda") else "float32"
+    if device.startswith("cuda"):
+        return "bfloat16"
+    return "bfloat16" if text_model and device == "cpu" and _cpu_has_native_bfloat16() else "float32"
 
 
 GeneratorConfig = LocalGeneratorConfig | OpenAIGeneratorConfig | DiffusersImageConfig
@@ -273,7 +288,7 @@ def _local_config(settings: DatasetPrepSettings, path: str) -> LocalGeneratorCon
         max_consecutive_failures=settings.max_consecutive_failures,
         seed=settings.generation_seed,
         device=device,
-        dtype=resolved_dtype(settings, device),
+        dtype=resolved_dtype(settings, device, text_model=True),
         fallback_max_new_tokens=settings.local_fallback_max_new_tokens,
         batch_rows=settings.local_batch_rows,
         batch_tokens=settings.local_batch_tokens,

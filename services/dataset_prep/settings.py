@@ -138,7 +138,7 @@ class DatasetPrepSettings:
     local_max_new_tokens: int = setting(
         "GRADIENTS_DATASET_LOCAL_MAX_NEW_TOKENS",
         256,
-        "local: tokens per generated JSON answer",
+        "local: most tokens of a JSON answer (each may take 2x its source row's tokens + 32)",
         check=positive,
     )
     local_attempts: int = setting(
@@ -155,7 +155,7 @@ class DatasetPrepSettings:
     )
     local_batch_rows: int = setting(
         "GRADIENTS_DATASET_LOCAL_BATCH_ROWS",
-        32,
+        64,
         "local: rows generated per model call (1 = one row per call)",
         check=positive,
     )
@@ -174,7 +174,8 @@ class DatasetPrepSettings:
     dtype: str = setting(
         "GRADIENTS_DATASET_DTYPE",
         "auto",
-        "dtype of local models: auto (bfloat16 on cuda, else float32), float32, bfloat16, float16",
+        "dtype of local models: auto (bfloat16 on cuda and, for text models, on a CPU with native bfloat16;"
+        " else float32), float32, bfloat16, float16",
         check=one_of("auto", "float32", "bfloat16", "float16"),
     )
     image_pipeline_path: str = setting(

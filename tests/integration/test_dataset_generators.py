@@ -38,8 +38,8 @@ from services.dataset_prep.pipeline import (
 )
 from services.dataset_prep.schema import ColumnMapping, RejectionLimits, TaskKind
 
-KEYS_RE = re.compile(r"exactly these keys: (.*?)\. Every value")
-SOURCE_RE = re.compile(r"Original example \(JSON\):\n(.*?)\n\nReturn only", re.S)
+KEYS_RE = re.compile(r"exactly these keys: (.*?)\.\n")
+SOURCE_RE = re.compile(r"Original example \(JSON\):\n(.*)\Z", re.S)
 
 
 class ChatCompletionsServer:

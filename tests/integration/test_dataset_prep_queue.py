@@ -38,8 +38,8 @@ from services.dataset_prep.handlers import WORK_DURABLE
 from services.task_service.service import SPEC as TASK_SERVICE
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCE_RE = re.compile(r"Original example \(JSON\):\n(.*?)\n\nReturn only", re.S)
-KEYS_RE = re.compile(r"exactly these keys: (.*?)\. Every value")
+SOURCE_RE = re.compile(r"Original example \(JSON\):\n(.*)\Z", re.S)
+KEYS_RE = re.compile(r"exactly these keys: (.*?)\.\n")
 
 
 class GatedChatServer:

@@ -44,7 +44,11 @@ def test_bad_batch_settings_are_refused():
 
 
 def test_many_rows_per_call_keep_order_schema_and_determinism(tiny_llama):
-    options = dict(max_new_tokens=12, fallback_max_new_tokens=6, attempts_per_row=1, batch_rows=8)
+    from services.dataset_prep.generators import CHUNK_CALLS
+
+    # 2 rows per call, so a chunk of `generate` is 2 x CHUNK_CALLS = 8 requests.
+    assert CHUNK_CALLS == 4
+    options = dict(max_new_tokens=12, fallback_max_new_tokens=6, attempts_per_row=1, batch_rows=2)
     requests = [
         RowRequest(
             {"instruction": f"add {i} and {i + 1}" + " please" * (i % 3), "output": str(2 * i + 1)},
@@ -63,9 +67,9 @@ def test_many_rows_per_call_keep_order_schema_and_determinism(tiny_llama):
     assert all(v.strip() for r in rows for v in r.values())
     # 10 rows in chunks of 8: progress per chunk, rows done / total.
     assert progress == [(8, 10), (10, 10)]
-    # Chunk 1: one JSON call (8 rows) + 3 fallback calls of 16 prompts in 8-row batches (2 each);
-    # the tiny model never writes JSON, and its fallback answers are never empty.
-    assert batched.calls < 10 * (1 + 2)  # far fewer calls than one per row and stage
+    # Chunk 1: 4 JSON calls (8 rows) + 16 fallback prompts in 8 calls; chunk 2: 1 + 2 calls.
+    # The tiny model never writes JSON, and its fallback answers are never empty.
+    assert batched.calls == 15  # against 10 x (1 + 2) with one prompt per call
     assert batched.stats.malformed == 10 and batched.stats.fallback_rows == 10
     again = LocalTransformersGenerator(LocalGeneratorConfig(str(tiny_llama), **options))
     assert again.generate(requests) == rows
@@ -144,7 +148,8 @@ def test_a_shared_prefix_cache_gives_the_rows_a_plain_batch_gives(tiny_llama, mo
 
 
 def test_a_model_that_writes_no_json_goes_to_the_fallback_after_the_probe(tiny_llama):
-    options = dict(max_new_tokens=12, fallback_max_new_tokens=6, attempts_per_row=2, batch_rows=4, json_probe_rows=4)
+    # One row per call: a chunk of `generate` is CHUNK_CALLS = 4 requests.
+    options = dict(max_new_tokens=12, fallback_max_new_tokens=6, attempts_per_row=2, batch_rows=1, json_probe_rows=4)
     requests = [
         RowRequest(
             {"instruction": f"add {i} and {i + 1}", "output": str(2 * i + 1)},
@@ -213,3 +218,77 @@ def test_sampling_is_seeded_and_keeps_to_top_k_and_top_p():
     wide = next_tokens(logits.repeat(200, 1), Sampling(5.0, 1.0, 1), torch.Generator().manual_seed(1))
     ranked = torch.topk(logits[0], TOP_K).indices.tolist()
     assert set(wide.tolist()) <= set(ranked) and len(set(wide.tolist())) > 3
+
+
+def _greedy_rows(tiny_llama, n: int):
+    from services.dataset_prep import generators
+
+    sampler = LocalTransformersGenerator(LocalGeneratorConfig(str(tiny_llama)))._sampler
+    requests = [
+        RowRequest({"instruction": f"add {i} and {i * 5}" + " again" * i}, ("instruction",), "New.", 0.0)
+        for i in range(n)
+    ]
+    return sampler, [sampler.encode(generators.chat_messages(r), 40) for r in requests]
+
+
+def test_each_row_stops_at_its_own_token_limit(tiny_llama):
+    from services.dataset_prep.generators import RowInFlight, Sampling
+
+    sampler, prompts = _greedy_rows(tiny_llama, 3)
+    rows = [RowInFlight(list(p), limit) for p, limit in zip(prompts, [3, 12, 7], strict=True)]
+    # min_new_tokens bans EOS for the whole run, so only the limits end the rows.
+    sampler.run_batch(rows, Sampling(0.0, 1.0, 1), min_new_tokens=12)
+    assert [len(row.new) for row in rows] == [3, 12, 7] and all(row.done for row in rows)
+    longer = [RowInFlight(list(p), 12) for p in prompts]
+    sampler.run_batch(longer, Sampling(0.0, 1.0, 1), min_new_tokens=12)
+    assert [row.new[: len(short.new)] for row, short in zip(longer, rows, strict=True)] == [r.new for r in rows]
+    # sample_batch caps a row's limit at max_new_tokens.
+    texts = sampler.sample_batch(prompts, 0.0, 1, 12, min_new_tokens=12, row_limits=[3, 40, 7])
+    assert texts[1] == sampler.tokenizer.decode(longer[1].new, skip_special_tokens=True)
+
+
+def test_parked_rows_go_on_in_a_later_call_and_write_what_one_call_writes(tiny_llama):
+    """Greedy: rows parked when the batch shrank, then finished in a second call with a new row,
+    get the tokens an uninterrupted call gives them."""
+    from services.dataset_prep.generators import RowInFlight, Sampling
+
+    sampler, prompts = _greedy_rows(tiny_llama, 5)
+    limits = [2, 2, 2, 14, 14]
+    whole = [RowInFlight(list(p), limit) for p, limit in zip(prompts, limits, strict=True)]
+    sampler.run_batch(whole, Sampling(0.0, 1.0, 1), min_new_tokens=14)
+    assert all(row.done for row in whole) and [len(row.new) for row in whole] == limits
+
+    rows = [RowInFlight(list(p), limit) for p, limit in zip(prompts[:4], limits[:4], strict=True)]
+    # 4 rows: after step 2 only one is left (< 2): it is parked, not finished.
+    sampler.run_batch(rows, Sampling(0.0, 1.0, 1), min_new_tokens=14, park_below=2)
+    assert [row.done for row in rows] == [True, True, True, False] and len(rows[3].new) == 2
+    late = RowInFlight(list(prompts[4]), limits[4])
+    sampler.run_batch([rows[3], late], Sampling(0.0, 1.0, 1), min_new_tokens=14)
+    assert rows[3].done and late.done
+    assert [row.new for row in rows + [late]] == [row.new for row in whole]
+
+
+def test_a_json_answer_starts_with_its_first_key_written(tiny_llama):
+    """The local model continues `{"<first key>": "`, so prose or other keys cannot come first;
+    the text handed to the parser holds that opening, and the row's tracker knows it."""
+    from services.dataset_prep import generators
+
+    request = RowRequest({"instruction": "add 1 and 2", "output": "3"}, ("instruction", "output"), "New.", 0.0)
+    prefix = generators.json_answer_prefix(request)
+    assert prefix == '{"instruction": "'
+    assert generators.parse_answer(prefix + 'add 2 and 5", "output": "7"} and more', request.keys) == {
+        "instruction": "add 2 and 5",
+        "output": "7",
+    }
+    end = generators._object_end(prefix)
+    assert not end.done and end.feed('x", "output": "y"') is False and end.feed("}") is True
+
+    generator = LocalTransformersGenerator(LocalGeneratorConfig(str(tiny_llama), max_new_tokens=8))
+    job = generators._Job(0, generators.chat_messages(request), 0.0, ("x",), answer_prefix=prefix, new_tokens=8)
+    (text,) = generator._sample([job], 8, stop_after_json=True)
+    assert text.startswith(prefix)
+    sampler = generator._sampler
+    plain = sampler.encode(generators.chat_messages(request), 8)
+    assert sampler.encode(generators.chat_messages(request), 8, prefix)[: len(plain) - 1] == plain[:-1]
+    # A rewrite may take about twice its source's tokens, capped by max_new_tokens.
+    assert generator._answer_budget(request) == 8
