@@ -11,9 +11,16 @@ task not SCORED, an audit finding, a miner dropped, a service that fell over.
     python -m benchmarks.reliability.load            # full size (200 miners × 50 tasks), 1 then 3 dataset_prep
     python -m benchmarks.reliability.load --ci       # the test's size
     python -m benchmarks.reliability.load --dataset-replicas 3
+    python -m benchmarks.reliability.load --generator endpoint   # synthetic rows from a remote server
 
 At full size the round runs once per dataset_prep replica count (1 and 3: replicas share the
 jobs.prepare work queue) and the last line compares their preparing-data p99.
+
+Synthetic rows come from the tiny base model on this machine's CPU (`--generator local`, the
+default: every replica competes for the same cores as the rest of the mesh), or from a FAKE
+OpenAI-compatible endpoint standing for a remote generator server (`--generator endpoint`:
+each request takes `--endpoint-latency` seconds there, at most 32 at once; see
+generator_endpoint.py), where a replica mostly waits and the work queue is what scales.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import grpc
 
 from benchmarks.reliability.common import ScenarioResult, percentile
 from benchmarks.reliability.fleet import build_adapters
+from benchmarks.reliability.generator_endpoint import FakeGeneratorEndpoint
 from benchmarks.reliability.harness import RoundHarness, RoundOptions, read_events
 from gradients.demo import DemoOptions, build_base_model
 from gradients.runtime import EventBus, events
@@ -61,6 +69,8 @@ class LoadOptions:
     # One round per entry: dataset_prep processes sharing the jobs.prepare work queue.
     dataset_replicas: tuple[int, ...] = (1, 3)
     timeout_s: float = 280.0
+    generator: str = "local"  # local (the tiny model, on this CPU) or endpoint (the fake remote server)
+    endpoint_latency_s: float = 0.5  # seconds per request at the fake endpoint
     sample_every_s: float = 2.0  # how often connected miners are counted
     data_dir: Path | None = None  # None = a temporary folder
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -85,8 +95,11 @@ class LoadOptions:
         return f"{self.miners} miners × {self.tasks} tasks"
 
     def round_name(self, replicas: int) -> str:
-        return (
+        name = (
             self.name if len(self.dataset_replicas) == 1 and replicas == 1 else f"{self.name}, {replicas} dataset_prep"
+        )
+        return (
+            name if self.generator == "local" else f"{name}, generator endpoint {self.endpoint_latency_s:g} s/request"
         )
 
     def env(self) -> dict[str, str]:
@@ -209,6 +222,16 @@ def _p50_p99(figures: dict, name: str, values: list[float]) -> None:
 
 async def run(options: LoadOptions | None = None) -> list[ScenarioResult]:
     options = options or LoadOptions()
+    if options.generator == "endpoint":
+        with FakeGeneratorEndpoint(latency_s=options.endpoint_latency_s) as endpoint:
+            options.extra_env = {**options.extra_env, **endpoint.env()}
+            return await _rounds(options)
+    if options.generator != "local":
+        raise ValueError(f"generator must be local or endpoint, not {options.generator!r}")
+    return await _rounds(options)
+
+
+async def _rounds(options: LoadOptions) -> list[ScenarioResult]:
     results = []
     for replicas in options.dataset_replicas:
         with tempfile.TemporaryDirectory(prefix="gm-load-") as tmp:
@@ -389,6 +412,8 @@ def main() -> None:
     for name in ("miners", "tasks", "concurrent", "eval_workers", "dataset_concurrency", "pool_min", "pool_max"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int)
     parser.add_argument("--time-scale", type=float)
+    parser.add_argument("--generator", choices=("local", "endpoint"), help="where synthetic rows come from")
+    parser.add_argument("--endpoint-latency", dest="endpoint_latency_s", type=float, help="seconds per request")
     parser.add_argument(
         "--dataset-replicas",
         type=lambda v: tuple(int(x) for x in v.split(",")),

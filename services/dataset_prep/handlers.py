@@ -238,6 +238,21 @@ class GeneratorCache:
         with self._lock:
             self._items.clear()
 
+    def warm_up(self, configs: Sequence[GeneratorConfig]) -> None:
+        """Import the model libraries and build `configs` ahead of their first use.
+
+        Under the cache's lock, as every first load is: transformers' lazily filled module is
+        not safe to import from two threads at once (a job's load racing this import saw
+        "cannot import name 'AutoModelForCausalLM'")."""
+        with self._lock:
+            import torch  # noqa: F401
+            from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+        for config in configs:
+            try:
+                self.get(config)
+            except GeneratorUnavailable as exc:  # the first task that needs it fails with the reason
+                log.warning("generator not preloaded: %s", exc)
+
 
 def _build(config: GeneratorConfig) -> Any:
     if isinstance(config, OpenAIGeneratorConfig):
@@ -355,6 +370,27 @@ def task_generators(task: pb.Task, settings: DatasetPrepSettings, cache: Generat
         f"the base model {base!r} is not a diffusers pipeline folder; set GRADIENTS_DATASET_IMAGE_PIPELINE_PATH",
     )
     return GeneratorSet(text=text, weak_text=weak, image=image)
+
+
+def warm_up(settings: DatasetPrepSettings, cache: GeneratorCache) -> None:
+    """Import the local generator's libraries and load the configured text models now, so the
+    replica's first jobs do not wait for it (torch + transformers take ~3 s idle, 4-6 s on a
+    busy machine, and every replica of a fresh deployment pays it at once)."""
+    if not settings.synthetic or settings.generator != "local":
+        return
+    paths = [settings.prompt_model_path, settings.text_model_path, settings.weak_model_path]
+    unique = list(dict.fromkeys(p for p in paths if p))[: settings.generator_cache]
+    cache.warm_up([_local_config(settings, path) for path in unique])
+
+
+async def warm_up_in_background(ctx: ServiceContext[DatasetPrepSettings, Any]) -> None:
+    started = time.monotonic()
+    try:
+        await asyncio.to_thread(warm_up, ctx.settings, ctx.components.handler.cache)
+    except Exception as exc:  # only a head start: a job loads what it needs itself
+        log.warning("generator warm-up failed: %s: %s", type(exc).__name__, exc)
+        return
+    log.info("generator libraries ready in %.1fs", time.monotonic() - started)
 
 
 # ---- progress (worker thread -> event loop) -------------------------------------------------

@@ -38,6 +38,7 @@ SPEC: ServiceSpec[DatasetPrepSettings, DatasetPrepComponents] = ServiceSpec(
         ),
     ),
     consumers=handlers.consumers,
+    background=lambda ctx: [handlers.warm_up_in_background(ctx)],
     settings_type=DatasetPrepSettings,
     on_start=build,
     on_stop=release,

@@ -419,6 +419,43 @@ def test_settings_defaults_follow_the_paper():
     assert off.split.synth_cap == 0
 
 
+def test_auto_dtype_is_bfloat16_for_text_models_only_on_a_cpu_that_has_it(monkeypatch):
+    from services.dataset_prep import handlers
+
+    settings = load_settings(DatasetPrepSettings, {})
+    monkeypatch.setattr(handlers, "_cpu_has_native_bfloat16", lambda: True)
+    assert handlers.resolved_dtype(settings, "cpu", text_model=True) == "bfloat16"
+    assert handlers.resolved_dtype(settings, "cpu") == "float32"  # diffusion pipelines
+    assert handlers.resolved_dtype(settings, "cuda") == "bfloat16"
+    forced = load_settings(DatasetPrepSettings, {"GRADIENTS_DATASET_DTYPE": "float32"})
+    assert handlers.resolved_dtype(forced, "cpu", text_model=True) == "float32"
+    monkeypatch.setattr(handlers, "_cpu_has_native_bfloat16", lambda: False)
+    assert handlers.resolved_dtype(settings, "cpu", text_model=True) == "float32"
+
+
+def test_warm_up_loads_the_configured_text_model_that_jobs_then_reuse(tmp_path):
+    from gradients.models.tiny import build_tiny_llama
+    from services.dataset_prep import handlers
+
+    path = str(build_tiny_llama(tmp_path / "tiny", seed=0))
+    settings = load_settings(
+        DatasetPrepSettings, {"GRADIENTS_DATASET_TEXT_MODEL_PATH": path, "GRADIENTS_DATASET_DEVICE": "cpu"}
+    )
+    cache = handlers.GeneratorCache(2)
+    handlers.warm_up(settings, cache)
+    assert list(cache._items) == [handlers._local_config(settings, path)]
+    loaded = next(iter(cache._items.values()))
+    assert cache.get(handlers._local_config(settings, path)) is loaded
+    remote = {
+        "GRADIENTS_DATASET_GENERATOR": "openai",
+        "GRADIENTS_DATASET_OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+        "GRADIENTS_DATASET_OPENAI_MODEL": "m",
+    }
+    untouched = handlers.GeneratorCache(2)
+    handlers.warm_up(load_settings(DatasetPrepSettings, remote), untouched)  # nothing local to load
+    assert not untouched._items
+
+
 @pytest.mark.parametrize(
     "env, problem",
     [
