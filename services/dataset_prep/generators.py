@@ -301,23 +301,33 @@ class LocalGeneratorConfig:
             raise ValueError("batch_rows and batch_tokens must be >= 1")
 
 
-def plan_batches(lengths: Sequence[int], max_new_tokens: int, batch_rows: int, batch_tokens: int) -> list[list[int]]:
+def plan_batches(
+    lengths: Sequence[int],
+    max_new_tokens: int,
+    batch_rows: int,
+    batch_tokens: int,
+    groups: Sequence[str] | None = None,
+) -> list[list[int]]:
     """Indices of `lengths` (prompt tokens per row) grouped into generate calls.
 
-    Rows are taken shortest first (ties in input order), so a call pads little; a call holds
-    at most `batch_rows` rows and rows x (its longest prompt + max_new_tokens) <= batch_tokens,
-    except that a row too long for the budget still gets a call of its own.
+    Rows are taken group by group (`groups`: rows whose prompts share their instructions, so a
+    call of one group shares a long prefix), shortest first within a group (ties in input
+    order), so a call pads little; a call holds at most `batch_rows` rows and rows x (its
+    longest prompt + max_new_tokens) <= batch_tokens, except that a row too long for the
+    budget still gets a call of its own.
     """
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    group = groups or [""] * len(lengths)
+    order = sorted(range(len(lengths)), key=lambda i: (group[i], lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
+    longest = 0
     for index in order:
-        # Sorted ascending: this row is the longest of the call it joins.
-        cost = (len(current) + 1) * (lengths[index] + max_new_tokens)
+        cost = (len(current) + 1) * (max(longest, lengths[index]) + max_new_tokens)
         if current and (len(current) >= batch_rows or cost > batch_tokens):
             batches.append(current)
-            current = []
+            current, longest = [], 0
         current.append(index)
+        longest = max(longest, lengths[index])
     if current:
         batches.append(current)
     return batches
@@ -646,6 +656,7 @@ class _Job:
     key: str = ""
     answer_prefix: str = ""  # the answer's opening, written for the model (part of the prompt)
     new_tokens: int | None = None  # this prompt's new-token limit (None: the stage's)
+    group: str = ""  # prompts of one group share their instructions (batched together)
 
 
 class LocalTransformersGenerator:
@@ -692,11 +703,20 @@ class LocalTransformersGenerator:
         self.stats = GenerationStats()
         run = FailureRun(self.config.max_consecutive_failures, self.name)
         results: list[dict[str, str] | None] = []
+        reported = 0
+
+        def progress(done: int) -> None:  # rows done / total, never twice the same
+            nonlocal reported
+            if on_progress and done > reported:
+                reported = done
+                on_progress(done, len(requests))
+
         # Several calls' worth of rows per chunk: rows parked by one call go on with the next.
         size = self.config.batch_rows * CHUNK_CALLS
         for start in range(0, len(requests), size):
             chunk = requests[start : start + size]
-            answers, errors = self._chunk(chunk)
+            # Within a chunk: rows through their first JSON pass, so a long chunk shows progress.
+            answers, errors = self._chunk(chunk, lambda n, at=start: progress(at + n))
             for answer, error in zip(answers, errors, strict=True):
                 results.append(answer)
                 if answer is None:
@@ -705,11 +725,12 @@ class LocalTransformersGenerator:
                     run.success()
                 if run.aborted:
                     raise GenerationAborted(run.reason or "")
-            if on_progress:
-                on_progress(len(results), len(requests))
+            progress(len(results))
         return results
 
-    def _chunk(self, requests: Sequence[RowRequest]) -> tuple[list[dict[str, str] | None], list[str]]:
+    def _chunk(
+        self, requests: Sequence[RowRequest], on_first_pass: Callable[[int], None] | None = None
+    ) -> tuple[list[dict[str, str] | None], list[str]]:
         answers: list[dict[str, str] | None] = [None] * len(requests)
         errors = [""] * len(requests)
         fingerprints = [r.fingerprint() for r in requests]
@@ -726,6 +747,7 @@ class LocalTransformersGenerator:
                     (fingerprints[i], "json", attempt),
                     answer_prefix=json_answer_prefix(r),
                     new_tokens=self._answer_budget(r),
+                    group=json.dumps([r.task, r.keys]),
                 )
                 for i, r in enumerate(requests)
                 if answers[i] is None
@@ -733,7 +755,9 @@ class LocalTransformersGenerator:
             if not jobs:
                 break
             self.stats.attempts += len(jobs)
-            texts = self._sample(jobs, self.config.max_new_tokens, stop_after_json=True)
+            texts = self._sample(
+                jobs, self.config.max_new_tokens, stop_after_json=True, on_done=on_first_pass if attempt == 0 else None
+            )
             for job, text in zip(jobs, texts, strict=True):
                 try:
                     answers[job.row] = parse_answer(text, requests[job.row].keys)
@@ -758,7 +782,14 @@ class LocalTransformersGenerator:
         partial: list[dict[str, str]] = [{} for _ in requests]
         for attempt in range(self.config.fallback_attempts):
             jobs = [
-                _Job(i, _field_messages(r, key), r.temperature, (fingerprints[i], "field", key, attempt), key)
+                _Job(
+                    i,
+                    _field_messages(r, key),
+                    r.temperature,
+                    (fingerprints[i], "field", key, attempt),
+                    key,
+                    group=json.dumps([r.task, key]),
+                )
                 for i, r in enumerate(requests)
                 for key in r.keys
                 if key not in partial[i]
@@ -775,13 +806,19 @@ class LocalTransformersGenerator:
         ]
 
     def _sample(
-        self, jobs: Sequence[_Job], max_new_tokens: int, min_new_tokens: int = 0, stop_after_json: bool = False
+        self,
+        jobs: Sequence[_Job],
+        max_new_tokens: int,
+        min_new_tokens: int = 0,
+        stop_after_json: bool = False,
+        on_done: Callable[[int], None] | None = None,
     ) -> list[str]:
         """Texts for `jobs` in their order: batched by τ, then by the token budget.
 
         Calls are made until every row is done; a call that shrinks below an eighth of its rows
         parks the rest (`_Sampler.run_batch`) while other rows still wait, and the parked rows
-        join those in a later call, so few calls run with a handful of rows.
+        go on together once the fresh ones are through, so few calls run with a handful of
+        rows. `on_done(n)` after each call: n of the jobs are done.
         """
         by_temperature: dict[float, list[int]] = {}
         for index, job in enumerate(jobs):
@@ -795,20 +832,24 @@ class LocalTransformersGenerator:
             for job in jobs
         ]
         for temperature, members in by_temperature.items():
-            waiting = list(members)
-            while waiting:
+            # Parked rows wait until no fresh row is left and then go on together: mixed in with
+            # fresh rows, their longer token lists would set every row's padding.
+            fresh, parked = list(members), []
+            while fresh or parked:
+                pool = fresh or parked
                 # Cost of a row: what it has to attend to plus the new tokens it may still add.
                 plan = plan_batches(
-                    [len(rows[i].tokens) + rows[i].limit - len(rows[i].new) for i in waiting],
+                    [len(rows[i].tokens) + rows[i].limit - len(rows[i].new) for i in pool],
                     0,
                     self.config.batch_rows,
                     self.config.batch_tokens,
+                    [jobs[i].group for i in pool],
                 )
-                chosen = [waiting[b] for b in plan[0]]
+                chosen = [pool[b] for b in plan[0]]
                 taken = set(chosen)
-                waiting = [i for i in waiting if i not in taken]
+                pool[:] = [i for i in pool if i not in taken]
                 seed = self._seed(*(part for i in chosen for part in jobs[i].seed_parts), len(rows[chosen[0]].new))
-                park_below = len(chosen) // PARK_FRACTION if waiting else 0
+                park_below = len(chosen) // PARK_FRACTION if fresh or parked else 0
                 self._sampler.run_batch(
                     [rows[i] for i in chosen],
                     Sampling(temperature, self.config.top_p, seed),
@@ -816,7 +857,9 @@ class LocalTransformersGenerator:
                     park_below,
                 )
                 self.calls += 1
-                waiting += [i for i in chosen if not rows[i].done]
+                if on_done:
+                    on_done(sum(1 for row in rows if row.done))
+                parked += [i for i in chosen if not rows[i].done]
         return [
             job.answer_prefix + self._sampler.tokenizer.decode(row.new, skip_special_tokens=True)
             for job, row in zip(jobs, rows, strict=True)
@@ -826,8 +869,9 @@ class LocalTransformersGenerator:
 # A batched call stops once fewer than 1/PARK_FRACTION of its rows are left and other rows wait.
 PARK_FRACTION = 8
 # Requests per chunk of `generate` (progress and the failure run advance per chunk): this many
-# calls of batch_rows each.
-CHUNK_CALLS = 4
+# calls of batch_rows each (8 x 64: the default 300 synthetic rows in one chunk, so the JSON
+# retries and the fallback run once, in calls as full as they get).
+CHUNK_CALLS = 8
 
 
 def _field_messages(request: RowRequest, key: str) -> list[dict[str, str]]:

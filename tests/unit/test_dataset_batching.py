@@ -21,6 +21,14 @@ def test_plan_keeps_each_call_within_the_token_budget():
     assert plan_batches([3, 3, 3, 3], 2, batch_rows=8, batch_tokens=20) == [[0, 1, 2, 3]]
 
 
+def test_plan_takes_rows_group_by_group_and_prices_a_call_by_its_longest_row():
+    # Groups b, a, b, a: a's rows (1, 3) first, shortest first, then b's (2 before 0: 4 < 9).
+    groups = ["b", "a", "b", "a"]
+    assert plan_batches([9, 6, 4, 2], 0, batch_rows=2, batch_tokens=100, groups=groups) == [[3, 1], [2, 0]]
+    # [3, 1] costs 2 x 6 = 12; row 2 (4 tokens) joining it would cost 3 x 6, its longest row's price.
+    assert plan_batches([9, 6, 4, 2], 0, batch_rows=4, batch_tokens=12, groups=groups) == [[3, 1], [2], [0]]
+
+
 def test_a_row_longer_than_the_budget_still_gets_a_call():
     assert plan_batches([50, 1], 10, batch_rows=4, batch_tokens=20) == [[1], [0]]
     assert plan_batches([], 10, batch_rows=4, batch_tokens=20) == []
@@ -43,11 +51,11 @@ def test_bad_batch_settings_are_refused():
         LocalGeneratorConfig("/m", batch_rows=0)
 
 
-def test_many_rows_per_call_keep_order_schema_and_determinism(tiny_llama):
-    from services.dataset_prep.generators import CHUNK_CALLS
+def test_many_rows_per_call_keep_order_schema_and_determinism(tiny_llama, monkeypatch):
+    from services.dataset_prep import generators
 
-    # 2 rows per call, so a chunk of `generate` is 2 x CHUNK_CALLS = 8 requests.
-    assert CHUNK_CALLS == 4
+    # 2 rows per call and 4 calls per chunk of `generate`: chunks of 8 requests.
+    monkeypatch.setattr(generators, "CHUNK_CALLS", 4)
     options = dict(max_new_tokens=12, fallback_max_new_tokens=6, attempts_per_row=1, batch_rows=2)
     requests = [
         RowRequest(
@@ -65,8 +73,8 @@ def test_many_rows_per_call_keep_order_schema_and_determinism(tiny_llama):
     rows = batched.generate(requests, lambda done, total: progress.append((done, total)))
     assert len(rows) == 10 and all(r is not None and set(r) == {"instruction", "output"} for r in rows)
     assert all(v.strip() for r in rows for v in r.values())
-    # 10 rows in chunks of 8: progress per chunk, rows done / total.
-    assert progress == [(8, 10), (10, 10)]
+    # 10 rows in chunks of 8: progress after each call of the first JSON pass, rows done / total.
+    assert progress == [(2, 10), (4, 10), (6, 10), (8, 10), (10, 10)]
     # Chunk 1: 4 JSON calls (8 rows) + 16 fallback prompts in 8 calls; chunk 2: 1 + 2 calls.
     # The tiny model never writes JSON, and its fallback answers are never empty.
     assert batched.calls == 15  # against 10 x (1 + 2) with one prompt per call
@@ -147,8 +155,11 @@ def test_a_shared_prefix_cache_gives_the_rows_a_plain_batch_gives(tiny_llama, mo
     assert sampler.sample_batch(prompts, 0.0, 1, 24) == shared
 
 
-def test_a_model_that_writes_no_json_goes_to_the_fallback_after_the_probe(tiny_llama):
-    # One row per call: a chunk of `generate` is CHUNK_CALLS = 4 requests.
+def test_a_model_that_writes_no_json_goes_to_the_fallback_after_the_probe(tiny_llama, monkeypatch):
+    from services.dataset_prep import generators
+
+    # One row per call and 4 calls per chunk of `generate`: chunks of 4 requests.
+    monkeypatch.setattr(generators, "CHUNK_CALLS", 4)
     options = dict(max_new_tokens=12, fallback_max_new_tokens=6, attempts_per_row=2, batch_rows=1, json_probe_rows=4)
     requests = [
         RowRequest(
