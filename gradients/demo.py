@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -254,6 +255,18 @@ def mesh_env(
 # ---- the round ------------------------------------------------------------------------
 
 
+# What one round leaves in the demo's folder: the mesh (NATS, Redis, ledger, logs) and the miners'
+# work. Models and datasets stay: they are built only when missing.
+ROUND_STATE = ("mesh", "miners")
+
+
+def clear_previous_round(data_dir: Path) -> None:
+    """Remove an earlier round's state: its tasks, scores and weights would be counted as this
+    round's (a second `gradients demo --tasks 2` after an 8-task round showed "8 of 8 scored")."""
+    for name in ROUND_STATE:
+        shutil.rmtree(data_dir / name, ignore_errors=True)
+
+
 class Demo:
     def __init__(self, options: DemoOptions):
         self.options = options
@@ -269,6 +282,7 @@ class Demo:
     def start(self, status=lambda msg: None) -> None:
         opts = self.options
         opts.data_dir.mkdir(parents=True, exist_ok=True)
+        clear_previous_round(opts.data_dir)
         status("building the base model and the datasets…")
         base, params_b = build_base_model(opts)
         pools = write_pools(opts, base, params_b)

@@ -3,7 +3,7 @@ autotrain-default miner's, from a task's EvalCompleted and TaskScored."""
 
 from __future__ import annotations
 
-from gradients.demo import STRATEGIES, task_loss_summary
+from gradients.demo import STRATEGIES, clear_previous_round, task_loss_summary
 from gradients.v1 import common_pb2 as pb
 from gradients.v1 import events_pb2 as ev
 
@@ -51,3 +51,14 @@ def test_demo_rotates_the_registered_strategies():
 
     assert STRATEGIES[:3] == ("autotrain-default", "lr-sweep", "random-search")
     assert set(STRATEGIES) <= set(REGISTERED) and {"lr-range-cosine", "successive-halving"} <= set(STRATEGIES)
+
+
+def test_a_new_round_starts_without_the_last_rounds_tasks_but_keeps_models_and_datasets(tmp_path):
+    for name in ("mesh/redis/appendonly.aof", "mesh/nats/jetstream/x", "miners/miner-1/state", "models/tiny/w"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    (tmp_path / "datasets").mkdir()
+    clear_previous_round(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["datasets", "models"]
+    assert (tmp_path / "models/tiny/w").read_text() == "x"
+    clear_previous_round(tmp_path)  # nothing left to clear: no error
