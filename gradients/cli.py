@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import typer
@@ -60,7 +61,7 @@ def health_table(title: str, addresses: dict[str, str], status: dict[str, str], 
 LOCAL_ACCOUNT = "local"
 
 
-def print_operator_info(info: OperatorInfo, api_key: str) -> None:
+def print_operator_info(info: OperatorInfo, api_key: str, dev_miners: Sequence[str] = ()) -> None:
     """Where customers and miners connect, the hotkey miners sign for, and the local key."""
 
     def say(text: str) -> None:  # soft_wrap: a piped terminal is 80 columns; keys must stay on one line
@@ -69,13 +70,28 @@ def print_operator_info(info: OperatorInfo, api_key: str) -> None:
     say(f"customer API (TaskService): {info.customer_address}   export GRADIENTS_VALIDATOR={info.customer_address}")
     say(f"miner gateway (MinerGateway): {info.miner_gateway_address}")
     say(f"validator hotkey (miners sign for it): {info.validator_hotkey or 'unknown, see the selector log'}")
-    say(
-        f"  a miner: gradients miner run --validator {info.miner_gateway_address} --validator-hotkey "
-        f"{info.validator_hotkey} --dev-key NAME   (its hotkey must be in GRADIENTS_SELECTOR_ALLOWED_HOTKEYS)"
-    )
+    command = f"gradients miner run --validator {info.miner_gateway_address} --validator-hotkey {info.validator_hotkey}"
+    for name in dev_miners:
+        say(f"  a miner (allowed): {command} --dev-key {name}")
+    if not dev_miners:
+        say(
+            f"  a miner: {command} --dev-key NAME   (start `gradients up --dev-miner NAME` to allow it, or list "
+            "its hotkey in GRADIENTS_SELECTOR_ALLOWED_HOTKEYS)"
+        )
     # Only the key's hash is stored, so this is the one time it is shown; the next `up` rotates it.
     say(f"customer account '{info.local_account}' API key (shown once; each `up` issues a new one):")
     say(f"  export GRADIENTS_API_KEY={api_key}")
+
+
+def dev_miner_env(names: Sequence[str]) -> dict[str, str]:
+    """The selector's allow-list with the dev keypairs //NAME added to what the environment lists."""
+    if not names:
+        return {}
+    from gradients.runtime.auth import dev_keypair
+
+    listed = [h for h in os.environ.get("GRADIENTS_SELECTOR_ALLOWED_HOTKEYS", "").split(",") if h.strip()]
+    added = [dev_keypair(name).ss58_address for name in names]
+    return {"GRADIENTS_SELECTOR_ALLOWED_HOTKEYS": ",".join(dict.fromkeys([*listed, *added]))}
 
 
 class _Stop(Exception):
@@ -83,6 +99,10 @@ class _Stop(Exception):
 
 
 def _raise_stop(signum, frame):
+    # Once: a second Ctrl-C (or a signal forwarded twice) while the mesh stops would break off the
+    # shutdown with a traceback and leave processes behind.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise _Stop()
 
 
@@ -92,6 +112,11 @@ def up(
     nats_url: str = typer.Option(os.environ.get("GRADIENTS_NATS_URL", ""), help="external NATS; empty = embedded"),
     redis_url: str = typer.Option(os.environ.get("GRADIENTS_REDIS_URL", ""), help="external Redis; empty = embedded"),
     ready_timeout: float = typer.Option(60.0, help="seconds to wait for every service to be SERVING"),
+    dev_miner: list[str] = typer.Option(  # noqa: B008 (typer's way)
+        [],
+        metavar="NAME",
+        help="allow the dev keypair //NAME as a miner (repeatable); prints its `gradients miner run` line",
+    ),
 ) -> None:
     """Start embedded NATS and Redis (unless URLs are given) and the six services.
 
@@ -112,6 +137,7 @@ def up(
             otlp_endpoint=otlp,
             ready_timeout_s=ready_timeout,
             addresses=fixed,
+            extra_env=dev_miner_env(dev_miner),
         )
     )
     # Both explicitly: a shell starting us in the background leaves SIGINT ignored.
@@ -127,7 +153,7 @@ def up(
         api_key = mesh.ensure_account(LOCAL_ACCOUNT)
         info = mesh.operator_info(LOCAL_ACCOUNT)
         mesh.publish(info)
-        print_operator_info(info, api_key)
+        print_operator_info(info, api_key, dev_miner)
         if otlp:
             console.print(
                 f"traces and metrics → {otlp} (with deploy/'s collector: Jaeger http://localhost:16686, "

@@ -17,6 +17,7 @@ import pytest
 
 from gradients.accounts import AccountStore
 from gradients.mesh import check_health
+from gradients.runtime.auth import dev_keypair
 from gradients.runtime.embedded import free_port
 from gradients.runtime.store import Store
 
@@ -92,7 +93,7 @@ def test_up_serves_status_and_sigint_leaves_nothing(tmp_path: Path):
     env["GRADIENTS_TASK_SERVICE_ADDR"] = f"127.0.0.1:{task_port}"
     env["GRADIENTS_SELECTOR_ADDR"] = f"0.0.0.0:{selector_port}"  # a wildcard host is dialled as 127.0.0.1
     up = subprocess.Popen(
-        gradients("up", "--data-dir", str(data_dir)),
+        gradients("up", "--data-dir", str(data_dir), "--dev-miner", "alice"),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -136,6 +137,14 @@ def test_up_serves_status_and_sigint_leaves_nothing(tmp_path: Path):
         assert f"validator hotkey (miners sign for it): {hotkey}" in printed
         assert f"miner gateway (MinerGateway): {gateway}" in printed and state["miner_gateway_address"] == gateway
         assert f"customer API (TaskService): {customer}" in printed and state["customer_address"] == customer
+        # --dev-miner alice: its hotkey is on the selector's allow-list, and its command line is printed.
+        alice = dev_keypair("alice").ss58_address
+        allowed = [v for v in selector_env.split(b"\0") if v.startswith(b"GRADIENTS_SELECTOR_ALLOWED_HOTKEYS=")]
+        assert allowed and alice in allowed[0].decode()
+        assert (
+            f"a miner (allowed): gradients miner run --validator {gateway} --validator-hotkey {hotkey} --dev-key alice"
+            in printed
+        )
         assert state["local_account"] == "local" and key not in json.dumps(state)
         account = asyncio.run(authenticate(state["redis_url"], key))
         assert account is not None and account.name == "local"
