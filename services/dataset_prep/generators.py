@@ -450,8 +450,8 @@ class _Sampler:
         object closed, or its limit) leaves the batch: the rest no longer pay for it
         (`model.generate` would keep computing it until the longest row ends). Once fewer than
         `park_below` rows are left, the call returns with those rows not done (parked): a step of
-        a few rows costs nearly what a step of many does, so they go on in the next call with
-        fresh rows instead of alone.
+        a few rows costs nearly what a step of many does, so they go on in a later call, together
+        with the other parked rows (`LocalTransformersGenerator._sample`), instead of alone.
         """
         import torch
         from transformers import DynamicCache
@@ -520,7 +520,9 @@ class _Sampler:
             if stop_ids:
                 early = [j for j, i in enumerate(alive) if len(rows[i].new) < min_new_tokens]
                 if early:
-                    logits[torch.tensor(early, device=logits.device)[:, None], torch.tensor(stop_ids)] = -math.inf
+                    logits[
+                        torch.tensor(early, device=logits.device)[:, None], torch.tensor(stop_ids, device=logits.device)
+                    ] = -math.inf
             chosen = next_tokens(logits.float(), sampling, rng).tolist()
             keep = []
             for j, token in enumerate(chosen):
