@@ -24,10 +24,16 @@ KEYS_RE = re.compile(r"exactly these keys: (.*?)\.\n")
 SOURCE_RE = re.compile(r"Original example \(JSON\):\n(.*)\Z", re.S)
 
 
+def read_prompt(prompt: str) -> tuple[list[str], dict]:
+    """The keys asked for and the source row shown, read back from a generators.user_prompt text
+    (for fake endpoints: this one and the tests')."""
+    keys = re.findall(r'"([^"]+)"', KEYS_RE.search(prompt).group(1))
+    return keys, json.loads(SOURCE_RE.search(prompt).group(1))
+
+
 def fake_answer(prompt: str) -> dict[str, str]:
     """The answer to one generation prompt (generators.user_prompt): every key asked for."""
-    keys = re.findall(r'"([^"]+)"', KEYS_RE.search(prompt).group(1))
-    source = json.loads(SOURCE_RE.search(prompt).group(1))
+    keys, source = read_prompt(prompt)
     mark = hashlib.sha256(prompt.encode()).hexdigest()[:8]
     fallback = next(iter(source.values()), "")
     return {key: f"{source.get(key, fallback)} (variant {mark})" for key in keys}

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from benchmarks.reliability.generator_endpoint import read_prompt
 from services.dataset_prep.errors import DatasetRejected, GenerationAborted
 from services.dataset_prep.generators import (
     OpenAICompatibleGenerator,
@@ -37,9 +38,6 @@ from services.dataset_prep.pipeline import (
     prepare_dataset,
 )
 from services.dataset_prep.schema import ColumnMapping, RejectionLimits, TaskKind
-
-KEYS_RE = re.compile(r"exactly these keys: (.*?)\.\n")
-SOURCE_RE = re.compile(r"Original example \(JSON\):\n(.*)\Z", re.S)
 
 
 class ChatCompletionsServer:
@@ -97,8 +95,7 @@ class ChatCompletionsServer:
 
     def answer(self, path: str, headers: dict, body: dict) -> tuple[int, dict]:
         prompt = body["messages"][-1]["content"]
-        keys = re.findall(r'"([^"]+)"', KEYS_RE.search(prompt).group(1))
-        source = json.loads(SOURCE_RE.search(prompt).group(1))
+        keys, source = read_prompt(prompt)
         marker = json.dumps(source, sort_keys=True)
         with self.lock:
             self.requests.append({"path": path, "headers": headers, "body": body, "keys": keys, "source": source})

@@ -23,6 +23,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from benchmarks.reliability.generator_endpoint import read_prompt
 from gradients.mesh import check_health
 from gradients.runtime import EventBus, ServiceHost, events
 from gradients.runtime.bus import wait_for
@@ -38,8 +39,6 @@ from services.dataset_prep.handlers import WORK_DURABLE
 from services.task_service.service import SPEC as TASK_SERVICE
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCE_RE = re.compile(r"Original example \(JSON\):\n(.*)\Z", re.S)
-KEYS_RE = re.compile(r"exactly these keys: (.*?)\.\n")
 
 
 class GatedChatServer:
@@ -57,8 +56,7 @@ class GatedChatServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 prompt = body["messages"][-1]["content"]
-                source = json.loads(SOURCE_RE.search(prompt).group(1))
-                keys = re.findall(r'"([^"]+)"', KEYS_RE.search(prompt).group(1))
+                keys, source = read_prompt(prompt)
                 server.seen.append(source.get("instruction", ""))
                 server.gate.wait(60)
                 content = json.dumps({k: f"new {source.get(k, 'text')}" for k in keys})
